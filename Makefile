@@ -1,0 +1,35 @@
+# Two commands set everything up on a fresh machine with Python 3.11 and make:
+#   make run    the whole stack (PostgreSQL, Redis, web, worker, beat, Flower)
+#   make test   the whole test suite against real services
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+PYTEST_ARGS ?=
+
+.PHONY: run test lint format clean install
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev,local]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/python -m webhooks_project.localstack run
+
+test: $(STAMP)
+	$(BIN)/python -m webhooks_project.localstack test -- $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+clean:
+	rm -rf $(VENV) .run .pytest_cache

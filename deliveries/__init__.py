@@ -1,0 +1,1 @@
+"""The delivery engine: events, deliveries and their attempts, dead letters, Celery tasks."""

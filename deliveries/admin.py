@@ -1,0 +1,71 @@
+"""Admin for events, deliveries with their attempts (the audit log), and dead letters."""
+
+from __future__ import annotations
+
+from django.contrib import admin
+from django.http import HttpRequest
+
+from .models import DeadLetter, Delivery, DeliveryAttempt, Event
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """The delivery record is written by the engine only; the admin shows it."""
+
+    def has_add_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+
+class DeliveryInline(admin.TabularInline):
+    model = Delivery
+    fields = ["endpoint", "status", "attempt_count", "last_status_code", "next_attempt_at",
+              "completed_at"]
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+    show_change_link = True
+
+    def has_add_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+
+class AttemptInline(admin.TabularInline):
+    model = DeliveryAttempt
+    fields = ["number", "outcome", "started_at", "duration_ms", "status_code", "error_class",
+              "error", "response_body", "request_headers"]
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+
+    def has_add_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+
+@admin.register(Event)
+class EventAdmin(ReadOnlyAdmin):
+    list_display = ["id", "event_type", "application", "created_at"]
+    list_filter = ["event_type", "application", "created_at"]
+    search_fields = ["id", "idempotency_key"]
+    date_hierarchy = "created_at"
+    inlines = [DeliveryInline]
+    list_select_related = ["application"]
+
+
+@admin.register(Delivery)
+class DeliveryAdmin(ReadOnlyAdmin):
+    list_display = ["id", "event", "endpoint", "status", "attempt_count", "last_status_code",
+                    "next_attempt_at", "completed_at"]
+    list_filter = ["status", "endpoint", "created_at"]
+    search_fields = ["event__id", "endpoint__id", "endpoint__url"]
+    raw_id_fields = ["event", "endpoint"]
+    inlines = [AttemptInline]
+
+
+@admin.register(DeadLetter)
+class DeadLetterAdmin(ReadOnlyAdmin):
+    list_display = ["id", "delivery", "endpoint", "event_type", "reason", "last_status_code",
+                    "created_at"]
+    list_filter = ["event_type", "endpoint", "created_at"]
+    raw_id_fields = ["delivery", "endpoint"]

@@ -1,0 +1,111 @@
+"""Serializers for events, deliveries and attempts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rest_framework import serializers
+
+from deliveries.models import Delivery, DeliveryAttempt, Event
+from deliveries.services import EventInput
+
+MAX_BATCH = 1000
+
+
+class EventCreateSerializer(serializers.Serializer):
+    """What a source posts: the type, the data, and optional application, key and time."""
+
+    type = serializers.CharField(max_length=200)
+    data = serializers.JSONField(help_text="Checked against the event type's JSON Schema.")
+    application = serializers.CharField(max_length=64, required=False, allow_null=True)
+    idempotency_key = serializers.CharField(max_length=200, required=False, allow_null=True)
+    occurred_at = serializers.DateTimeField(required=False, allow_null=True)
+
+    @staticmethod
+    def input_from(validated: dict[str, Any]) -> EventInput:
+        """The service's input from one item's validated data."""
+        return EventInput(
+            type=validated["type"],
+            data=validated["data"],
+            application=validated.get("application"),
+            idempotency_key=validated.get("idempotency_key"),
+            occurred_at=validated.get("occurred_at"),
+        )
+
+
+class DeliverySerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Delivery
+        fields = [
+            "id",
+            "event",
+            "endpoint",
+            "status",
+            "attempt_count",
+            "next_attempt_at",
+            "last_attempt_at",
+            "last_status_code",
+            "completed_at",
+            "created_at",
+        ]
+        read_only_fields = fields
+
+
+class EventSerializer(serializers.ModelSerializer):
+    type = serializers.CharField(source="event_type_id", read_only=True)
+    application = serializers.SlugRelatedField(slug_field="uid", read_only=True)
+    schema_version = serializers.IntegerField(source="schema_version.version", read_only=True)
+    deliveries = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Event
+        fields = [
+            "id",
+            "type",
+            "data",
+            "application",
+            "idempotency_key",
+            "occurred_at",
+            "created_at",
+            "schema_version",
+            "deliveries",
+        ]
+        read_only_fields = fields
+
+    def get_deliveries(self, event: Event) -> int:
+        count = getattr(event, "delivery_count", None)
+        return count if count is not None else event.deliveries.count()
+
+
+class EventDetailSerializer(EventSerializer):
+    """An event with its deliveries listed in full."""
+
+    deliveries = DeliverySerializer(many=True, read_only=True)  # type: ignore[assignment]
+
+
+class AcceptedEventSerializer(serializers.Serializer):
+    """The answer to ingestion: the event and how many deliveries it fanned out to."""
+
+    def to_representation(self, instance: Any) -> dict[str, Any]:
+        data = EventSerializer(instance.event).data
+        data["deliveries"] = instance.delivery_count
+        data["created"] = instance.created
+        return data
+
+
+class AttemptSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = DeliveryAttempt
+        fields = [
+            "number",
+            "outcome",
+            "started_at",
+            "duration_ms",
+            "status_code",
+            "error",
+            "error_class",
+            "request_headers",
+            "response_headers",
+            "response_body",
+        ]
+        read_only_fields = fields

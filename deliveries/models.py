@@ -1,0 +1,146 @@
+"""Events, one Delivery per (event, endpoint), every DeliveryAttempt, and DeadLetters.
+
+A Delivery moves pending -> in_flight -> succeeded, or back to pending with `next_attempt_at`
+(retryable failure), or to failed (not retryable) / dead (attempts exhausted) with a DeadLetter.
+"""
+
+from __future__ import annotations
+
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+
+from schemas_app.models import EventType, SchemaVersion
+from webhooks.models import Application, Endpoint
+from webhooks_project.identifiers import new_id
+
+
+def _event_id() -> str:
+    return new_id("evt")
+
+
+class Event(models.Model):
+    """A business event accepted from an internal system, already validated against its schema."""
+
+    id = models.CharField(primary_key=True, max_length=40, default=_event_id, editable=False)
+    event_type = models.ForeignKey(
+        EventType, to_field="name", db_column="type", on_delete=models.PROTECT,
+        related_name="events",
+    )
+    schema_version = models.ForeignKey(
+        SchemaVersion, null=True, blank=True, on_delete=models.PROTECT, related_name="events"
+    )
+    application = models.ForeignKey(
+        Application, null=True, blank=True, on_delete=models.CASCADE, related_name="events"
+    )
+    data = models.JSONField()
+    idempotency_key = models.CharField(max_length=200, null=True, blank=True)
+    occurred_at = models.DateTimeField(default=timezone.now)
+    created_at = models.DateTimeField(default=timezone.now, editable=False, db_index=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["application", "idempotency_key"],
+                condition=Q(idempotency_key__isnull=False),
+                nulls_distinct=False,
+                name="event_idempotency_key_unique",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.id} {self.event_type_id}"
+
+
+class Delivery(models.Model):
+    """The delivery of one event to one endpoint, and where it stands."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending"
+        IN_FLIGHT = "in_flight"
+        SUCCEEDED = "succeeded"
+        FAILED = "failed"
+        DEAD = "dead"
+
+    event = models.ForeignKey(Event, on_delete=models.CASCADE, related_name="deliveries")
+    endpoint = models.ForeignKey(Endpoint, on_delete=models.CASCADE, related_name="deliveries")
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    attempt_count = models.PositiveSmallIntegerField(default=0)
+    next_attempt_at = models.DateTimeField(null=True, blank=True, default=timezone.now)
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+    last_attempt_at = models.DateTimeField(null=True, blank=True)
+    last_status_code = models.PositiveSmallIntegerField(null=True, blank=True)
+    completed_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+
+    class Meta:
+        ordering = ["-id"]
+        verbose_name_plural = "deliveries"
+        constraints = [
+            models.UniqueConstraint(fields=["event", "endpoint"], name="delivery_event_endpoint")
+        ]
+        indexes = [
+            # The sweeper: pending rows that are due, and in-flight rows whose lease ran out.
+            models.Index(
+                fields=["next_attempt_at"], condition=Q(status="pending"), name="delivery_due_idx"
+            ),
+            models.Index(
+                fields=["lease_expires_at"],
+                condition=Q(status="in_flight"),
+                name="delivery_lease_idx",
+            ),
+            models.Index(fields=["endpoint", "status"], name="delivery_endpoint_status_idx"),
+            models.Index(fields=["status", "completed_at"], name="delivery_status_done_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"delivery {self.pk} of {self.event_id} to {self.endpoint_id}: {self.status}"
+
+
+class DeliveryAttempt(models.Model):
+    """One HTTP try of a delivery: the audit log. Unique on (delivery, number)."""
+
+    class Outcome(models.TextChoices):
+        SUCCEEDED = "succeeded"
+        RETRYING = "retrying"  # failed, another attempt is scheduled
+        FAILED = "failed"  # failed, no further attempt
+
+    delivery = models.ForeignKey(Delivery, on_delete=models.CASCADE, related_name="attempts")
+    number = models.PositiveSmallIntegerField()
+    outcome = models.CharField(max_length=16, choices=Outcome.choices)
+    started_at = models.DateTimeField()
+    duration_ms = models.FloatField()
+    status_code = models.PositiveSmallIntegerField(null=True, blank=True)
+    error = models.CharField(max_length=500, blank=True, default="")
+    error_class = models.CharField(max_length=40, blank=True, default="")
+    request_headers = models.JSONField(default=dict, blank=True)
+    response_headers = models.JSONField(default=dict, blank=True)
+    response_body = models.TextField(blank=True, default="")
+
+    class Meta:
+        ordering = ["delivery", "number"]
+        constraints = [
+            models.UniqueConstraint(fields=["delivery", "number"], name="attempt_delivery_number")
+        ]
+        indexes = [models.Index(fields=["started_at"], name="attempt_started_idx")]
+
+    def __str__(self) -> str:
+        return f"attempt {self.number} of delivery {self.delivery_id}: {self.outcome}"
+
+
+class DeadLetter(models.Model):
+    """A delivery that ended without success; replaying puts it back to pending."""
+
+    delivery = models.OneToOneField(Delivery, on_delete=models.CASCADE, related_name="dead_letter")
+    endpoint = models.ForeignKey(Endpoint, on_delete=models.CASCADE, related_name="dead_letters")
+    event_type = models.CharField(max_length=200, db_index=True)
+    reason = models.CharField(max_length=500)
+    last_status_code = models.PositiveSmallIntegerField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now, editable=False, db_index=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"dead letter of delivery {self.delivery_id}: {self.reason}"

@@ -1,0 +1,430 @@
+"""Writes of the delivery engine: ingest events with their deliveries, enqueue, attempt, record."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import orjson
+from django.conf import settings
+from django.db import IntegrityError, connection, transaction
+from django.utils import timezone
+from kombu.exceptions import KombuError
+from redis.exceptions import RedisError
+
+from schemas_app.selectors import schema_version_current
+from schemas_app.validation import validate
+from webhooks import signing, transport
+from webhooks.models import Application
+from webhooks.selectors import endpoint_active_secrets, endpoint_ids_for_event
+from webhooks.services import endpoint_disable
+from webhooks.ssrf import BlockedTarget, check_url
+
+from .backoff import Decision, Verdict, decide
+from .models import DeadLetter, Delivery, DeliveryAttempt, Event
+
+logger = logging.getLogger(__name__)
+
+REDACTED = "[redacted]"
+
+
+# --- Ingestion ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EventInput:
+    """One event as a source posted it, already shaped by the API serializer."""
+
+    type: str
+    data: Any
+    application: str | None = None
+    idempotency_key: str | None = None
+    occurred_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    """The stored event, how many deliveries it has, and whether this call created it."""
+
+    event: Event
+    delivery_count: int
+    created: bool
+
+
+class IngestRejected(Exception):
+    """Nothing was stored: `errors` lists each problem with a JSON pointer into the request."""
+
+    def __init__(self, errors: list[dict[str, str]]) -> None:
+        super().__init__(f"{len(errors)} problem(s) in the events")
+        self.errors = errors
+
+
+def _pointer_prefix(index: int | None) -> str:
+    return "" if index is None else f"/{index}"
+
+
+def _check_inputs(items: Sequence[EventInput], *, single: bool) -> tuple[dict, dict]:
+    """Validate every item; returns (schema versions by type, applications by uid) or raises."""
+    errors: list[dict[str, str]] = []
+    versions = {name: schema_version_current(name=name) for name in {i.type for i in items}}
+    uids = {i.application for i in items if i.application}
+    applications = {a.uid: a for a in Application.objects.filter(uid__in=uids)}
+    for index, item in enumerate(items):
+        prefix = _pointer_prefix(None if single else index)
+        version = versions.get(item.type)
+        if version is None:
+            errors.append(
+                {
+                    "pointer": f"{prefix}/type",
+                    "detail": f"Unknown event type {item.type!r}: register it under "
+                    "/api/v1/event-types/ first.",
+                    "code": "unknown_event_type",
+                }
+            )
+        else:
+            for violation in validate(
+                item.data,
+                version.schema,
+                cache_key=(version.event_type.name, version.version),
+            ):
+                errors.append(
+                    {
+                        "pointer": f"{prefix}/data{violation.pointer}",
+                        "detail": violation.detail,
+                        "keyword": violation.keyword,
+                        "code": "schema_violation",
+                    }
+                )
+        if item.application and item.application not in applications:
+            errors.append(
+                {
+                    "pointer": f"{prefix}/application",
+                    "detail": f"Unknown application {item.application!r}.",
+                    "code": "unknown_application",
+                }
+            )
+    if errors:
+        raise IngestRejected(errors)
+    return versions, applications
+
+
+def events_ingest(*, items: Sequence[EventInput], single: bool = False) -> list[IngestResult]:
+    """Validate and store events with one Delivery per matching endpoint, all or nothing.
+
+    Each event is checked against its type's current schema; any problem rejects the whole call
+    and nothing is stored. A repeated idempotency key returns the stored event and fans out
+    nothing new. The deliveries are enqueued after commit; if the broker is down they wait as
+    `pending` rows for the sweeper.
+    """
+    versions, applications = _check_inputs(items, single=single)
+    try:
+        return _store(items, versions, applications)
+    except IntegrityError:
+        # Another request stored the same idempotency key between our lookup and insert; its
+        # row is committed now, so a second pass finds it and returns it.
+        return _store(items, versions, applications)
+
+
+@transaction.atomic
+def _store(
+    items: Sequence[EventInput], versions: dict, applications: dict[str, Application]
+) -> list[IngestResult]:
+    now = timezone.now()
+    keys = {i.idempotency_key for i in items if i.idempotency_key}
+    stored: dict[tuple[int | None, str], Event] = {}
+    if keys:
+        for event in Event.objects.filter(idempotency_key__in=keys):
+            stored[(event.application_id, event.idempotency_key)] = event  # type: ignore[index]
+    # plan: (event, created) per item, in order; a key repeated in one batch makes one event
+    plan: list[tuple[Event, bool]] = []
+    new_events: list[Event] = []
+    for item in items:
+        app = applications[item.application] if item.application else None
+        key = (app.pk if app else None, item.idempotency_key) if item.idempotency_key else None
+        if key is not None and key in stored:
+            plan.append((stored[key], False))
+            continue
+        event = Event(
+            event_type_id=item.type,
+            schema_version=versions[item.type],
+            application=app,
+            data=item.data,
+            idempotency_key=item.idempotency_key,
+            occurred_at=item.occurred_at or now,
+            created_at=now,
+        )
+        new_events.append(event)
+        if key is not None:
+            stored[key] = event
+        plan.append((event, True))
+    Event.objects.bulk_create(new_events)
+
+    deliveries: list[Delivery] = []
+    counts: dict[str, int] = {}
+    targets: dict[tuple[str, int | None], list[str]] = {}
+    for event in new_events:
+        combo = (event.event_type_id, event.application_id)
+        if combo not in targets:
+            targets[combo] = endpoint_ids_for_event(event_type=combo[0], application_id=combo[1])
+        deliveries.extend(
+            Delivery(event=event, endpoint_id=endpoint_id, next_attempt_at=now, created_at=now)
+            for endpoint_id in targets[combo]
+        )
+        counts[event.id] = len(targets[combo])
+    Delivery.objects.bulk_create(deliveries)
+    delivery_ids = [d.pk for d in deliveries]
+    if delivery_ids:
+        transaction.on_commit(lambda: deliveries_enqueue(delivery_ids=delivery_ids), robust=True)
+
+    results = []
+    for event, created in plan:
+        count = counts.get(event.id)
+        if count is None:  # stored by an earlier request
+            count = event.deliveries.count()
+        results.append(IngestResult(event=event, delivery_count=count, created=created))
+    return results
+
+
+def deliveries_enqueue(*, delivery_ids: Sequence[int]) -> int:
+    """Publish one delivery task per id over one broker connection; returns how many were sent.
+
+    A broker outage is logged, not raised: the rows stay `pending` in PostgreSQL, which is the
+    truth, and the `requeue_stuck` beat job enqueues them once the broker is back.
+    """
+    from .tasks import deliver  # tasks import services; import here to keep the graph acyclic
+
+    sent = 0
+    try:
+        with deliver.app.producer_or_acquire() as producer:
+            for delivery_id in delivery_ids:
+                deliver.apply_async(args=(delivery_id,), producer=producer)
+                sent += 1
+    except (KombuError, RedisError, OSError) as exc:
+        logger.warning(
+            "broker unavailable, %d of %d deliveries left pending for the sweeper: %s",
+            len(delivery_ids) - sent,
+            len(delivery_ids),
+            exc,
+        )
+    return sent
+
+
+# --- Delivery attempts --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AttemptRun:
+    """What a delivery task should do next: nothing, or run again in `retry_in` seconds."""
+
+    status: str  # attempted, not_due, not_pending
+    retry_in: float | None = None
+    decision: Decision | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _claim(delivery_id: int, now: datetime) -> int | None:
+    """Take a due pending delivery for one attempt; returns the attempt number, or None.
+
+    One conditional UPDATE: two copies of the same task cannot both claim the row.
+    """
+    table = Delivery._meta.db_table
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"""
+            UPDATE {table}
+               SET status = %s, attempt_count = attempt_count + 1,
+                   lease_expires_at = %s, last_attempt_at = %s
+             WHERE id = %s AND status = %s AND next_attempt_at <= %s
+         RETURNING attempt_count
+            """,  # noqa: S608 - the table name is ours, every value is a parameter
+            [
+                Delivery.Status.IN_FLIGHT,
+                now + timedelta(seconds=settings.WEBHOOKS_LEASE_SECONDS),
+                now,
+                delivery_id,
+                Delivery.Status.PENDING,
+                now,
+            ],
+        )
+        row = cursor.fetchone()
+    return row[0] if row else None
+
+
+def build_body(*, event_type: str, occurred_at: datetime, data: Any) -> bytes:
+    """Serialize the standard payload once; these exact bytes are signed and sent."""
+    timestamp = occurred_at.astimezone(timezone.UTC).isoformat().replace("+00:00", "Z")
+    return orjson.dumps({"type": event_type, "timestamp": timestamp, "data": data})
+
+
+def delivery_attempt_run(*, delivery_id: int) -> AttemptRun:
+    """Claim a due delivery, POST it once, and record the attempt and the new state.
+
+    Database errors propagate: our own outage is never recorded as the consumer's failure, and
+    a row left `in_flight` is taken back by the sweeper when its lease expires.
+    """
+    now = timezone.now()
+    number = _claim(delivery_id, now)
+    if number is None:
+        row = Delivery.objects.filter(pk=delivery_id).values("status", "next_attempt_at").first()
+        if row and row["status"] == Delivery.Status.PENDING and row["next_attempt_at"]:
+            return AttemptRun("not_due", retry_in=(row["next_attempt_at"] - now).total_seconds())
+        return AttemptRun("not_pending")
+
+    ctx = (
+        Delivery.objects.filter(pk=delivery_id)
+        .values(
+            "event_id",
+            "event__event_type_id",
+            "event__occurred_at",
+            "event__data",
+            "endpoint_id",
+            "endpoint__url",
+            "endpoint__enabled",
+            "endpoint__headers",
+            "endpoint__timeout_seconds",
+            "endpoint__retry_schedule",
+        )
+        .get()
+    )
+    body = build_body(
+        event_type=ctx["event__event_type_id"],
+        occurred_at=ctx["event__occurred_at"],
+        data=ctx["event__data"],
+    )
+    started_at = timezone.now()
+    timestamp = int(time.time())
+    custom = ctx["endpoint__headers"] or {}
+    headers = {str(k): str(v) for k, v in custom.items()}
+    headers.update(
+        {
+            "content-type": "application/json",
+            "user-agent": settings.WEBHOOKS_USER_AGENT,
+            "webhook-id": ctx["event_id"],
+            "webhook-timestamp": str(timestamp),
+        }
+    )
+
+    if not ctx["endpoint__enabled"]:
+        result = transport.TransportResult(
+            status_code=None, duration_ms=0.0, error="endpoint is disabled",
+            error_class="endpoint_disabled",
+        )
+    else:
+        try:
+            check_url(ctx["endpoint__url"], allow_private=settings.WEBHOOKS_ALLOW_PRIVATE_TARGETS)
+        except BlockedTarget as exc:
+            result = transport.TransportResult(
+                status_code=None, duration_ms=0.0, error=str(exc)[:500], error_class="ssrf_blocked"
+            )
+        else:
+            keys = [signing.secret_key(s) for s in endpoint_active_secrets(endpoint_id=ctx["endpoint_id"])]
+            headers["webhook-signature"] = signing.signature_header(
+                keys, ctx["event_id"], timestamp, body
+            )
+            result = transport.post(
+                ctx["endpoint__url"],
+                body,
+                headers,
+                timeout=float(ctx["endpoint__timeout_seconds"] or settings.WEBHOOKS_HTTP_TIMEOUT),
+                connect_timeout=settings.WEBHOOKS_CONNECT_TIMEOUT,
+                max_response_bytes=settings.WEBHOOKS_RESPONSE_MAX_BYTES,
+            )
+
+    schedule = ctx["endpoint__retry_schedule"]
+    if schedule is None:
+        schedule = settings.WEBHOOKS_RETRY_SCHEDULE
+    decision = decide(
+        status_code=result.status_code,
+        error_class=result.error_class,
+        error=result.error,
+        retry_after=result.headers.get("retry-after"),
+        attempts_made=number,
+        schedule=schedule,
+        jitter=settings.WEBHOOKS_RETRY_JITTER,
+        now=time.time(),
+    )
+    stored_headers = {k: (REDACTED if k in custom else v) for k, v in headers.items()}
+    delivery_attempt_record(
+        delivery_id=delivery_id,
+        number=number,
+        started_at=started_at,
+        result=result,
+        decision=decision,
+        request_headers=stored_headers,
+        endpoint_id=ctx["endpoint_id"],
+        event_type=ctx["event__event_type_id"],
+    )
+    if decision.verdict is Verdict.SUCCEEDED:
+        return AttemptRun("attempted", decision=decision)
+    return AttemptRun("attempted", retry_in=decision.delay, decision=decision)
+
+
+@transaction.atomic
+def delivery_attempt_record(
+    *,
+    delivery_id: int,
+    number: int,
+    started_at: datetime,
+    result: transport.TransportResult,
+    decision: Decision,
+    request_headers: dict[str, str],
+    endpoint_id: str,
+    event_type: str,
+) -> None:
+    """Write the attempt row and move the delivery to its next state, in one transaction.
+
+    The state only changes if this attempt still holds the claim (same attempt number, still
+    in flight); an attempt whose lease was taken back is recorded but changes nothing else.
+    """
+    now = timezone.now()
+    outcome = {
+        Verdict.SUCCEEDED: DeliveryAttempt.Outcome.SUCCEEDED,
+        Verdict.RETRY: DeliveryAttempt.Outcome.RETRYING,
+    }.get(decision.verdict, DeliveryAttempt.Outcome.FAILED)
+    DeliveryAttempt.objects.create(
+        delivery_id=delivery_id,
+        number=number,
+        outcome=outcome,
+        started_at=started_at,
+        duration_ms=round(result.duration_ms, 3),
+        status_code=result.status_code,
+        error=result.error[:500],
+        error_class=result.error_class,
+        request_headers=request_headers,
+        response_headers=result.headers,
+        response_body=result.body,
+    )
+    changes: dict[str, Any] = {
+        "lease_expires_at": None,
+        "last_status_code": result.status_code,
+    }
+    if decision.verdict is Verdict.SUCCEEDED:
+        changes.update(status=Delivery.Status.SUCCEEDED, completed_at=now, next_attempt_at=None)
+    elif decision.verdict is Verdict.RETRY:
+        changes.update(
+            status=Delivery.Status.PENDING,
+            next_attempt_at=now + timedelta(seconds=decision.delay or 0),
+        )
+    else:
+        status = Delivery.Status.DEAD if decision.verdict is Verdict.DEAD else Delivery.Status.FAILED
+        changes.update(status=status, completed_at=now, next_attempt_at=None)
+    updated = Delivery.objects.filter(
+        pk=delivery_id, status=Delivery.Status.IN_FLIGHT, attempt_count=number
+    ).update(**changes)
+    if updated and decision.verdict in (Verdict.FAILED, Verdict.DEAD):
+        DeadLetter.objects.update_or_create(
+            delivery_id=delivery_id,
+            defaults={
+                "endpoint_id": endpoint_id,
+                "event_type": event_type,
+                "reason": decision.reason[:500],
+                "last_status_code": result.status_code,
+                "created_at": now,
+            },
+        )
+    if decision.disable_endpoint:
+        endpoint_disable(endpoint_id=endpoint_id, reason=decision.reason)

@@ -1,0 +1,27 @@
+"""Celery tasks: thin wrappers that take ids, call a service, and schedule the next run."""
+
+from __future__ import annotations
+
+import logging
+
+from celery import shared_task
+from django.conf import settings
+
+from .services import delivery_attempt_run
+
+logger = logging.getLogger(__name__)
+
+
+@shared_task(bind=True, acks_late=True, max_retries=None, ignore_result=True)
+def deliver(self, delivery_id: int) -> str:  # type: ignore[no-untyped-def]
+    """Attempt one delivery if it is due; schedule the next try when the policy says so.
+
+    Only delays up to WEBHOOKS_COUNTDOWN_MAX ride on a Celery countdown. Longer ones are parked
+    in the row (`next_attempt_at`) for the beat sweeper: with the Redis broker an ETA longer than
+    the `visibility_timeout` is redelivered again and again (celery#2599, celery#3270, kombu#337).
+    The database row stays the truth either way, so a lost countdown message only delays a retry.
+    """
+    run = delivery_attempt_run(delivery_id=delivery_id)
+    if run.retry_in is not None and run.retry_in <= settings.WEBHOOKS_COUNTDOWN_MAX:
+        raise self.retry(countdown=max(0.0, run.retry_in))
+    return run.status

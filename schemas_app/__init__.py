@@ -1,0 +1,1 @@
+"""Event types, their versioned JSON Schemas, and strict validation of incoming events."""

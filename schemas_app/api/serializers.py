@@ -1,0 +1,36 @@
+"""Serializers for event types."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rest_framework import serializers
+
+from schemas_app.models import EventType, event_type_name_validator
+
+
+class EventTypeSerializer(serializers.ModelSerializer):
+    """An event type with its current schema; writing a changed schema makes a new version."""
+
+    name = serializers.CharField(max_length=200, validators=[event_type_name_validator])
+    schema = serializers.JSONField(
+        help_text="JSON Schema (Draft 2020-12) that every event's `data` must match."
+    )
+    version = serializers.IntegerField(read_only=True, source="current_version")
+
+    class Meta:
+        model = EventType
+        fields = ["name", "description", "schema", "version", "archived", "created_at", "updated_at"]
+        read_only_fields = ["created_at", "updated_at"]
+
+    def to_representation(self, instance: EventType) -> dict[str, Any]:
+        data = super().to_representation(instance)
+        data["schema"] = getattr(instance, "current_schema", None)
+        return data
+
+    def get_fields(self) -> dict[str, Any]:
+        fields = super().get_fields()
+        if self.instance is not None:
+            fields["name"].read_only = True  # the name is the public key
+            fields["schema"].required = False
+        return fields

@@ -1,0 +1,46 @@
+"""Event types and the versioned JSON Schemas their events are checked against."""
+
+from __future__ import annotations
+
+from django.core.validators import RegexValidator
+from django.db import models
+from django.utils import timezone
+
+event_type_name_validator = RegexValidator(
+    r"^[a-zA-Z0-9_\-]+(\.[a-zA-Z0-9_\-]+)*$",
+    "Use dot-separated words of letters, digits, '_' or '-', e.g. order.created.",
+)
+
+
+class EventType(models.Model):
+    """A kind of business event, e.g. `order.created`; its name is its public key."""
+
+    name = models.CharField(max_length=200, unique=True, validators=[event_type_name_validator])
+    description = models.TextField(blank=True, default="")
+    archived = models.BooleanField(default=False)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class SchemaVersion(models.Model):
+    """One version of an event type's JSON Schema (Draft 2020-12); versions are never edited."""
+
+    event_type = models.ForeignKey(EventType, on_delete=models.CASCADE, related_name="versions")
+    version = models.PositiveIntegerField()
+    schema = models.JSONField()
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+
+    class Meta:
+        ordering = ["event_type", "-version"]
+        constraints = [
+            models.UniqueConstraint(fields=["event_type", "version"], name="schema_version_unique")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.event_type_id} v{self.version}"

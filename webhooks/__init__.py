@@ -1,0 +1,1 @@
+"""The outside world: applications, endpoints and their secrets, API keys, signing, transport."""

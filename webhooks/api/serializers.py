@@ -1,0 +1,116 @@
+"""Serializers for applications and endpoints."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rest_framework import serializers
+
+from schemas_app.models import EventType
+from webhooks.models import Application, Endpoint
+
+# Headers that we set ourselves; an endpoint may not override them.
+RESERVED_HEADERS = frozenset(
+    {
+        "content-type",
+        "content-length",
+        "host",
+        "user-agent",
+        "transfer-encoding",
+        "connection",
+        "webhook-id",
+        "webhook-timestamp",
+        "webhook-signature",
+    }
+)
+MAX_SCHEDULE_LENGTH = 20
+MAX_TIMEOUT_SECONDS = 60
+
+
+class ApplicationSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Application
+        fields = ["uid", "name", "created_at", "updated_at"]
+        read_only_fields = ["created_at", "updated_at"]
+
+
+class EndpointSerializer(serializers.ModelSerializer):
+    """An endpoint; `secret` appears only in the answer to create."""
+
+    application = serializers.SlugRelatedField(
+        slug_field="uid", queryset=Application.objects.all(), required=False, allow_null=True
+    )
+    event_types = serializers.ListField(
+        child=serializers.CharField(max_length=200), required=False, allow_empty=True,
+        help_text="Event type names this endpoint receives; empty means all.",
+    )
+    headers = serializers.DictField(
+        child=serializers.CharField(max_length=1000), required=False,
+        help_text="Extra headers sent with every request (values are never shown in attempts).",
+    )
+    retry_schedule = serializers.ListField(
+        child=serializers.IntegerField(min_value=0, max_value=7 * 24 * 3600),
+        required=False, allow_null=True, max_length=MAX_SCHEDULE_LENGTH,
+        help_text="Delays in seconds before each retry; attempts = 1 + its length.",
+    )
+    timeout_seconds = serializers.IntegerField(
+        min_value=1, max_value=MAX_TIMEOUT_SECONDS, required=False, allow_null=True
+    )
+    rate_limit_per_second = serializers.IntegerField(min_value=1, required=False, allow_null=True)
+
+    class Meta:
+        model = Endpoint
+        fields = [
+            "id",
+            "url",
+            "description",
+            "application",
+            "event_types",
+            "enabled",
+            "disabled_reason",
+            "disabled_at",
+            "headers",
+            "rate_limit_per_second",
+            "retry_schedule",
+            "timeout_seconds",
+            "created_at",
+            "updated_at",
+        ]
+        read_only_fields = ["id", "disabled_reason", "disabled_at", "created_at", "updated_at"]
+
+    def validate_event_types(self, value: list[str]) -> list[str]:
+        names = list(dict.fromkeys(value))
+        known = set(EventType.objects.filter(name__in=names).values_list("name", flat=True))
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise serializers.ValidationError(f"Unknown event types: {', '.join(unknown)}.")
+        return names
+
+    def validate_headers(self, value: dict[str, str]) -> dict[str, str]:
+        clean: dict[str, str] = {}
+        for name, header_value in value.items():
+            lowered = name.strip().lower()
+            if not lowered or any(c in lowered for c in " :\r\n\t"):
+                raise serializers.ValidationError(f"Invalid header name {name!r}.")
+            if lowered in RESERVED_HEADERS:
+                raise serializers.ValidationError(f"Header {name!r} is set by the service.")
+            if "\r" in header_value or "\n" in header_value:
+                raise serializers.ValidationError(f"Header {name!r} has a line break in its value.")
+            clean[lowered] = header_value
+        return clean
+
+
+class EndpointCreatedSerializer(EndpointSerializer):
+    """The answer to create: the endpoint and, this once, its signing secret."""
+
+    secret = serializers.CharField(read_only=True)
+
+    class Meta(EndpointSerializer.Meta):
+        fields = [*EndpointSerializer.Meta.fields, "secret"]
+
+
+class EndpointSecretSerializer(serializers.Serializer):
+    secret = serializers.CharField(read_only=True, help_text="whsec_... (the newest secret)")
+
+    def to_representation(self, instance: Any) -> dict[str, Any]:
+        return {"secret": instance}

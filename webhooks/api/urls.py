@@ -1,0 +1,12 @@
+"""Routes for applications and endpoints."""
+
+from __future__ import annotations
+
+from rest_framework.routers import SimpleRouter
+
+from .views import ApplicationViewSet, EndpointViewSet
+
+router = SimpleRouter()
+router.register("applications", ApplicationViewSet, basename="application")
+router.register("endpoints", EndpointViewSet, basename="endpoint")
+urlpatterns = router.urls

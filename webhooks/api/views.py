@@ -1,0 +1,88 @@
+"""API views for applications and endpoints."""
+
+from __future__ import annotations
+
+from django.core.exceptions import ValidationError as DjangoValidationError
+from drf_spectacular.utils import extend_schema
+from rest_framework import status, viewsets
+from rest_framework.decorators import action
+from rest_framework.exceptions import ValidationError
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from webhooks.models import Application
+from webhooks.selectors import endpoint_active_secrets, endpoint_list
+from webhooks.services import (
+    application_create,
+    endpoint_create,
+    endpoint_delete,
+    endpoint_update,
+)
+
+from .serializers import (
+    ApplicationSerializer,
+    EndpointCreatedSerializer,
+    EndpointSecretSerializer,
+    EndpointSerializer,
+)
+
+
+def _django_errors(exc: DjangoValidationError) -> ValidationError:
+    return ValidationError(exc.message_dict if hasattr(exc, "error_dict") else exc.messages)
+
+
+class ApplicationViewSet(viewsets.ModelViewSet):
+    """Consumer organisations; an event posted for one goes only to its endpoints."""
+
+    serializer_class = ApplicationSerializer
+    queryset = Application.objects.all()
+    lookup_field = "uid"
+    write_scope = "endpoints:manage"
+
+    def perform_create(self, serializer: ApplicationSerializer) -> None:
+        try:
+            serializer.instance = application_create(**serializer.validated_data)
+        except DjangoValidationError as exc:
+            raise _django_errors(exc) from exc
+
+
+class EndpointViewSet(viewsets.ModelViewSet):
+    """Endpoints that receive signed webhooks."""
+
+    serializer_class = EndpointSerializer
+    write_scope = "endpoints:manage"
+    scope_for_action = {"secret": "endpoints:manage"}
+
+    def get_queryset(self):  # type: ignore[no-untyped-def]
+        return endpoint_list()
+
+    @extend_schema(responses={201: EndpointCreatedSerializer})
+    def create(self, request: Request, *args: object, **kwargs: object) -> Response:
+        serializer = self.get_serializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        try:
+            endpoint, secret = endpoint_create(**serializer.validated_data)
+        except DjangoValidationError as exc:
+            raise _django_errors(exc) from exc
+        data = EndpointSerializer(endpoint).data
+        data["secret"] = secret
+        return Response(data, status=status.HTTP_201_CREATED)
+
+    def perform_update(self, serializer: EndpointSerializer) -> None:
+        try:
+            serializer.instance = endpoint_update(
+                endpoint=serializer.instance, **serializer.validated_data
+            )
+        except DjangoValidationError as exc:
+            raise _django_errors(exc) from exc
+
+    def perform_destroy(self, instance) -> None:  # type: ignore[no-untyped-def]
+        endpoint_delete(endpoint=instance)
+
+    @extend_schema(request=None, responses=EndpointSecretSerializer)
+    @action(detail=True, methods=["get"])
+    def secret(self, request: Request, pk: str | None = None) -> Response:
+        """The endpoint's current signing secret."""
+        endpoint = self.get_object()
+        secrets = endpoint_active_secrets(endpoint_id=endpoint.pk)
+        return Response(EndpointSecretSerializer(secrets[0] if secrets else None).data)

@@ -1,0 +1,107 @@
+"""Applications (consumer organisations), their endpoints and signing secrets, and API keys."""
+
+from __future__ import annotations
+
+from django.contrib.postgres.fields import ArrayField
+from django.contrib.postgres.indexes import GinIndex
+from django.core.validators import RegexValidator
+from django.db import models
+from django.utils import timezone
+from rest_framework_api_key.models import AbstractAPIKey
+
+from webhooks_project.identifiers import new_id
+
+uid_validator = RegexValidator(
+    r"^[a-zA-Z0-9][a-zA-Z0-9_.\-]{0,63}$",
+    "Use 1-64 letters, digits, '_', '-' or '.', starting with a letter or digit.",
+)
+
+
+def _endpoint_id() -> str:
+    return new_id("ep")
+
+
+class Application(models.Model):
+    """A consumer organisation; its endpoints receive only events posted for it."""
+
+    uid = models.CharField(max_length=64, unique=True, validators=[uid_validator])
+    name = models.CharField(max_length=200)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["uid"]
+
+    def __str__(self) -> str:
+        return self.uid
+
+
+class Endpoint(models.Model):
+    """A URL that receives signed POSTs for the event types it subscribes to (none = all)."""
+
+    id = models.CharField(primary_key=True, max_length=40, default=_endpoint_id, editable=False)
+    application = models.ForeignKey(
+        Application, null=True, blank=True, on_delete=models.CASCADE, related_name="endpoints"
+    )
+    url = models.URLField(max_length=2048)
+    description = models.CharField(max_length=500, blank=True, default="")
+    event_types = ArrayField(models.CharField(max_length=200), default=list, blank=True)
+    enabled = models.BooleanField(default=True)
+    disabled_reason = models.CharField(max_length=500, blank=True, default="")
+    disabled_at = models.DateTimeField(null=True, blank=True)
+    headers = models.JSONField(default=dict, blank=True)
+    rate_limit_per_second = models.PositiveIntegerField(null=True, blank=True)
+    retry_schedule = ArrayField(models.PositiveIntegerField(), null=True, blank=True)
+    timeout_seconds = models.PositiveSmallIntegerField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["created_at"]
+        indexes = [
+            # Fan-out: enabled endpoints of one application (or of none) subscribed to a type.
+            models.Index(fields=["application", "enabled"], name="endpoint_fanout_idx"),
+            GinIndex(fields=["event_types"], name="endpoint_event_types_gin"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.id} {self.url}"
+
+
+class EndpointSecret(models.Model):
+    """A signing secret; every secret not yet expired signs (several overlap during rotation)."""
+
+    endpoint = models.ForeignKey(Endpoint, on_delete=models.CASCADE, related_name="secrets")
+    secret = models.CharField(max_length=200)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    expires_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["endpoint", "expires_at"], name="secret_active_idx")]
+
+    def __str__(self) -> str:
+        return f"secret of {self.endpoint_id} from {self.created_at:%Y-%m-%d %H:%M}"
+
+
+class ApiKey(AbstractAPIKey):
+    """An API key for event sources and operators; only a hash and an 8-character prefix are kept."""
+
+    class Scope(models.TextChoices):
+        EVENTS_WRITE = "events:write", "Send events"
+        ENDPOINTS_MANAGE = "endpoints:manage", "Manage applications and endpoints"
+        EVENT_TYPES_MANAGE = "event-types:manage", "Manage event types and schemas"
+        DEAD_LETTERS_REPLAY = "dead-letters:replay", "Replay dead letters"
+        READ = "read", "Read everything visible to the key"
+
+    scopes = ArrayField(
+        models.CharField(max_length=40, choices=Scope.choices), default=list, blank=True
+    )
+    application = models.ForeignKey(
+        Application, null=True, blank=True, on_delete=models.CASCADE, related_name="api_keys"
+    )
+    last_used_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta(AbstractAPIKey.Meta):
+        verbose_name = "API key"
+        verbose_name_plural = "API keys"

@@ -1,0 +1,109 @@
+"""Writes for applications, endpoints, their secrets, and API keys."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import transaction
+from django.utils import timezone
+
+from .models import ApiKey, Application, Endpoint, EndpointSecret
+from .signing import generate_secret
+from .ssrf import BlockedTarget, check_url
+
+ENDPOINT_FIELDS = (
+    "url",
+    "description",
+    "application",
+    "event_types",
+    "enabled",
+    "headers",
+    "rate_limit_per_second",
+    "retry_schedule",
+    "timeout_seconds",
+)
+
+
+def _check_target(url: str) -> None:
+    try:
+        check_url(url, allow_private=settings.WEBHOOKS_ALLOW_PRIVATE_TARGETS)
+    except BlockedTarget as exc:
+        raise ValidationError({"url": f"This URL cannot receive webhooks: {exc}"}) from exc
+
+
+@transaction.atomic
+def application_create(*, uid: str, name: str) -> Application:
+    """Create a consumer application."""
+    application = Application(uid=uid, name=name)
+    application.full_clean()
+    application.save()
+    return application
+
+
+@transaction.atomic
+def endpoint_create(**fields: Any) -> tuple[Endpoint, str]:
+    """Create an endpoint and its first signing secret; returns (endpoint, secret)."""
+    unknown = set(fields) - set(ENDPOINT_FIELDS)
+    if unknown:
+        raise TypeError(f"unknown endpoint fields: {sorted(unknown)}")
+    _check_target(fields["url"])
+    endpoint = Endpoint(**fields)
+    endpoint.full_clean()
+    endpoint.save()
+    secret = generate_secret()
+    EndpointSecret.objects.create(endpoint=endpoint, secret=secret)
+    return endpoint, secret
+
+
+@transaction.atomic
+def endpoint_update(*, endpoint: Endpoint, **fields: Any) -> Endpoint:
+    """Change an endpoint's settings; re-enabling clears the disabled reason."""
+    unknown = set(fields) - set(ENDPOINT_FIELDS)
+    if unknown:
+        raise TypeError(f"unknown endpoint fields: {sorted(unknown)}")
+    if "url" in fields and fields["url"] != endpoint.url:
+        _check_target(fields["url"])
+    for name, value in fields.items():
+        setattr(endpoint, name, value)
+    if fields.get("enabled") is True:
+        endpoint.disabled_reason = ""
+        endpoint.disabled_at = None
+    elif fields.get("enabled") is False and endpoint.disabled_at is None:
+        endpoint.disabled_at = timezone.now()
+        endpoint.disabled_reason = endpoint.disabled_reason or "disabled by an operator"
+    endpoint.full_clean()
+    endpoint.save()
+    return endpoint
+
+
+@transaction.atomic
+def endpoint_disable(*, endpoint_id: str, reason: str) -> bool:
+    """Disable an endpoint (if enabled) and record why; returns whether it changed."""
+    return bool(
+        Endpoint.objects.filter(pk=endpoint_id, enabled=True).update(
+            enabled=False, disabled_reason=reason[:500], disabled_at=timezone.now()
+        )
+    )
+
+
+def endpoint_delete(*, endpoint: Endpoint) -> None:
+    """Delete an endpoint with its secrets, deliveries and their attempts."""
+    endpoint.delete()
+
+
+@transaction.atomic
+def api_key_create(
+    *, name: str, scopes: Sequence[str], application: Application | None = None
+) -> tuple[ApiKey, str]:
+    """Create an API key; returns (key row, plaintext key). The plaintext is never stored."""
+    valid = set(ApiKey.Scope.values)
+    bad = [s for s in scopes if s not in valid]
+    if bad:
+        raise ValidationError({"scopes": f"unknown scopes {bad}; choose from {sorted(valid)}"})
+    api_key, key = ApiKey.objects.create_key(
+        name=name, scopes=list(scopes), application=application
+    )
+    return api_key, key

@@ -1,0 +1,117 @@
+"""POST a signed body to a consumer with a pooled urllib3 client. Never raises for network errors.
+
+Redirects are never followed, and at most `max_response_bytes` of the answer are read: a huge
+response closes the connection instead of being buffered.
+"""
+
+from __future__ import annotations
+
+import os
+import ssl
+import threading
+import time
+from dataclasses import dataclass, field
+
+import urllib3
+from urllib3.exceptions import (
+    ConnectTimeoutError,
+    HTTPError,
+    NewConnectionError,
+    ProtocolError,
+    ReadTimeoutError,
+    SSLError,
+)
+
+_pools: dict[int, urllib3.PoolManager] = {}
+_pools_lock = threading.Lock()
+
+
+@dataclass(frozen=True)
+class TransportResult:
+    """What happened to one HTTP request; `status_code` is None when no response came back."""
+
+    status_code: int | None
+    duration_ms: float
+    body: str = ""
+    headers: dict[str, str] = field(default_factory=dict)
+    error: str = ""
+    error_class: str = ""  # timeout, connection, tls, protocol
+
+    @property
+    def ok(self) -> bool:
+        return self.status_code is not None and 200 <= self.status_code < 300
+
+
+def _pool() -> urllib3.PoolManager:
+    """One PoolManager per process: prefork children must not share sockets with their parent."""
+    pid = os.getpid()
+    pool = _pools.get(pid)
+    if pool is None:
+        with _pools_lock:
+            pool = _pools.get(pid)
+            if pool is None:
+                pool = urllib3.PoolManager(num_pools=256, maxsize=16, block=False)
+                _pools.clear()
+                _pools[pid] = pool
+    return pool
+
+
+def post(
+    url: str,
+    body: bytes,
+    headers: dict[str, str],
+    *,
+    timeout: float,
+    connect_timeout: float,
+    max_response_bytes: int,
+) -> TransportResult:
+    """Send one POST and describe the outcome; network failures come back as a result, not raised."""
+    started = time.perf_counter()
+    try:
+        response = _pool().request(
+            "POST",
+            url,
+            body=body,
+            headers=headers,
+            redirect=False,
+            retries=False,
+            preload_content=False,
+            timeout=urllib3.Timeout(total=timeout, connect=min(connect_timeout, timeout)),
+        )
+        complete = False
+        try:
+            data = response.read(max_response_bytes + 1)
+            complete = len(data) <= max_response_bytes
+        finally:
+            if complete:
+                response.release_conn()
+            else:
+                response.close()  # never drain a huge or broken answer into memory
+        return TransportResult(
+            status_code=response.status,
+            duration_ms=(time.perf_counter() - started) * 1000,
+            body=data[:max_response_bytes].decode("utf-8", errors="replace"),
+            headers={k.lower(): v for k, v in response.headers.items()},
+        )
+    except (ConnectTimeoutError, ReadTimeoutError) as exc:
+        return _failure(started, "timeout", exc)
+    except SSLError as exc:
+        return _failure(started, "tls", exc)
+    except NewConnectionError as exc:
+        return _failure(started, "connection", exc)
+    except ProtocolError as exc:
+        return _failure(started, "connection", exc)
+    except (HTTPError, ssl.SSLError, OSError) as exc:
+        return _failure(started, "protocol", exc)
+
+
+def _failure(started: float, error_class: str, exc: Exception) -> TransportResult:
+    message = str(exc)
+    if isinstance(exc, ProtocolError) and exc.args:
+        message = str(exc.args[-1]) or message
+    return TransportResult(
+        status_code=None,
+        duration_ms=(time.perf_counter() - started) * 1000,
+        error=f"{type(exc).__name__}: {message}"[:500],
+        error_class=error_class,
+    )

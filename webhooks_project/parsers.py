@@ -1,0 +1,34 @@
+"""A JSON parser that enforces the body limit before parsing and parses with orjson."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from django.conf import settings
+from rest_framework import exceptions, status
+from rest_framework.parsers import JSONParser
+
+
+class PayloadTooLarge(exceptions.APIException):
+    status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
+    default_detail = "Request body is too large."
+    default_code = "payload_too_large"
+
+
+class LimitedJSONParser(JSONParser):
+    """Read at most WEBHOOKS_MAX_PAYLOAD_BYTES (also for chunked bodies) and parse strictly."""
+
+    def parse(self, stream: Any, media_type: str | None = None, parser_context: Any = None) -> Any:
+        limit = settings.WEBHOOKS_MAX_PAYLOAD_BYTES
+        if stream is None:
+            raise exceptions.ParseError("Request body is empty; send a JSON document.")
+        raw = stream.read(limit + 1)
+        if len(raw) > limit:
+            raise PayloadTooLarge(f"Request body exceeds {limit} bytes.")
+        if not raw:
+            raise exceptions.ParseError("Request body is empty; send a JSON document.")
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise exceptions.ParseError(f"Malformed JSON: {exc}") from exc
