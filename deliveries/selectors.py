@@ -9,7 +9,11 @@ from .models import Delivery, DeliveryAttempt, Event
 
 def event_list() -> QuerySet[Event]:
     """Events, newest first, with their delivery counts."""
-    return Event.objects.select_related("application").annotate(delivery_count=Count("deliveries"))
+    return (
+        Event.objects.select_related("application")
+        .annotate(delivery_count=Count("deliveries"))
+        .order_by("-created_at", "-id")  # GROUP BY queries drop Meta.ordering
+    )
 
 
 def delivery_list(

@@ -6,7 +6,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -256,7 +256,7 @@ def _claim(delivery_id: int, now: datetime) -> int | None:
 
 def build_body(*, event_type: str, occurred_at: datetime, data: Any) -> bytes:
     """Serialize the standard payload once; these exact bytes are signed and sent."""
-    timestamp = occurred_at.astimezone(timezone.UTC).isoformat().replace("+00:00", "Z")
+    timestamp = occurred_at.astimezone(UTC).isoformat().replace("+00:00", "Z")
     return orjson.dumps({"type": event_type, "timestamp": timestamp, "data": data})
 
 

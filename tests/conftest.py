@@ -1,0 +1,141 @@
+"""Shared fixtures: API clients with keys, a real HTTP sink, and a real Celery worker process."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.conf import settings
+from rest_framework.test import APIClient
+
+from tests.sink import Sink
+from webhooks.models import ApiKey
+from webhooks.services import api_key_create
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def make_api_client(db: None) -> Callable[..., APIClient]:
+    """Return a factory of API clients authenticated with a new key of the given scopes."""
+
+    def make(scopes: list[str] | None = None) -> APIClient:
+        _, key = api_key_create(
+            name="test", scopes=ApiKey.Scope.values if scopes is None else scopes
+        )
+        client = APIClient()
+        client.credentials(HTTP_AUTHORIZATION=f"Bearer {key}")
+        return client
+
+    return make
+
+
+@pytest.fixture
+def api(make_api_client: Callable[..., APIClient]) -> APIClient:
+    """An API client whose key has every scope."""
+    return make_api_client()
+
+
+@pytest.fixture(scope="session")
+def sink_server() -> Iterator[Sink]:
+    server = Sink().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def sink(sink_server: Sink) -> Iterator[Sink]:
+    """The local HTTP consumer, emptied for each test."""
+    sink_server.reset()
+    yield sink_server
+    sink_server.reset()
+
+
+class WorkerProcess:
+    """A `celery -A webhooks_project worker` child process against the test database."""
+
+    def __init__(self, env: dict[str, str], extra_args: list[str] | None = None) -> None:
+        self.env = env
+        self.extra_args = extra_args or []
+        self.proc: subprocess.Popen[str] | None = None
+        self.output: list[str] = []
+        self._ready = threading.Event()
+
+    def start(self, timeout: float = 60) -> WorkerProcess:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "webhooks_project", "worker",
+             "--loglevel", "INFO", "--without-gossip", "--without-mingle", *self.extra_args],
+            cwd=BASE_DIR, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            text=True, start_new_session=True,
+        )
+        threading.Thread(target=self._pump, daemon=True).start()
+        if not self._ready.wait(timeout):
+            self.stop()
+            raise RuntimeError("worker did not start:\n" + "".join(self.output[-50:]))
+        return self
+
+    def _pump(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.output.append(line)
+            if " ready." in line:
+                self._ready.set()
+
+    def stop(self, timeout: float = 20) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, 9)
+            self.proc.wait()
+
+
+def worker_env(**overrides: Any) -> dict[str, str]:
+    """The environment for a worker process: the test database, the test broker, overrides."""
+    db = settings.DATABASES["default"]
+    env = dict(os.environ)
+    env["DATABASE_URL"] = (
+        f"postgresql://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}"
+    )
+    env["REDIS_URL"] = settings.REDIS_URL
+    env.update({k: str(v) for k, v in overrides.items()})
+    return env
+
+
+@pytest.fixture(scope="session")
+def celery_worker(django_db_setup: None, django_db_blocker: Any) -> Iterator[WorkerProcess]:
+    """One real worker for the session (it sees only committed rows: use `transactional_db`)."""
+    worker = WorkerProcess(worker_env(CELERY_WORKER_CONCURRENCY=4)).start()
+    yield worker
+    worker.stop()
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 20, interval: float = 0.05) -> Any:
+    """Poll `predicate` until it returns something truthy; fail the test after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"condition not met within {timeout} s")
+        time.sleep(interval)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """On a failure, attach the tail of the worker's log to the report."""
+    report = yield
+    worker = getattr(item, "funcargs", {}).get("celery_worker")
+    if report.failed and isinstance(worker, WorkerProcess):
+        report.sections.append(("celery worker output", "".join(worker.output[-80:])))
+    return report

@@ -1,0 +1,120 @@
+"""A real local HTTP consumer for tests: records every request and answers as each path is told."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+@dataclass(frozen=True)
+class Received:
+    """One request as the consumer saw it."""
+
+    path: str
+    headers: dict[str, str]
+    body: bytes
+    at: float
+
+
+@dataclass
+class Plan:
+    """Answers for one path: statuses in order, the last one repeating; optional delay."""
+
+    statuses: list[int] = field(default_factory=lambda: [200])
+    delay: float = 0.0
+    headers: dict[str, str] = field(default_factory=dict)
+    served: int = 0
+
+    def next_status(self) -> int:
+        status = self.statuses[min(self.served, len(self.statuses) - 1)]
+        self.served += 1
+        return status
+
+
+class Sink:
+    """Start with `Sink().start()`; `url(name)` is a path on it; `requests(name)` what arrived."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._plans: dict[str, Plan] = {}
+        self._received: list[Received] = []
+        self._arrived = threading.Condition(self._lock)
+        sink = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+                length = int(self.headers.get("content-length") or 0)
+                body = self.rfile.read(length)
+                name = self.path.lstrip("/")
+                with sink._lock:
+                    plan = sink._plans.setdefault(name, Plan())
+                    status = plan.next_status()
+                    delay, extra = plan.delay, dict(plan.headers)
+                    sink._received.append(
+                        Received(
+                            path=name,
+                            headers={k.lower(): v for k, v in self.headers.items()},
+                            body=body,
+                            at=time.time(),
+                        )
+                    )
+                    sink._arrived.notify_all()
+                if delay:
+                    time.sleep(delay)
+                payload = b'{"ok": true}' if status < 300 else b'{"error": "planned"}'
+                self.send_response(status)
+                for key, value in extra.items():
+                    self.send_header(key, value)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def start(self) -> Sink:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def url(self, name: str) -> str:
+        return f"http://127.0.0.1:{self.port}/{name}"
+
+    def plan(self, name: str, *statuses: int, delay: float = 0.0, **headers: str) -> None:
+        with self._lock:
+            self._plans[name] = Plan(list(statuses) or [200], delay, headers)
+
+    def reset(self) -> None:
+        with self._lock:
+            self._plans.clear()
+            self._received.clear()
+
+    def requests(self, name: str | None = None) -> list[Received]:
+        with self._lock:
+            return [r for r in self._received if name is None or r.path == name]
+
+    def wait_for(self, count: int, name: str | None = None, timeout: float = 20) -> list[Received]:
+        """Block until at least `count` requests (to `name`) arrived; returns them."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while True:
+                got = [r for r in self._received if name is None or r.path == name]
+                if len(got) >= count:
+                    return got
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return got
+                self._arrived.wait(remaining)

@@ -1,0 +1,89 @@
+"""Standard Webhooks v1 signing: the spec's test vector, the reference library, and the verifier."""
+
+from __future__ import annotations
+
+import base64
+from datetime import UTC, datetime
+
+import pytest
+from standardwebhooks import Webhook
+
+from webhooks import signing
+
+# The published Standard Webhooks test vector.
+VECTOR_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+VECTOR_ID = "msg_p5jXN8AQM9LWM0D4loKWxJek"
+VECTOR_TS = 1614265330
+VECTOR_BODY = b'{"test": 2432232314}'
+VECTOR_SIGNATURE = "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
+
+
+def test_sign_reproduces_the_spec_vector() -> None:
+    key = signing.secret_key(VECTOR_SECRET)
+    assert signing.sign(key, VECTOR_ID, VECTOR_TS, VECTOR_BODY) == VECTOR_SIGNATURE
+
+
+def test_reference_library_verifies_our_signature() -> None:
+    # given a fresh secret and a body signed by us
+    secret = signing.generate_secret()
+    body = b'{"type":"order.created","data":{"id":1}}'
+    ts = int(datetime.now(UTC).timestamp())
+    header = signing.signature_header([signing.secret_key(secret)], "evt_1", ts, body)
+    # when the consumer's reference library verifies it, then it returns the payload
+    verified = Webhook(secret).verify(
+        body, {"webhook-id": "evt_1", "webhook-timestamp": str(ts), "webhook-signature": header}
+    )
+    assert verified == {"type": "order.created", "data": {"id": 1}}
+
+
+def test_several_secrets_give_space_separated_signatures_each_verifying() -> None:
+    old, new = signing.generate_secret(), signing.generate_secret()
+    ts = int(datetime.now(UTC).timestamp())
+    header = signing.signature_header(
+        [signing.secret_key(new), signing.secret_key(old)], "evt_2", ts, b"{}"
+    )
+    assert len(header.split(" ")) == 2
+    for secret in (old, new):
+        Webhook(secret).verify(
+            b"{}", {"webhook-id": "evt_2", "webhook-timestamp": str(ts), "webhook-signature": header}
+        )
+
+
+def test_generated_secrets_are_whsec_with_32_random_bytes_and_unique() -> None:
+    secrets = {signing.generate_secret() for _ in range(50)}
+    assert len(secrets) == 50
+    for secret in secrets:
+        assert secret.startswith("whsec_")
+        assert len(base64.b64decode(secret.removeprefix("whsec_"))) == 32
+
+
+def test_verify_accepts_the_vector_and_rejects_tampering() -> None:
+    key = signing.secret_key(VECTOR_SECRET)
+    signing.verify(
+        [key], msg_id=VECTOR_ID, timestamp=str(VECTOR_TS), signature=VECTOR_SIGNATURE,
+        body=VECTOR_BODY, now=VECTOR_TS,
+    )
+    with pytest.raises(signing.SignatureError, match="no signature matches"):
+        signing.verify(
+            [key], msg_id=VECTOR_ID, timestamp=str(VECTOR_TS), signature=VECTOR_SIGNATURE,
+            body=VECTOR_BODY + b" ", now=VECTOR_TS,
+        )
+
+
+@pytest.mark.parametrize(
+    ("msg_id", "timestamp", "signature", "message"),
+    [
+        (None, str(VECTOR_TS), VECTOR_SIGNATURE, "missing"),
+        (VECTOR_ID, "soon", VECTOR_SIGNATURE, "whole number"),
+        (VECTOR_ID, str(VECTOR_TS - 301), VECTOR_SIGNATURE, "tolerance"),
+        (VECTOR_ID, str(VECTOR_TS), "v2,abc", "no v1 signature"),
+    ],
+)
+def test_verify_rejects_malformed_or_stale_headers(
+    msg_id: str | None, timestamp: str, signature: str, message: str
+) -> None:
+    with pytest.raises(signing.SignatureError, match=message):
+        signing.verify(
+            [signing.secret_key(VECTOR_SECRET)], msg_id=msg_id, timestamp=timestamp,
+            signature=signature, body=VECTOR_BODY, now=VECTOR_TS,
+        )
