@@ -20,8 +20,14 @@ class ReadOnlyAdmin(admin.ModelAdmin):
 
 class DeliveryInline(admin.TabularInline):
     model = Delivery
-    fields = ["endpoint", "status", "attempt_count", "last_status_code", "next_attempt_at",
-              "completed_at"]
+    fields = [
+        "endpoint",
+        "status",
+        "attempt_count",
+        "last_status_code",
+        "next_attempt_at",
+        "completed_at",
+    ]
     readonly_fields = fields
     extra = 0
     can_delete = False
@@ -33,8 +39,17 @@ class DeliveryInline(admin.TabularInline):
 
 class AttemptInline(admin.TabularInline):
     model = DeliveryAttempt
-    fields = ["number", "outcome", "started_at", "duration_ms", "status_code", "error_class",
-              "error", "response_body", "request_headers"]
+    fields = [
+        "number",
+        "outcome",
+        "started_at",
+        "duration_ms",
+        "status_code",
+        "error_class",
+        "error",
+        "response_body",
+        "request_headers",
+    ]
     readonly_fields = fields
     extra = 0
     can_delete = False
@@ -55,8 +70,16 @@ class EventAdmin(ReadOnlyAdmin):
 
 @admin.register(Delivery)
 class DeliveryAdmin(ReadOnlyAdmin):
-    list_display = ["id", "event", "endpoint", "status", "attempt_count", "last_status_code",
-                    "next_attempt_at", "completed_at"]
+    list_display = [
+        "id",
+        "event",
+        "endpoint",
+        "status",
+        "attempt_count",
+        "last_status_code",
+        "next_attempt_at",
+        "completed_at",
+    ]
     list_filter = ["status", "endpoint", "created_at"]
     search_fields = ["event__id", "endpoint__id", "endpoint__url"]
     raw_id_fields = ["event", "endpoint"]
@@ -65,7 +88,14 @@ class DeliveryAdmin(ReadOnlyAdmin):
 
 @admin.register(DeadLetter)
 class DeadLetterAdmin(ReadOnlyAdmin):
-    list_display = ["id", "delivery", "endpoint", "event_type", "reason", "last_status_code",
-                    "created_at"]
+    list_display = [
+        "id",
+        "delivery",
+        "endpoint",
+        "event_type",
+        "reason",
+        "last_status_code",
+        "created_at",
+    ]
     list_filter = ["event_type", "endpoint", "created_at"]
     raw_id_fields = ["delivery", "endpoint"]

@@ -86,7 +86,9 @@ def decide(
     if status_code is not None and 200 <= status_code < 300:
         return Decision(Verdict.SUCCEEDED, reason=reason)
     if status_code == 410:
-        return Decision(Verdict.FAILED, reason="HTTP 410 Gone: endpoint disabled", disable_endpoint=True)
+        return Decision(
+            Verdict.FAILED, reason="HTTP 410 Gone: endpoint disabled", disable_endpoint=True
+        )
     if status_code is not None:
         retryable = status_code >= 500 or status_code in RETRYABLE_4XX or 300 <= status_code < 400
     else:

@@ -24,7 +24,10 @@ class Event(models.Model):
 
     id = models.CharField(primary_key=True, max_length=40, default=_event_id, editable=False)
     event_type = models.ForeignKey(
-        EventType, to_field="name", db_column="type", on_delete=models.PROTECT,
+        EventType,
+        to_field="name",
+        db_column="type",
+        on_delete=models.PROTECT,
         related_name="events",
     )
     schema_version = models.ForeignKey(
@@ -34,7 +37,8 @@ class Event(models.Model):
         Application, null=True, blank=True, on_delete=models.CASCADE, related_name="events"
     )
     data = models.JSONField()
-    idempotency_key = models.CharField(max_length=200, null=True, blank=True)
+    # NULL (not "") means "no key", so the unique constraint ignores keyless events.
+    idempotency_key = models.CharField(max_length=200, null=True, blank=True)  # noqa: DJ001
     occurred_at = models.DateTimeField(default=timezone.now)
     created_at = models.DateTimeField(default=timezone.now, editable=False, db_index=True)
 

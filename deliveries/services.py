@@ -89,7 +89,8 @@ def _check_inputs(items: Sequence[EventInput], *, single: bool) -> tuple[dict, d
             for violation in validate(
                 item.data,
                 version.schema,
-                cache_key=(version.event_type.name, version.version),
+                # versions are immutable rows: the row id names this exact schema for good
+                cache_key=(version.event_type.name, version.pk),
             ):
                 errors.append(
                     {
@@ -310,7 +311,9 @@ def delivery_attempt_run(*, delivery_id: int) -> AttemptRun:
 
     if not ctx["endpoint__enabled"]:
         result = transport.TransportResult(
-            status_code=None, duration_ms=0.0, error="endpoint is disabled",
+            status_code=None,
+            duration_ms=0.0,
+            error="endpoint is disabled",
             error_class="endpoint_disabled",
         )
     else:
@@ -321,7 +324,10 @@ def delivery_attempt_run(*, delivery_id: int) -> AttemptRun:
                 status_code=None, duration_ms=0.0, error=str(exc)[:500], error_class="ssrf_blocked"
             )
         else:
-            keys = [signing.secret_key(s) for s in endpoint_active_secrets(endpoint_id=ctx["endpoint_id"])]
+            keys = [
+                signing.secret_key(s)
+                for s in endpoint_active_secrets(endpoint_id=ctx["endpoint_id"])
+            ]
             headers["webhook-signature"] = signing.signature_header(
                 keys, ctx["event_id"], timestamp, body
             )
@@ -410,7 +416,9 @@ def delivery_attempt_record(
             next_attempt_at=now + timedelta(seconds=decision.delay or 0),
         )
     else:
-        status = Delivery.Status.DEAD if decision.verdict is Verdict.DEAD else Delivery.Status.FAILED
+        status = (
+            Delivery.Status.DEAD if decision.verdict is Verdict.DEAD else Delivery.Status.FAILED
+        )
         changes.update(status=status, completed_at=now, next_attempt_at=None)
     updated = Delivery.objects.filter(
         pk=delivery_id, status=Delivery.Status.IN_FLIGHT, attempt_count=number

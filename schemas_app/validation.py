@@ -1,6 +1,6 @@
 """Strict JSON Schema (Draft 2020-12) checking with compiled validators, reported as JSON pointers.
 
-Pure: no ORM. Callers pass a cache key that changes whenever the schema does (type name + version).
+Pure: no ORM. Callers pass a cache key that names one immutable schema (type name + version row id).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def _pointer(path: Any) -> str:
 
 
 def check_schema(schema: Any) -> None:
-    """Raise InvalidSchema with a readable message unless `schema` is a valid Draft 2020-12 schema."""
+    """Raise InvalidSchema with a readable message unless `schema` is valid Draft 2020-12."""
     if not isinstance(schema, dict | bool):
         raise InvalidSchema("A JSON Schema must be an object (or a boolean).")
     try:
@@ -49,7 +49,7 @@ def check_schema(schema: Any) -> None:
 
 
 class _ValidatorCache:
-    """A small thread-safe LRU of compiled validators keyed by (name, version)."""
+    """A small thread-safe LRU of compiled validators keyed by (name, schema version id)."""
 
     def __init__(self, size: int) -> None:
         self._size = size
@@ -62,9 +62,7 @@ class _ValidatorCache:
             if validator is not None:
                 self._items.move_to_end(key)
                 return validator
-        validator = Draft202012Validator(
-            schema, format_checker=Draft202012Validator.FORMAT_CHECKER
-        )
+        validator = Draft202012Validator(schema, format_checker=Draft202012Validator.FORMAT_CHECKER)
         with self._lock:
             self._items[key] = validator
             while len(self._items) > self._size:
@@ -85,10 +83,14 @@ def validate(
     """Return every violation of `schema` by `instance` (at most `limit`), in document order."""
     validator = validators.get(cache_key, schema)
     violations: list[SchemaViolation] = []
-    for error in sorted(validator.iter_errors(instance), key=lambda e: [str(p) for p in e.absolute_path]):
+    for error in sorted(
+        validator.iter_errors(instance), key=lambda e: [str(p) for p in e.absolute_path]
+    ):
         violations.append(
             SchemaViolation(
-                pointer=_pointer(error.absolute_path), keyword=str(error.validator), detail=error.message
+                pointer=_pointer(error.absolute_path),
+                keyword=str(error.validator),
+                detail=error.message,
             )
         )
         if len(violations) >= limit:

@@ -70,10 +70,25 @@ class WorkerProcess:
 
     def start(self, timeout: float = 60) -> WorkerProcess:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "webhooks_project", "worker",
-             "--loglevel", "INFO", "--without-gossip", "--without-mingle", *self.extra_args],
-            cwd=BASE_DIR, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            text=True, start_new_session=True,
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "webhooks_project",
+                "worker",
+                "--loglevel",
+                "INFO",
+                "--without-gossip",
+                "--without-mingle",
+                *self.extra_args,
+            ],
+            cwd=BASE_DIR,
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
         )
         threading.Thread(target=self._pump, daemon=True).start()
         if not self._ready.wait(timeout):
@@ -82,7 +97,8 @@ class WorkerProcess:
         return self
 
     def _pump(self) -> None:
-        assert self.proc is not None and self.proc.stdout is not None
+        assert self.proc is not None
+        assert self.proc.stdout is not None
         for line in self.proc.stdout:
             self.output.append(line)
             if " ready." in line:
@@ -103,9 +119,7 @@ def worker_env(**overrides: Any) -> dict[str, str]:
     """The environment for a worker process: the test database, the test broker, overrides."""
     db = settings.DATABASES["default"]
     env = dict(os.environ)
-    env["DATABASE_URL"] = (
-        f"postgresql://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}"
-    )
+    env["DATABASE_URL"] = f"postgresql://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}"
     env["REDIS_URL"] = settings.REDIS_URL
     env.update({k: str(v) for k, v in overrides.items()})
     return env
@@ -117,6 +131,61 @@ def celery_worker(django_db_setup: None, django_db_blocker: Any) -> Iterator[Wor
     worker = WorkerProcess(worker_env(CELERY_WORKER_CONCURRENCY=4)).start()
     yield worker
     worker.stop()
+
+
+class WebServer:
+    """The real web server (gunicorn) as a child process, on a free port."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        from webhooks_project.localstack import free_port
+
+        self.port = free_port()
+        self.env = env
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 30) -> WebServer:
+        import urllib.error
+        import urllib.request
+
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "gunicorn",
+                "webhooks_project.wsgi",
+                "--bind",
+                f"127.0.0.1:{self.port}",
+                "--workers",
+                "1",
+                "--threads",
+                "4",
+            ],
+            cwd=BASE_DIR,
+            env=self.env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                urllib.request.urlopen(self.url + "/healthz", timeout=2)  # noqa: S310
+                return self
+            except urllib.error.HTTPError:
+                return self  # it answers (503 is fine: the broker may be down on purpose)
+            except OSError:
+                time.sleep(0.1)
+        self.stop()
+        raise RuntimeError("web server did not start")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(20)
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float = 20, interval: float = 0.05) -> Any:

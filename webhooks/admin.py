@@ -5,7 +5,6 @@ from __future__ import annotations
 from django.contrib import admin
 from django.db.models import QuerySet
 from django.http import HttpRequest
-
 from rest_framework_api_key.models import APIKey as LibraryAPIKey
 
 from .models import ApiKey, Application, Endpoint, EndpointSecret
@@ -43,13 +42,29 @@ class EndpointAdmin(admin.ModelAdmin):
 
 @admin.register(ApiKey)
 class ApiKeyAdmin(admin.ModelAdmin):
-    list_display = ["name", "prefix", "scopes", "application", "revoked", "expiry_date",
-                    "last_used_at", "created"]
+    list_display = [
+        "name",
+        "prefix",
+        "scopes",
+        "application",
+        "revoked",
+        "expiry_date",
+        "last_used_at",
+        "created",
+    ]
     list_filter = ["revoked", "application"]
     search_fields = ["name", "prefix"]
     readonly_fields = ["prefix", "created", "last_used_at"]
-    fields = ["name", "prefix", "scopes", "application", "expiry_date", "revoked", "created",
-              "last_used_at"]
+    fields = [
+        "name",
+        "prefix",
+        "scopes",
+        "application",
+        "expiry_date",
+        "revoked",
+        "created",
+        "last_used_at",
+    ]
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         # Keys are created with `manage.py create_api_key`, which shows the key once.

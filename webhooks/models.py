@@ -85,7 +85,7 @@ class EndpointSecret(models.Model):
 
 
 class ApiKey(AbstractAPIKey):
-    """An API key for event sources and operators; only a hash and an 8-character prefix are kept."""
+    """An API key for sources and operators; only its hash and 8-character prefix are kept."""
 
     class Scope(models.TextChoices):
         EVENTS_WRITE = "events:write", "Send events"

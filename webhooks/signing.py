@@ -1,7 +1,7 @@
 """Standard Webhooks v1 signatures (HMAC-SHA256) over the exact bytes sent. Pure; no ORM.
 
-    signed content = f"{msg_id}.{timestamp}." + body
-    header         = "v1," + base64(hmac_sha256(secret_bytes, signed content)), space-separated
+signed content = f"{msg_id}.{timestamp}." + body
+header         = "v1," + base64(hmac_sha256(secret_bytes, signed content)), space-separated
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import hmac
 import secrets
 from collections.abc import Iterable
 
-SECRET_PREFIX = "whsec_"
+SECRET_PREFIX = "whsec_"  # noqa: S105 - a prefix, not a secret
 SECRET_BYTES = 32
 DEFAULT_TOLERANCE_SECONDS = 5 * 60
 

@@ -65,7 +65,7 @@ def post(
     connect_timeout: float,
     max_response_bytes: int,
 ) -> TransportResult:
-    """Send one POST and describe the outcome; network failures come back as a result, not raised."""
+    """Send one POST and describe the outcome; network failures are returned, never raised."""
     started = time.perf_counter()
     try:
         response = _pool().request(

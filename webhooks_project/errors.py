@@ -1,7 +1,7 @@
 """One JSON error shape for every API failure, with JSON pointers to the offending fields.
 
-    {"error": "validation_error", "detail": "human summary",
-     "errors": [{"pointer": "/data/amount", "detail": "...", "keyword": "minimum"}]}
+{"error": "validation_error", "detail": "human summary",
+ "errors": [{"pointer": "/data/amount", "detail": "...", "keyword": "minimum"}]}
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ def _base62(number: int, length: int) -> str:
 
 
 def new_id(prefix: str) -> str:
-    """Return `prefix_` + 22 base62 characters; ids made later sort after earlier ones (to the ms)."""
+    """Return `prefix_` + 22 base62 characters; later ids sort after earlier ones (per ms)."""
     millis = time.time_ns() // 1_000_000
     value = (millis << 80) | secrets.randbits(80)
     return f"{prefix}_{_base62(value, _BODY_LENGTH)}"

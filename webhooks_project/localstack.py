@@ -101,24 +101,53 @@ class LocalPostgres:
         run_as = self._run_as()
         if not (self.data_dir / "PG_VERSION").exists():
             subprocess.run(
-                [str(self.bin_dir() / "initdb"), "-D", str(self.data_dir), "-U", "postgres",
-                 "--auth=trust", "--encoding=UTF8", "--no-instructions"],
-                check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **run_as,  # type: ignore[arg-type]
+                [
+                    str(self.bin_dir() / "initdb"),
+                    "-D",
+                    str(self.data_dir),
+                    "-U",
+                    "postgres",
+                    "--auth=trust",
+                    "--encoding=UTF8",
+                    "--no-instructions",
+                ],
+                check=True,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                **run_as,  # type: ignore[arg-type]
             )
         stale_pid = self.data_dir / "postmaster.pid"
         if stale_pid.exists() and not _pid_alive(stale_pid):
             stale_pid.unlink()
         args = [
-            str(self.bin_dir() / "postgres"), "-D", str(self.data_dir), "-p", str(self.port),
-            "-c", "listen_addresses=127.0.0.1", "-c", "unix_socket_directories=",
-            "-c", "max_connections=200",
+            str(self.bin_dir() / "postgres"),
+            "-D",
+            str(self.data_dir),
+            "-p",
+            str(self.port),
+            "-c",
+            "listen_addresses=127.0.0.1",
+            "-c",
+            "unix_socket_directories=",
+            "-c",
+            "max_connections=200",
         ]
         if self.fast:
-            args += ["-c", "fsync=off", "-c", "synchronous_commit=off",
-                     "-c", "full_page_writes=off"]
+            args += [
+                "-c",
+                "fsync=off",
+                "-c",
+                "synchronous_commit=off",
+                "-c",
+                "full_page_writes=off",
+            ]
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child process
         self.proc = subprocess.Popen(
-            args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, **run_as,  # type: ignore[call-overload]
+            args,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            **run_as,  # type: ignore[call-overload]
         )
         log.close()
         _wait_for(self._ready, f"PostgreSQL (log: {self.log_path})", timeout, self.proc)
@@ -178,10 +207,21 @@ class LocalRedis:
     def start(self, timeout: float = 30) -> LocalRedis:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         args = [
-            str(self.server_binary()), "--port", str(self.port), "--bind", "127.0.0.1",
-            "--dir", str(self.data_dir), "--maxmemory-policy", "noeviction",
-            "--protected-mode", "yes", "--daemonize", "no",
-            "--logfile", str(self.data_dir / "redis.log"),
+            str(self.server_binary()),
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(self.data_dir),
+            "--maxmemory-policy",
+            "noeviction",
+            "--protected-mode",
+            "yes",
+            "--daemonize",
+            "no",
+            "--logfile",
+            str(self.data_dir / "redis.log"),
         ]
         # The broker holds tasks: keep them across restarts in the dev stack (AOF, fsync each s).
         args += ["--appendonly", "yes"] if self.persist else ["--appendonly", "no", "--save", ""]
@@ -219,7 +259,9 @@ def _pid_alive(pid_file: Path) -> bool:
     return True
 
 
-def start_services(data_root: Path, *, fast: bool, persist: bool) -> list[LocalPostgres | LocalRedis]:
+def start_services(
+    data_root: Path, *, fast: bool, persist: bool
+) -> list[LocalPostgres | LocalRedis]:
     """Start PostgreSQL and Redis unless DATABASE_URL / REDIS_URL are set; export their URLs."""
     started: list[LocalPostgres | LocalRedis] = []
     try:
@@ -255,12 +297,15 @@ def _dev_setup() -> tuple[str, str, str]:
         f"U.objects.filter(username={user!r}).exists() or "
         f"U.objects.create_superuser({user!r}, 'admin@localhost', {password!r})"
     )
-    _manage("shell", "-c", script)
+    _manage("shell", "-v", "0", "-c", script)
     key_file = RUN_DIR / "dev-api-key"
     if not key_file.exists():
         out = subprocess.run(
             [sys.executable, str(BASE_DIR / "manage.py"), "create_api_key", "dev"],
-            check=True, capture_output=True, text=True, cwd=BASE_DIR,
+            check=True,
+            capture_output=True,
+            text=True,
+            cwd=BASE_DIR,
         ).stdout
         key_file.write_text(out.strip().splitlines()[-1] + "\n")
         key_file.chmod(0o600)
@@ -288,10 +333,12 @@ def run() -> int:
             "--workers 2 --threads 8 --access-logfile -",
             cwd=str(BASE_DIR),
         )
-        manager.add_process("worker", " ".join([*celery, "worker", "--loglevel", "INFO"]),
-                            cwd=str(BASE_DIR))
-        manager.add_process("beat", " ".join([*celery, "beat", "--loglevel", "INFO"]),
-                            cwd=str(BASE_DIR))
+        manager.add_process(
+            "worker", " ".join([*celery, "worker", "--loglevel", "INFO"]), cwd=str(BASE_DIR)
+        )
+        manager.add_process(
+            "beat", " ".join([*celery, "beat", "--loglevel", "INFO"]), cwd=str(BASE_DIR)
+        )
         manager.add_process(
             "flower",
             " ".join([*celery, "flower", f"--port={flower_port}", "--address=127.0.0.1"]),
@@ -323,7 +370,9 @@ def test(pytest_args: list[str]) -> int:
     tmp.chmod(0o755)
     services = start_services(tmp, fast=True, persist=False)
     try:
-        return subprocess.run([sys.executable, "-m", "pytest", *pytest_args], cwd=BASE_DIR).returncode
+        return subprocess.run(
+            [sys.executable, "-m", "pytest", *pytest_args], cwd=BASE_DIR
+        ).returncode
     finally:
         stop_services(services)
         shutil.rmtree(tmp, ignore_errors=True)

@@ -92,7 +92,9 @@ if not DATABASES["default"]["ENGINE"].endswith("postgresql"):
     raise ImproperlyConfigured("DATABASE_URL must point at PostgreSQL (postgres://...)")
 DATABASES["default"].setdefault("OPTIONS", {})
 # Fail fast instead of hanging when PostgreSQL is away: the API answers 503, workers retry.
-DATABASES["default"]["OPTIONS"].setdefault("connect_timeout", env_int("DATABASE_CONNECT_TIMEOUT", 5))
+DATABASES["default"]["OPTIONS"].setdefault(
+    "connect_timeout", env_int("DATABASE_CONNECT_TIMEOUT", 5)
+)
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 

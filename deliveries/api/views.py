@@ -64,7 +64,8 @@ class EventViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Ge
         return Response(AcceptedEventSerializer(result).data, status=status.HTTP_202_ACCEPTED)
 
     @extend_schema(
-        request=EventCreateSerializer(many=True), responses={202: AcceptedEventSerializer(many=True)}
+        request=EventCreateSerializer(many=True),
+        responses={202: AcceptedEventSerializer(many=True)},
     )
     @action(detail=False, methods=["post"])
     def batch(self, request: Request) -> Response:
@@ -74,7 +75,9 @@ class EventViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Ge
         if not request.data:
             raise UnprocessableEntity({"non_field_errors": ["The batch is empty."]})
         if len(request.data) > MAX_BATCH:
-            raise UnprocessableEntity({"non_field_errors": [f"At most {MAX_BATCH} events per batch."]})
+            raise UnprocessableEntity(
+                {"non_field_errors": [f"At most {MAX_BATCH} events per batch."]}
+            )
         serializer = EventCreateSerializer(data=request.data, many=True)
         if not serializer.is_valid():
             raise UnprocessableEntity(

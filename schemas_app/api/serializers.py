@@ -20,7 +20,15 @@ class EventTypeSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = EventType
-        fields = ["name", "description", "schema", "version", "archived", "created_at", "updated_at"]
+        fields = [
+            "name",
+            "description",
+            "schema",
+            "version",
+            "archived",
+            "created_at",
+            "updated_at",
+        ]
         read_only_fields = ["created_at", "updated_at"]
 
     def to_representation(self, instance: EventType) -> dict[str, Any]:

@@ -13,8 +13,13 @@ SCHEDULE = [5, 300, 1800]
 
 def _decide(status: int | None, attempts: int = 1, **kw: object):  # type: ignore[no-untyped-def]
     return decide(
-        status_code=status, attempts_made=attempts, schedule=SCHEDULE, jitter=0.0, now=1000.0,
-        rng=random.Random(1), **kw,  # type: ignore[arg-type]
+        status_code=status,
+        attempts_made=attempts,
+        schedule=SCHEDULE,
+        jitter=0.0,
+        now=1000.0,
+        rng=random.Random(1),
+        **kw,  # type: ignore[arg-type]
     )
 
 
@@ -64,7 +69,9 @@ def test_retry_after_is_honoured_and_capped() -> None:
 def test_jitter_stays_within_bounds() -> None:
     rng = random.Random(7)
     delays = {
-        decide(status_code=500, attempts_made=2, schedule=SCHEDULE, jitter=0.1, now=0, rng=rng).delay
+        decide(
+            status_code=500, attempts_made=2, schedule=SCHEDULE, jitter=0.1, now=0, rng=rng
+        ).delay
         for _ in range(200)
     }
     assert all(270 <= d <= 330 for d in delays)  # type: ignore[operator]

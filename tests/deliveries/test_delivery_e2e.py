@@ -143,5 +143,7 @@ def test_custom_headers_are_sent_but_not_stored(
     event = _post_event(api)
     (request,) = sink.wait_for(1, "hdr")
     assert request.headers["authorization"] == "Bearer partner-token"
-    attempt = wait_until(lambda: DeliveryAttempt.objects.filter(delivery__event_id=event["id"]).first())
+    attempt = wait_until(
+        lambda: DeliveryAttempt.objects.filter(delivery__event_id=event["id"]).first()
+    )
     assert attempt.request_headers["authorization"] == "[redacted]"

@@ -1,4 +1,4 @@
-"""Ingestion through the API: validation errors with pointers, fan-out rows, idempotency, batches."""
+"""Ingestion through the API: errors with pointers, fan-out rows, idempotency, batches."""
 
 from __future__ import annotations
 
@@ -43,7 +43,8 @@ def test_event_fans_out_one_delivery_per_matching_endpoint(
     _endpoint(api, "c", event_types=["user.created"])
     # when an order.created event is posted
     response = api.post(
-        "/api/v1/events/", {"type": "order.created", "data": {"id": "o1", "amount": 3}},
+        "/api/v1/events/",
+        {"type": "order.created", "data": {"id": "o1", "amount": 3}},
         format="json",
     )
     # then it is accepted with two deliveries, pending, for a and b only
@@ -70,7 +71,8 @@ def test_schema_violations_are_422_with_pointers_into_data(
     api: APIClient, order_type: dict[str, Any]
 ) -> None:
     response = api.post(
-        "/api/v1/events/", {"type": "order.created", "data": {"id": 5, "amount": -1}},
+        "/api/v1/events/",
+        {"type": "order.created", "data": {"id": 5, "amount": -1}},
         format="json",
     )
     assert response.status_code == 422
@@ -98,7 +100,9 @@ def test_malformed_json_is_400(api: APIClient) -> None:
 
 
 def test_wrong_content_type_is_415(api: APIClient) -> None:
-    response = api.post("/api/v1/events/", b"type=x", content_type="application/x-www-form-urlencoded")
+    response = api.post(
+        "/api/v1/events/", b"type=x", content_type="application/x-www-form-urlencoded"
+    )
     assert response.status_code == 415
 
 
@@ -122,7 +126,8 @@ def test_no_key_is_401_and_bad_key_is_401(db: None) -> None:
 def test_read_only_key_cannot_post_events(make_api_client: Any, order_type: dict) -> None:
     reader = make_api_client(["read"])
     response = reader.post(
-        "/api/v1/events/", {"type": "order.created", "data": {"id": "1", "amount": 1}},
+        "/api/v1/events/",
+        {"type": "order.created", "data": {"id": "1", "amount": 1}},
         format="json",
     )
     assert response.status_code == 403
@@ -202,7 +207,8 @@ def test_batch_requires_a_list(api: APIClient) -> None:
 def test_event_detail_lists_its_deliveries(api: APIClient, order_type: dict[str, Any]) -> None:
     endpoint = _endpoint(api, "a")
     event = api.post(
-        "/api/v1/events/", {"type": "order.created", "data": {"id": "o", "amount": 1}},
+        "/api/v1/events/",
+        {"type": "order.created", "data": {"id": "o", "amount": 1}},
         format="json",
     ).json()
     detail = api.get(f"/api/v1/events/{event['id']}/").json()

@@ -40,7 +40,9 @@ def test_every_violation_is_reported_with_pointer_and_keyword() -> None:
 
 def test_format_assertions_are_on() -> None:
     violations = validate(
-        {"id": "o", "amount": 1, "items": [], "email": "not-an-email"}, ORDER, cache_key=("order", 1)
+        {"id": "o", "amount": 1, "items": [], "email": "not-an-email"},
+        ORDER,
+        cache_key=("order", 1),
     )
     assert [(v.pointer, v.keyword) for v in violations] == [("/email", "format")]
 

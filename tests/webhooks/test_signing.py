@@ -45,7 +45,8 @@ def test_several_secrets_give_space_separated_signatures_each_verifying() -> Non
     assert len(header.split(" ")) == 2
     for secret in (old, new):
         Webhook(secret).verify(
-            b"{}", {"webhook-id": "evt_2", "webhook-timestamp": str(ts), "webhook-signature": header}
+            b"{}",
+            {"webhook-id": "evt_2", "webhook-timestamp": str(ts), "webhook-signature": header},
         )
 
 
@@ -60,13 +61,21 @@ def test_generated_secrets_are_whsec_with_32_random_bytes_and_unique() -> None:
 def test_verify_accepts_the_vector_and_rejects_tampering() -> None:
     key = signing.secret_key(VECTOR_SECRET)
     signing.verify(
-        [key], msg_id=VECTOR_ID, timestamp=str(VECTOR_TS), signature=VECTOR_SIGNATURE,
-        body=VECTOR_BODY, now=VECTOR_TS,
+        [key],
+        msg_id=VECTOR_ID,
+        timestamp=str(VECTOR_TS),
+        signature=VECTOR_SIGNATURE,
+        body=VECTOR_BODY,
+        now=VECTOR_TS,
     )
     with pytest.raises(signing.SignatureError, match="no signature matches"):
         signing.verify(
-            [key], msg_id=VECTOR_ID, timestamp=str(VECTOR_TS), signature=VECTOR_SIGNATURE,
-            body=VECTOR_BODY + b" ", now=VECTOR_TS,
+            [key],
+            msg_id=VECTOR_ID,
+            timestamp=str(VECTOR_TS),
+            signature=VECTOR_SIGNATURE,
+            body=VECTOR_BODY + b" ",
+            now=VECTOR_TS,
         )
 
 
@@ -84,6 +93,10 @@ def test_verify_rejects_malformed_or_stale_headers(
 ) -> None:
     with pytest.raises(signing.SignatureError, match=message):
         signing.verify(
-            [signing.secret_key(VECTOR_SECRET)], msg_id=msg_id, timestamp=timestamp,
-            signature=signature, body=VECTOR_BODY, now=VECTOR_TS,
+            [signing.secret_key(VECTOR_SECRET)],
+            msg_id=msg_id,
+            timestamp=timestamp,
+            signature=signature,
+            body=VECTOR_BODY,
+            now=VECTOR_TS,
         )

@@ -41,16 +41,21 @@ class EndpointSerializer(serializers.ModelSerializer):
         slug_field="uid", queryset=Application.objects.all(), required=False, allow_null=True
     )
     event_types = serializers.ListField(
-        child=serializers.CharField(max_length=200), required=False, allow_empty=True,
+        child=serializers.CharField(max_length=200),
+        required=False,
+        allow_empty=True,
         help_text="Event type names this endpoint receives; empty means all.",
     )
     headers = serializers.DictField(
-        child=serializers.CharField(max_length=1000), required=False,
+        child=serializers.CharField(max_length=1000),
+        required=False,
         help_text="Extra headers sent with every request (values are never shown in attempts).",
     )
     retry_schedule = serializers.ListField(
         child=serializers.IntegerField(min_value=0, max_value=7 * 24 * 3600),
-        required=False, allow_null=True, max_length=MAX_SCHEDULE_LENGTH,
+        required=False,
+        allow_null=True,
+        max_length=MAX_SCHEDULE_LENGTH,
         help_text="Delays in seconds before each retry; attempts = 1 + its length.",
     )
     timeout_seconds = serializers.IntegerField(
