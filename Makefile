@@ -21,6 +21,7 @@ run: $(STAMP)
 	$(BIN)/python -m webhooks_project.localstack run
 
 test: $(STAMP)
+	$(BIN)/ruff check .
 	$(BIN)/python -m webhooks_project.localstack test -- $(PYTEST_ARGS)
 
 lint: $(STAMP)

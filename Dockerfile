@@ -1,0 +1,20 @@
+# Production-like image: one image, four roles (web, worker, beat, flower) chosen by the command.
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
+WORKDIR /app
+
+COPY pyproject.toml README.md ./
+COPY webhooks_project ./webhooks_project
+COPY webhooks ./webhooks
+COPY deliveries ./deliveries
+COPY schemas_app ./schemas_app
+COPY manage.py ./
+RUN pip install . \
+ && DJANGO_SECRET_KEY=build DATABASE_URL=postgres://build@localhost/build \
+    python manage.py collectstatic --noinput \
+ && useradd --system --uid 10001 app
+USER app
+
+EXPOSE 8000
+CMD ["gunicorn", "webhooks_project.wsgi", "--bind", "0.0.0.0:8000", "--workers", "4", "--threads", "8"]
