@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from django import forms
 from django.contrib import admin
+from django.db import models
 from django.db.models import QuerySet
 from django.http import HttpRequest
 from rest_framework_api_key.models import APIKey as LibraryAPIKey
@@ -38,6 +40,9 @@ class EndpointAdmin(admin.ModelAdmin):
     search_fields = ["id", "url", "description"]
     readonly_fields = ["id", "disabled_at", "created_at", "updated_at"]
     inlines = [EndpointSecretInline]
+    formfield_overrides = {
+        models.URLField: {"form_class": forms.URLField, "assume_scheme": "https"},
+    }
 
 
 @admin.register(ApiKey)

@@ -1,0 +1,69 @@
+"""The admin pages an operator uses render, with the delivery record and its attempts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from django.test import Client
+from django.utils import timezone
+
+from deliveries.models import DeadLetter, Delivery, DeliveryAttempt, Event
+from schemas_app.services import event_type_create
+from webhooks.services import api_key_create, application_create, endpoint_create
+
+
+@pytest.fixture
+def record(db: None) -> Delivery:
+    event_type_create(name="order.created", schema={"type": "object"})
+    application = application_create(uid="acme", name="Acme")
+    endpoint, _ = endpoint_create(url="http://127.0.0.1:9/x", application=application)
+    api_key_create(name="k", scopes=["read"])
+    event = Event.objects.create(event_type_id="order.created", data={"id": 1})
+    delivery = Delivery.objects.create(event=event, endpoint=endpoint, status="dead")
+    DeliveryAttempt.objects.create(
+        delivery=delivery,
+        number=1,
+        outcome="failed",
+        started_at=timezone.now(),
+        duration_ms=3.2,
+        status_code=500,
+        response_body="boom-body",
+    )
+    DeadLetter.objects.create(
+        delivery=delivery,
+        endpoint=endpoint,
+        event_type="order.created",
+        reason="HTTP 500 after 1 attempts",
+    )
+    return delivery
+
+
+@pytest.mark.parametrize(
+    "model",
+    [
+        "webhooks/application",
+        "webhooks/endpoint",
+        "webhooks/apikey",
+        "schemas_app/eventtype",
+        "deliveries/event",
+        "deliveries/delivery",
+        "deliveries/deadletter",
+    ],
+)
+def test_changelists_render(admin_client: Client, record: Delivery, model: str) -> None:
+    response = admin_client.get(f"/admin/{model}/")
+    assert response.status_code == 200
+
+
+def test_delivery_page_shows_its_attempts(admin_client: Client, record: Delivery) -> None:
+    response = admin_client.get(f"/admin/deliveries/delivery/{record.pk}/change/")
+    assert response.status_code == 200
+    assert b"boom-body" in response.content
+
+
+def test_event_and_endpoint_pages_render(admin_client: Client, record: Delivery) -> Any:
+    assert admin_client.get(f"/admin/deliveries/event/{record.event_id}/change/").status_code == 200
+    page = admin_client.get(f"/admin/webhooks/endpoint/{record.endpoint_id}/change/")
+    assert page.status_code == 200
+    assert b"whsec_" not in page.content  # secrets are never shown in the admin
