@@ -72,6 +72,11 @@ class Delivery(models.Model):
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
     attempt_count = models.PositiveSmallIntegerField(default=0)
     next_attempt_at = models.DateTimeField(null=True, blank=True, default=timezone.now)
+    # When a task message for the current attempt was last published (None: parked, no message).
+    # The sweeper re-publishes a due row only when this is older than WEBHOOKS_REDISPATCH_AFTER.
+    dispatched_at = models.DateTimeField(null=True, blank=True, default=timezone.now)
+    # Attempts made before the latest replay: the retry schedule restarts after a replay.
+    retry_base = models.PositiveSmallIntegerField(default=0)
     lease_expires_at = models.DateTimeField(null=True, blank=True)
     last_attempt_at = models.DateTimeField(null=True, blank=True)
     last_status_code = models.PositiveSmallIntegerField(null=True, blank=True)
@@ -134,17 +139,38 @@ class DeliveryAttempt(models.Model):
 
 
 class DeadLetter(models.Model):
-    """A delivery that ended without success; replaying puts it back to pending."""
+    """A delivery that ended without success; replaying puts it back to pending.
 
-    delivery = models.OneToOneField(Delivery, on_delete=models.CASCADE, related_name="dead_letter")
+    A delivery that dies again after a replay gets a new dead letter; the old one keeps who
+    replayed it and when.
+    """
+
+    delivery = models.ForeignKey(Delivery, on_delete=models.CASCADE, related_name="dead_letters")
     endpoint = models.ForeignKey(Endpoint, on_delete=models.CASCADE, related_name="dead_letters")
     event_type = models.CharField(max_length=200, db_index=True)
     reason = models.CharField(max_length=500)
     last_status_code = models.PositiveSmallIntegerField(null=True, blank=True)
     created_at = models.DateTimeField(default=timezone.now, editable=False, db_index=True)
+    replayed_at = models.DateTimeField(null=True, blank=True)
+    replayed_by = models.CharField(max_length=200, blank=True, default="")
 
     class Meta:
         ordering = ["-created_at"]
+        constraints = [
+            # At most one waiting (not yet replayed) dead letter per delivery.
+            models.UniqueConstraint(
+                fields=["delivery"],
+                condition=Q(replayed_at__isnull=True),
+                name="dead_letter_one_waiting",
+            )
+        ]
+        indexes = [
+            models.Index(
+                fields=["endpoint", "created_at"],
+                condition=Q(replayed_at__isnull=True),
+                name="dead_letter_waiting_idx",
+            )
+        ]
 
     def __str__(self) -> str:
         return f"dead letter of delivery {self.delivery_id}: {self.reason}"

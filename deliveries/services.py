@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
+from django.db.models import F, Q, QuerySet
 from django.utils import timezone
 from kombu.exceptions import KombuError
 from redis.exceptions import RedisError
@@ -172,7 +173,13 @@ def _store(
         if combo not in targets:
             targets[combo] = endpoint_ids_for_event(event_type=combo[0], application_id=combo[1])
         deliveries.extend(
-            Delivery(event=event, endpoint_id=endpoint_id, next_attempt_at=now, created_at=now)
+            Delivery(
+                event=event,
+                endpoint_id=endpoint_id,
+                next_attempt_at=now,
+                dispatched_at=now,
+                created_at=now,
+            )
             for endpoint_id in targets[combo]
         )
         counts[event.id] = len(targets[combo])
@@ -288,6 +295,7 @@ def delivery_attempt_run(*, delivery_id: int) -> AttemptRun:
             "endpoint__headers",
             "endpoint__timeout_seconds",
             "endpoint__retry_schedule",
+            "retry_base",
         )
         .get()
     )
@@ -348,7 +356,7 @@ def delivery_attempt_run(*, delivery_id: int) -> AttemptRun:
         error_class=result.error_class,
         error=result.error,
         retry_after=result.headers.get("retry-after"),
-        attempts_made=number,
+        attempts_made=number - ctx["retry_base"],  # a replay restarts the schedule
         schedule=schedule,
         jitter=settings.WEBHOOKS_RETRY_JITTER,
         now=time.time(),
@@ -411,9 +419,14 @@ def delivery_attempt_record(
     if decision.verdict is Verdict.SUCCEEDED:
         changes.update(status=Delivery.Status.SUCCEEDED, completed_at=now, next_attempt_at=None)
     elif decision.verdict is Verdict.RETRY:
+        due = now + timedelta(seconds=decision.delay or 0)
+        # A short delay rides on a Celery countdown (the task publishes it): the row counts as
+        # dispatched for that time. A long one is parked with no message for the sweeper.
+        countdown = (decision.delay or 0) <= settings.WEBHOOKS_COUNTDOWN_MAX
         changes.update(
             status=Delivery.Status.PENDING,
-            next_attempt_at=now + timedelta(seconds=decision.delay or 0),
+            next_attempt_at=due,
+            dispatched_at=due if countdown else None,
         )
     else:
         status = (
@@ -424,15 +437,138 @@ def delivery_attempt_record(
         pk=delivery_id, status=Delivery.Status.IN_FLIGHT, attempt_count=number
     ).update(**changes)
     if updated and decision.verdict in (Verdict.FAILED, Verdict.DEAD):
-        DeadLetter.objects.update_or_create(
+        DeadLetter.objects.create(
             delivery_id=delivery_id,
-            defaults={
-                "endpoint_id": endpoint_id,
-                "event_type": event_type,
-                "reason": decision.reason[:500],
-                "last_status_code": result.status_code,
-                "created_at": now,
-            },
+            endpoint_id=endpoint_id,
+            event_type=event_type,
+            reason=decision.reason[:500],
+            last_status_code=result.status_code,
+            created_at=now,
         )
     if decision.disable_endpoint:
         endpoint_disable(endpoint_id=endpoint_id, reason=decision.reason)
+        deliveries_fail_for_endpoint(endpoint_id=endpoint_id, reason=decision.reason)
+
+
+def deliveries_fail_for_endpoint(*, endpoint_id: str, reason: str) -> int:
+    """End every pending delivery of a disabled endpoint as `failed`, each with a dead letter.
+
+    In-flight ones are left to finish: their attempt sees the endpoint disabled next time.
+    """
+    now = timezone.now()
+    with transaction.atomic():
+        rows = list(
+            Delivery.objects.select_for_update(skip_locked=True)
+            .filter(endpoint_id=endpoint_id, status=Delivery.Status.PENDING)
+            .values_list("id", "event__event_type_id", "last_status_code")
+        )
+        Delivery.objects.filter(id__in=[r[0] for r in rows]).update(
+            status=Delivery.Status.FAILED,
+            completed_at=now,
+            next_attempt_at=None,
+            dispatched_at=None,
+        )
+        DeadLetter.objects.bulk_create(
+            DeadLetter(
+                delivery_id=delivery_id,
+                endpoint_id=endpoint_id,
+                event_type=event_type,
+                reason=f"endpoint disabled: {reason}"[:500],
+                last_status_code=status_code,
+                created_at=now,
+            )
+            for delivery_id, event_type, status_code in rows
+        )
+    return len(rows)
+
+
+# --- The sweeper --------------------------------------------------------------------------------
+
+
+def deliveries_requeue_stuck(*, batch_size: int = 1000, max_batches: int = 50) -> dict[str, int]:
+    """Rebuild the work from PostgreSQL: the beat job `requeue_stuck`.
+
+    1. `in_flight` rows whose lease expired (the worker died mid-request) go back to `pending`.
+    2. Due `pending` rows with no live message (parked retries, messages lost with a broker
+       outage or restart) are marked dispatched and published after commit.
+    Rows are taken with FOR UPDATE SKIP LOCKED, so two sweeps at once never publish a row twice.
+    """
+    now = timezone.now()
+    reclaimed = 0
+    with transaction.atomic():
+        expired = list(
+            Delivery.objects.select_for_update(skip_locked=True)
+            .filter(status=Delivery.Status.IN_FLIGHT, lease_expires_at__lt=now)
+            .values_list("id", flat=True)[: batch_size * max_batches]
+        )
+        if expired:
+            reclaimed = Delivery.objects.filter(id__in=expired).update(
+                status=Delivery.Status.PENDING,
+                lease_expires_at=None,
+                next_attempt_at=now,
+                dispatched_at=None,
+            )
+            logger.warning("took back %d deliveries whose lease expired", reclaimed)
+
+    stale = now - timedelta(seconds=settings.WEBHOOKS_REDISPATCH_AFTER)
+    published = 0
+    for _ in range(max_batches):
+        with transaction.atomic():
+            ids = list(
+                Delivery.objects.select_for_update(skip_locked=True)
+                .filter(status=Delivery.Status.PENDING, next_attempt_at__lte=now)
+                .filter(Q(dispatched_at__isnull=True) | Q(dispatched_at__lte=stale))
+                .order_by("next_attempt_at")
+                .values_list("id", flat=True)[:batch_size]
+            )
+            Delivery.objects.filter(id__in=ids).update(dispatched_at=now)
+        if ids:
+            deliveries_enqueue(delivery_ids=ids)
+            published += len(ids)
+        if len(ids) < batch_size:
+            break
+    return {"reclaimed": reclaimed, "published": published}
+
+
+# --- Dead letters -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ReplayResult:
+    replayed: int
+    skipped_disabled: int
+
+
+def dead_letters_replay(*, dead_letters: QuerySet[DeadLetter], actor: str) -> ReplayResult:
+    """Put the deliveries of waiting dead letters back to `pending` with a fresh schedule.
+
+    Old attempts are kept; the dead letters record who replayed them and when. Dead letters of
+    disabled endpoints are skipped (re-enable the endpoint first).
+    """
+    now = timezone.now()
+    with transaction.atomic():
+        rows = list(
+            dead_letters.select_for_update(skip_locked=True, of=("self",))
+            .filter(replayed_at__isnull=True)
+            .values_list("id", "delivery_id", "endpoint__enabled")
+        )
+        replay = [(dl_id, d_id) for dl_id, d_id, enabled in rows if enabled]
+        skipped = len(rows) - len(replay)
+        delivery_ids = [d_id for _, d_id in replay]
+        DeadLetter.objects.filter(id__in=[dl_id for dl_id, _ in replay]).update(
+            replayed_at=now, replayed_by=actor[:200]
+        )
+        Delivery.objects.filter(
+            id__in=delivery_ids, status__in=[Delivery.Status.FAILED, Delivery.Status.DEAD]
+        ).update(
+            status=Delivery.Status.PENDING,
+            next_attempt_at=now,
+            dispatched_at=now,
+            completed_at=None,
+            retry_base=F("attempt_count"),
+        )
+        if delivery_ids:
+            transaction.on_commit(
+                lambda: deliveries_enqueue(delivery_ids=delivery_ids), robust=True
+            )
+    return ReplayResult(replayed=len(delivery_ids), skipped_disabled=skipped)

@@ -7,7 +7,7 @@ import logging
 from celery import shared_task
 from django.conf import settings
 
-from .services import delivery_attempt_run
+from .services import deliveries_requeue_stuck, delivery_attempt_run
 
 logger = logging.getLogger(__name__)
 
@@ -25,3 +25,9 @@ def deliver(self, delivery_id: int) -> str:  # type: ignore[no-untyped-def]
     if run.retry_in is not None and run.retry_in <= settings.WEBHOOKS_COUNTDOWN_MAX:
         raise self.retry(countdown=max(0.0, run.retry_in))
     return run.status
+
+
+@shared_task(acks_late=True, ignore_result=True)
+def requeue_stuck() -> dict[str, int]:
+    """Beat job: take back expired leases and publish due rows that have no live message."""
+    return deliveries_requeue_stuck()

@@ -183,12 +183,25 @@ CELERY_TASK_PUBLISH_RETRY_POLICY = {
     "interval_max": 0.5,
 }
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+_REQUEUE_INTERVAL = env_int("WEBHOOKS_REQUEUE_INTERVAL", 15, minimum=1)
+# django-celery-beat copies these into its PeriodicTask table at start (visible in the admin).
+CELERY_BEAT_SCHEDULE = {
+    "requeue_stuck": {
+        "task": "deliveries.tasks.requeue_stuck",
+        "schedule": float(_REQUEUE_INTERVAL),
+        "options": {"expires": float(_REQUEUE_INTERVAL)},  # a backlog of sweeps is useless
+    },
+}
 CELERY_TIMEZONE = TIME_ZONE
 
 # --- This service's own knobs (read at call time through django.conf.settings) ------------------
 WEBHOOKS_ALLOW_PRIVATE_TARGETS = env_bool("WEBHOOKS_ALLOW_PRIVATE_TARGETS", False)
 WEBHOOKS_LEASE_SECONDS = env_int("WEBHOOKS_LEASE_SECONDS", 60, minimum=1)
-WEBHOOKS_REQUEUE_INTERVAL = env_int("WEBHOOKS_REQUEUE_INTERVAL", 15, minimum=1)
+WEBHOOKS_REQUEUE_INTERVAL = _REQUEUE_INTERVAL
+# A due row whose message was published longer ago than this is published again (the message
+# was lost, e.g. Redis restarted empty). Longer than any normal queue wait.
+WEBHOOKS_REDISPATCH_AFTER = env_int("WEBHOOKS_REDISPATCH_AFTER", 120, minimum=1)
+WEBHOOKS_RETENTION_DAYS = env_int("WEBHOOKS_RETENTION_DAYS", 30, minimum=1)
 WEBHOOKS_COUNTDOWN_MAX = env_int("WEBHOOKS_COUNTDOWN_MAX", 60)
 # Delays in seconds before each retry (Standard Webhooks / Svix): 5 s, 5 min, 30 min, 2 h, 5 h,
 # 10 h, 10 h. Attempts = 1 + len(schedule).

@@ -117,8 +117,9 @@ def test_exhausted_retries_end_dead_with_a_dead_letter(
     )
     assert delivery.attempt_count == 2
     assert len(sink.requests("down")) == 2
-    assert delivery.dead_letter.endpoint_id == endpoint["id"]
-    assert "HTTP 500" in delivery.dead_letter.reason
+    (dead_letter,) = delivery.dead_letters.all()
+    assert dead_letter.endpoint_id == endpoint["id"]
+    assert "HTTP 500" in dead_letter.reason
 
 
 def test_a_4xx_fails_at_once_without_retry(
