@@ -6,7 +6,7 @@ from typing import Any
 
 from rest_framework import serializers
 
-from deliveries.models import Delivery, DeliveryAttempt, Event
+from deliveries.models import DeadLetter, Delivery, DeliveryAttempt, Event
 from deliveries.services import EventInput
 
 MAX_BATCH = 1000
@@ -109,3 +109,36 @@ class AttemptSerializer(serializers.ModelSerializer):
             "response_body",
         ]
         read_only_fields = fields
+
+
+class DeadLetterSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = DeadLetter
+        fields = [
+            "id",
+            "delivery",
+            "endpoint",
+            "event_type",
+            "reason",
+            "last_status_code",
+            "created_at",
+            "replayed_at",
+            "replayed_by",
+        ]
+        read_only_fields = fields
+
+
+class DeadLetterFilterSerializer(serializers.Serializer):
+    """The filters of the list and of bulk replay."""
+
+    endpoint = serializers.CharField(required=False)
+    event_type = serializers.CharField(required=False)
+    since = serializers.DateTimeField(required=False)
+    until = serializers.DateTimeField(required=False)
+
+
+class ReplayResultSerializer(serializers.Serializer):
+    replayed = serializers.IntegerField()
+    skipped_disabled = serializers.IntegerField(
+        help_text="Dead letters of disabled endpoints, left waiting: re-enable the endpoint first."
+    )

@@ -12,19 +12,22 @@ from rest_framework.exceptions import ValidationError
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from deliveries.models import Delivery, Event
-from deliveries.selectors import attempt_list, delivery_list, event_list
-from deliveries.services import IngestRejected, events_ingest
+from deliveries.models import DeadLetter, Delivery, Event
+from deliveries.selectors import attempt_list, dead_letter_list, delivery_list, event_list
+from deliveries.services import IngestRejected, dead_letters_replay, events_ingest
 from webhooks_project.errors import UnprocessableEntity
 
 from .serializers import (
     MAX_BATCH,
     AcceptedEventSerializer,
     AttemptSerializer,
+    DeadLetterFilterSerializer,
+    DeadLetterSerializer,
     DeliverySerializer,
     EventCreateSerializer,
     EventDetailSerializer,
     EventSerializer,
+    ReplayResultSerializer,
 )
 
 
@@ -128,3 +131,61 @@ class DeliveryViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
         delivery = self.get_object()
         page = self.paginate_queryset(attempt_list(delivery_id=delivery.pk))
         return self.get_paginated_response(AttemptSerializer(page, many=True).data)
+
+
+def _actor(request: Request) -> str:
+    return str(request.user)
+
+
+class DeadLetterViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    """Deliveries that ended without success, waiting for a replay."""
+
+    serializer_class = DeadLetterSerializer
+    write_scope = "dead-letters:replay"
+
+    def _filters(self, data: Any) -> dict[str, Any]:
+        serializer = DeadLetterFilterSerializer(data=data)
+        serializer.is_valid(raise_exception=True)
+        return dict(serializer.validated_data)
+
+    def get_queryset(self):  # type: ignore[no-untyped-def]
+        if self.action in ("list", "replay_many"):
+            params = self.request.query_params if self.action == "list" else self.request.data
+            include = str(self.request.query_params.get("include_replayed", "")).lower()
+            return dead_letter_list(
+                **self._filters(params), include_replayed=include in ("1", "true", "yes")
+            )
+        return DeadLetter.objects.all()
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("endpoint", OpenApiTypes.STR),
+            OpenApiParameter("event_type", OpenApiTypes.STR),
+            OpenApiParameter("since", OpenApiTypes.DATETIME),
+            OpenApiParameter("until", OpenApiTypes.DATETIME),
+            OpenApiParameter("include_replayed", OpenApiTypes.BOOL),
+        ]
+    )
+    def list(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        return super().list(request, *args, **kwargs)
+
+    @extend_schema(request=None, responses={202: ReplayResultSerializer})
+    @action(detail=True, methods=["post"])
+    def replay(self, request: Request, pk: str | None = None) -> Response:
+        """Put this dead letter's delivery back to pending with a fresh retry schedule."""
+        dead_letter = self.get_object()
+        if dead_letter.replayed_at is not None:
+            raise ValidationError({"non_field_errors": ["This dead letter was already replayed."]})
+        result = dead_letters_replay(
+            dead_letters=DeadLetter.objects.filter(pk=dead_letter.pk), actor=_actor(request)
+        )
+        return Response(ReplayResultSerializer(result).data, status=status.HTTP_202_ACCEPTED)
+
+    @extend_schema(request=DeadLetterFilterSerializer, responses={202: ReplayResultSerializer})
+    @action(detail=False, methods=["post"], url_path="replay")
+    def replay_many(self, request: Request) -> Response:
+        """Replay every waiting dead letter matching the filters in the body (all if none)."""
+        if not isinstance(request.data, dict):
+            raise ValidationError({"non_field_errors": ["Send a JSON object of filters."]})
+        result = dead_letters_replay(dead_letters=self.get_queryset(), actor=_actor(request))
+        return Response(ReplayResultSerializer(result).data, status=status.HTTP_202_ACCEPTED)
