@@ -59,11 +59,19 @@ def sink(sink_server: Sink) -> Iterator[Sink]:
 
 
 class WorkerProcess:
-    """A `celery -A webhooks_project worker` child process against the test database."""
+    """A `celery -A webhooks_project worker` (or `beat`) child process on the test database."""
 
-    def __init__(self, env: dict[str, str], extra_args: list[str] | None = None) -> None:
+    ROLE_ARGS = {
+        "worker": (["worker", "--without-gossip", "--without-mingle"], " ready."),
+        "beat": (["beat"], "beat: Starting"),
+    }
+
+    def __init__(
+        self, env: dict[str, str], extra_args: list[str] | None = None, role: str = "worker"
+    ) -> None:
         self.env = env
         self.extra_args = extra_args or []
+        self.role_args, self.ready_marker = self.ROLE_ARGS[role]
         self.proc: subprocess.Popen[str] | None = None
         self.output: list[str] = []
         self._ready = threading.Event()
@@ -76,11 +84,9 @@ class WorkerProcess:
                 "celery",
                 "-A",
                 "webhooks_project",
-                "worker",
+                *self.role_args,
                 "--loglevel",
                 "INFO",
-                "--without-gossip",
-                "--without-mingle",
                 *self.extra_args,
             ],
             cwd=BASE_DIR,
@@ -93,7 +99,7 @@ class WorkerProcess:
         threading.Thread(target=self._pump, daemon=True).start()
         if not self._ready.wait(timeout):
             self.stop()
-            raise RuntimeError("worker did not start:\n" + "".join(self.output[-50:]))
+            raise RuntimeError("celery did not start:\n" + "".join(self.output[-50:]))
         return self
 
     def _pump(self) -> None:
@@ -101,7 +107,7 @@ class WorkerProcess:
         assert self.proc.stdout is not None
         for line in self.proc.stdout:
             self.output.append(line)
-            if " ready." in line:
+            if self.ready_marker in line:
                 self._ready.set()
 
     def stop(self, timeout: float = 20) -> None:

@@ -24,6 +24,7 @@ class Plan:
 
     statuses: list[int] = field(default_factory=lambda: [200])
     delay: float = 0.0
+    first_delay: float = 0.0  # only the first request waits this long (a consumer that hangs)
     headers: dict[str, str] = field(default_factory=dict)
     served: int = 0
 
@@ -52,8 +53,11 @@ class Sink:
                 name = self.path.lstrip("/")
                 with sink._lock:
                     plan = sink._plans.setdefault(name, Plan())
+                    delay = (
+                        plan.first_delay if plan.served == 0 and plan.first_delay else plan.delay
+                    )
                     status = plan.next_status()
-                    delay, extra = plan.delay, dict(plan.headers)
+                    extra = dict(plan.headers)
                     sink._received.append(
                         Received(
                             path=name,
@@ -93,9 +97,16 @@ class Sink:
     def url(self, name: str) -> str:
         return f"http://127.0.0.1:{self.port}/{name}"
 
-    def plan(self, name: str, *statuses: int, delay: float = 0.0, **headers: str) -> None:
+    def plan(
+        self,
+        name: str,
+        *statuses: int,
+        delay: float = 0.0,
+        first_delay: float = 0.0,
+        **headers: str,
+    ) -> None:
         with self._lock:
-            self._plans[name] = Plan(list(statuses) or [200], delay, headers)
+            self._plans[name] = Plan(list(statuses) or [200], delay, first_delay, headers)
 
     def reset(self) -> None:
         with self._lock:

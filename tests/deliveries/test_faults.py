@@ -1,0 +1,247 @@
+"""Fault tests: real processes broken on purpose; each asserts that nothing accepted was lost.
+
+Each test runs its own Redis, gunicorn, worker and beat (short leases and sweeps through settings,
+never by changing defaults) against the test database and the local sink.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+import redis
+from django.utils import timezone
+
+from deliveries.models import Delivery, DeliveryAttempt, Event
+from schemas_app.services import event_type_create
+from tests.conftest import BASE_DIR, WebServer, WorkerProcess, wait_until, worker_env
+from tests.sink import Sink
+from webhooks.services import api_key_create, endpoint_create
+from webhooks_project.localstack import LocalRedis
+
+pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
+
+FAST = {
+    "WEBHOOKS_LEASE_SECONDS": 3,
+    "WEBHOOKS_REQUEUE_INTERVAL": 1,
+    "WEBHOOKS_REDISPATCH_AFTER": 2,
+    "WEBHOOKS_COUNTDOWN_MAX": 1,
+    "WEBHOOKS_HTTP_TIMEOUT": 30,
+}
+
+
+@dataclass
+class Stack:
+    tmp: Path
+    redis: LocalRedis
+    env: dict[str, str]
+    web: WebServer | None = None
+    worker: WorkerProcess | None = None
+    beat: WorkerProcess | None = None
+    key: str = ""
+
+    def start_worker(self) -> WorkerProcess:
+        self.worker = WorkerProcess(self.env, ["--concurrency", "2"]).start()
+        return self.worker
+
+    def start_beat(self) -> WorkerProcess:
+        # PersistentScheduler keeps the beat schedule in a file: the test database is flushed
+        # between tests, which a DatabaseScheduler would not survive.
+        self.beat = WorkerProcess(
+            self.env,
+            ["-S", "celery.beat:PersistentScheduler", "-s", str(self.tmp / "beat-schedule")],
+            role="beat",
+        ).start()
+        return self.beat
+
+    def post_event(self, data: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        assert self.web is not None
+        request = urllib.request.Request(
+            self.web.url + "/api/v1/events/",
+            data=json.dumps({"type": "order.created", "data": data}).encode(),
+            headers={"Authorization": f"Bearer {self.key}", "Content-Type": "application/json"},
+            method="POST",
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read())
+
+    def stop(self) -> None:
+        for proc in (self.beat, self.worker, self.web):
+            if proc is not None:
+                proc.stop()
+        self.redis.stop()
+
+
+@pytest.fixture
+def stack(sink: Sink) -> Iterator[Stack]:
+    tmp = Path(tempfile.mkdtemp(prefix="faults-"))
+    rd = LocalRedis(tmp / "redis", persist=False).start()
+    env = worker_env(REDIS_URL=rd.url(), **FAST)
+    event_type_create(name="order.created", schema={"type": "object"})
+    _, key = api_key_create(name="faults", scopes=["events:write", "read"])
+    s = Stack(tmp=tmp, redis=rd, env=env, key=key)
+    s.web = WebServer(env).start()
+    yield s
+    s.stop()
+
+
+def _all_succeeded(count: int) -> bool:
+    return Delivery.objects.filter(status="succeeded").count() == count
+
+
+def test_worker_killed_mid_request_is_delivered_after_the_lease(stack: Stack, sink: Sink) -> None:
+    # given a consumer that holds the first request open, and a worker and beat
+    sink.plan("slow", 200, first_delay=8)
+    endpoint_create(url=sink.url("slow"))
+    worker = stack.start_worker()
+    stack.start_beat()
+    status, event = stack.post_event({"n": 1})
+    assert status == 202
+    sink.wait_for(1, "slow")
+    # when the worker process holding that request is SIGKILLed
+    assert worker.proc is not None
+    children = psutil.Process(worker.proc.pid).children(recursive=True)
+    holder = next(
+        c
+        for c in children
+        if any(conn.raddr and conn.raddr.port == sink.port for conn in c.net_connections("tcp"))
+    )
+    holder.send_signal(signal.SIGKILL)
+    # then, after the lease expires, the delivery is made again and succeeds
+    wait_until(lambda: _all_succeeded(1), timeout=40)
+    delivery = Delivery.objects.get(event_id=event["id"])
+    attempts = list(DeliveryAttempt.objects.filter(delivery=delivery).order_by("number"))
+    assert [a.outcome for a in attempts] == ["succeeded"]  # the killed try left no row
+    assert delivery.attempt_count == 2  # ... but it counts as an attempt
+    # the consumer saw the request twice (unavoidable: we died mid-request), same webhook-id
+    requests = sink.requests("slow")
+    assert len(requests) == 2
+    assert {r.headers["webhook-id"] for r in requests} == {event["id"]}
+
+
+def test_broker_down_at_ingest_then_back_delivers_everything(stack: Stack, sink: Sink) -> None:
+    endpoint_create(url=sink.url("ok"))
+    stack.start_worker()
+    stack.start_beat()
+    # given Redis stopped
+    stack.redis.stop()
+    # when events are posted, then the API still accepts them
+    ids = []
+    for n in range(10):
+        status, event = stack.post_event({"n": n})
+        assert status == 202
+        ids.append(event["id"])
+    assert Delivery.objects.filter(status="pending").count() == 10
+    # when Redis comes back (empty: nothing of the lost publishes survives)
+    stack.redis = LocalRedis(stack.tmp / "redis", port=stack.redis.port, persist=False).start()
+    # then the sweeper rebuilds the work from PostgreSQL and all are delivered, once each
+    wait_until(lambda: _all_succeeded(10), timeout=60)
+    received = sorted(json.loads(r.body)["data"]["n"] for r in sink.requests("ok"))
+    assert received == list(range(10))
+
+
+def test_queued_messages_lost_with_redis_are_rebuilt(stack: Stack, sink: Sink) -> None:
+    # given events accepted while no worker runs: their messages wait in Redis
+    endpoint_create(url=sink.url("ok"))
+    for n in range(10):
+        assert stack.post_event({"n": n})[0] == 202
+    assert redis.Redis.from_url(stack.redis.url()).llen("celery") == 10
+    # when Redis is killed and restarts empty
+    stack.redis.stop(kill=True)
+    stack.redis = LocalRedis(stack.tmp / "redis", port=stack.redis.port, persist=False).start()
+    assert redis.Redis.from_url(stack.redis.url()).llen("celery") == 0
+    stack.start_worker()
+    stack.start_beat()
+    # then everything is delivered from the rows, once each
+    wait_until(lambda: _all_succeeded(10), timeout=60)
+    assert sorted(json.loads(r.body)["data"]["n"] for r in sink.requests("ok")) == list(range(10))
+
+
+def test_two_sweeps_at_once_publish_each_due_row_once(stack: Stack) -> None:
+    # given 1,000 due rows with no live message (parked retries)
+    endpoint, _ = endpoint_create(url="http://127.0.0.1:9/x")
+    past = timezone.now() - timedelta(seconds=5)
+    events = Event.objects.bulk_create(
+        Event(event_type_id="order.created", data={"n": n}) for n in range(1000)
+    )
+    Delivery.objects.bulk_create(
+        Delivery(event=e, endpoint=endpoint, next_attempt_at=past, dispatched_at=None)
+        for e in events
+    )
+    # when two sweeper processes run at the same moment
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "manage.py", "requeue_stuck"],
+            cwd=BASE_DIR,
+            env=stack.env,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    results = [json.loads(p.communicate(timeout=60)[0].strip().splitlines()[-1]) for p in procs]
+    # then together they published 1,000 messages, one per row
+    assert sum(r["published"] for r in results) == 1000
+    client = redis.Redis.from_url(stack.redis.url())
+    messages = client.lrange("celery", 0, -1)
+    ids = [json.loads(_body(m))[0][0] for m in messages]
+    assert len(ids) == 1000
+    assert len(set(ids)) == 1000
+
+
+def _body(message: bytes) -> str:
+    import base64
+
+    return base64.b64decode(json.loads(message)["body"]).decode()
+
+
+def test_a_parked_retry_is_attempted_exactly_once_despite_a_short_visibility_timeout(
+    stack: Stack, sink: Sink
+) -> None:
+    # given a 1 s visibility timeout and a retry delay (6 s) longer than it and than the
+    # countdown limit, so the retry is parked in the row
+    stack.env["CELERY_VISIBILITY_TIMEOUT"] = "1"
+    sink.plan("later", 500, 200)
+    endpoint_create(url=sink.url("later"), retry_schedule=[6])
+    stack.start_worker()
+    stack.start_beat()
+    stack.post_event({"n": 1})
+    first = sink.wait_for(1, "later")[0]
+    # when the delay passes
+    wait_until(lambda: _all_succeeded(1), timeout=30)
+    time.sleep(4)  # room for any duplicate to show up
+    # then the consumer got exactly two requests, the second after the parked delay
+    requests = sink.requests("later")
+    assert len(requests) == 2
+    assert requests[1].at - first.at >= 5.0
+    assert DeliveryAttempt.objects.count() == 2
+
+
+def test_two_copies_of_the_same_task_send_once(stack: Stack, sink: Sink) -> None:
+    # given a delivery whose message is duplicated in the broker
+    sink.plan("dup", 200, delay=0.5)
+    endpoint_create(url=sink.url("dup"))
+    stack.post_event({"n": 1})
+    client = redis.Redis.from_url(stack.redis.url())
+    (message,) = client.lrange("celery", 0, -1)
+    for _ in range(3):
+        client.lpush("celery", message)
+    # when two worker processes take the copies at once
+    stack.start_worker()
+    wait_until(lambda: _all_succeeded(1), timeout=30)
+    time.sleep(1.5)
+    # then the consumer received one request
+    assert len(sink.requests("dup")) == 1
+    assert DeliveryAttempt.objects.count() == 1
