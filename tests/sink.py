@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+import struct
 import threading
 import time
 from dataclasses import dataclass, field
@@ -25,6 +27,7 @@ class Plan:
     statuses: list[int] = field(default_factory=lambda: [200])
     delay: float = 0.0
     first_delay: float = 0.0  # only the first request waits this long (a consumer that hangs)
+    mode: str = ""  # "reset": drop the connection with a TCP RST; "huge": answer 50 MB
     headers: dict[str, str] = field(default_factory=dict)
     served: int = 0
 
@@ -57,7 +60,7 @@ class Sink:
                         plan.first_delay if plan.served == 0 and plan.first_delay else plan.delay
                     )
                     status = plan.next_status()
-                    extra = dict(plan.headers)
+                    extra, mode = dict(plan.headers), plan.mode
                     sink._received.append(
                         Received(
                             path=name,
@@ -69,6 +72,15 @@ class Sink:
                     sink._arrived.notify_all()
                 if delay:
                     time.sleep(delay)
+                if mode == "reset":
+                    linger = struct.pack("ii", 1, 0)
+                    self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
+                    self.connection.close()
+                    self.close_connection = True
+                    return
+                if mode == "huge":
+                    self._send_huge(status)
+                    return
                 payload = b'{"ok": true}' if status < 300 else b'{"error": "planned"}'
                 self.send_response(status)
                 for key, value in extra.items():
@@ -77,6 +89,18 @@ class Sink:
                 self.send_header("content-length", str(len(payload)))
                 self.end_headers()
                 self.wfile.write(payload)
+
+            def _send_huge(self, status: int, size: int = 50 * 1024 * 1024) -> None:
+                self.send_response(status)
+                self.send_header("content-length", str(size))
+                self.end_headers()
+                chunk = b"x" * 65536
+                try:
+                    for _ in range(size // len(chunk)):
+                        self.wfile.write(chunk)
+                except OSError:
+                    pass  # the client stopped reading, as it should
+                self.close_connection = True
 
             def log_message(self, format: str, *args: object) -> None:  # noqa: A002
                 pass
@@ -103,10 +127,13 @@ class Sink:
         *statuses: int,
         delay: float = 0.0,
         first_delay: float = 0.0,
+        mode: str = "",
         **headers: str,
     ) -> None:
         with self._lock:
-            self._plans[name] = Plan(list(statuses) or [200], delay, first_delay, headers)
+            self._plans[name] = Plan(
+                list(statuses) or [200], delay, first_delay, mode=mode, headers=headers
+            )
 
     def reset(self) -> None:
         with self._lock:
