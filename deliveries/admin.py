@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from django.contrib import admin
+from django.contrib import admin, messages
+from django.db.models import QuerySet
 from django.http import HttpRequest
 
 from .models import DeadLetter, Delivery, DeliveryAttempt, Event
+from .services import dead_letters_replay
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -18,7 +20,17 @@ class ReadOnlyAdmin(admin.ModelAdmin):
         return False
 
 
-class DeliveryInline(admin.TabularInline):
+class ReadOnlyInline(admin.TabularInline):
+    """Rows written by the engine, shown beside their parent."""
+
+    extra = 0
+    can_delete = False
+
+    def has_add_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+
+class DeliveryInline(ReadOnlyInline):
     model = Delivery
     fields = [
         "endpoint",
@@ -29,15 +41,10 @@ class DeliveryInline(admin.TabularInline):
         "completed_at",
     ]
     readonly_fields = fields
-    extra = 0
-    can_delete = False
     show_change_link = True
 
-    def has_add_permission(self, request: HttpRequest, obj: object = None) -> bool:
-        return False
 
-
-class AttemptInline(admin.TabularInline):
+class AttemptInline(ReadOnlyInline):
     model = DeliveryAttempt
     fields = [
         "number",
@@ -51,11 +58,6 @@ class AttemptInline(admin.TabularInline):
         "request_headers",
     ]
     readonly_fields = fields
-    extra = 0
-    can_delete = False
-
-    def has_add_permission(self, request: HttpRequest, obj: object = None) -> bool:
-        return False
 
 
 @admin.register(Event)
@@ -96,6 +98,24 @@ class DeadLetterAdmin(ReadOnlyAdmin):
         "reason",
         "last_status_code",
         "created_at",
+        "replayed_at",
+        "replayed_by",
     ]
-    list_filter = ["event_type", "endpoint", "created_at"]
+    list_filter = [
+        ("replayed_at", admin.EmptyFieldListFilter),
+        "event_type",
+        "endpoint",
+        "created_at",
+    ]
     raw_id_fields = ["delivery", "endpoint"]
+    actions = ["replay_selected"]
+
+    @admin.action(description="Replay selected dead letters")
+    def replay_selected(self, request: HttpRequest, queryset: QuerySet[DeadLetter]) -> None:
+        result = dead_letters_replay(dead_letters=queryset, actor=f"admin:{request.user}")
+        self.message_user(
+            request,
+            f"Replayed {result.replayed} deliveries; skipped {result.skipped_disabled} of "
+            "disabled endpoints (re-enable them first).",
+            messages.SUCCESS if result.replayed else messages.WARNING,
+        )

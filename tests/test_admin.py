@@ -67,3 +67,20 @@ def test_event_and_endpoint_pages_render(admin_client: Client, record: Delivery)
     page = admin_client.get(f"/admin/webhooks/endpoint/{record.endpoint_id}/change/")
     assert page.status_code == 200
     assert b"whsec_" not in page.content  # secrets are never shown in the admin
+
+
+def test_replay_selected_dead_letters_from_the_admin(
+    admin_client: Client, record: Delivery
+) -> None:
+    dead_letter = DeadLetter.objects.get(delivery=record)
+    response = admin_client.post(
+        "/admin/deliveries/deadletter/",
+        {"action": "replay_selected", "_selected_action": [dead_letter.pk]},
+        follow=True,
+    )
+    assert response.status_code == 200
+    assert b"Replayed 1 deliveries" in response.content
+    dead_letter.refresh_from_db()
+    assert dead_letter.replayed_by == "admin:admin"
+    record.refresh_from_db()
+    assert record.status == "pending"

@@ -176,14 +176,7 @@ class LocalPostgres:
 
     def stop(self, *, kill: bool = False, timeout: float = 30) -> None:
         """Fast shutdown (SIGINT), or SIGKILL when `kill` (a crash, for fault tests)."""
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGKILL if kill else signal.SIGINT)
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        _stop(self.proc, signal.SIGKILL if kill else signal.SIGINT, timeout)
 
 
 class LocalRedis:
@@ -240,14 +233,20 @@ class LocalRedis:
             return False
 
     def stop(self, *, kill: bool = False, timeout: float = 30) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        """Shutdown (SIGTERM), or SIGKILL when `kill` (a crash, for fault tests)."""
+        _stop(self.proc, signal.SIGKILL if kill else signal.SIGTERM, timeout)
+
+
+def _stop(proc: subprocess.Popen[bytes] | None, sig: int, timeout: float) -> None:
+    """Send `sig` to a running server and wait for it; kill it if it does not stop in time."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(sig)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def _pid_alive(pid_file: Path) -> bool:
