@@ -58,6 +58,18 @@ def sink(sink_server: Sink) -> Iterator[Sink]:
     sink_server.reset()
 
 
+def terminate(proc: subprocess.Popen[Any] | None, timeout: float = 20) -> None:
+    """Stop a child started in its own session: SIGTERM, then SIGKILL its group if it lingers."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, 9)
+        proc.wait()
+
+
 class WorkerProcess:
     """A `celery -A webhooks_project worker` (or `beat`) child process on the test database."""
 
@@ -111,14 +123,7 @@ class WorkerProcess:
                 self._ready.set()
 
     def stop(self, timeout: float = 20) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, 9)
-            self.proc.wait()
+        terminate(self.proc, timeout)
 
 
 def worker_env(**overrides: Any) -> dict[str, str]:
@@ -189,9 +194,7 @@ class WebServer:
         raise RuntimeError("web server did not start")
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(20)
+        terminate(self.proc)
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float = 20, interval: float = 0.05) -> Any:

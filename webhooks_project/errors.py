@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import DatabaseError, InterfaceError, OperationalError
 from rest_framework import exceptions, status
 from rest_framework.response import Response
@@ -30,6 +31,13 @@ class UnprocessableEntity(exceptions.ValidationError):
 
     status_code = status.HTTP_422_UNPROCESSABLE_ENTITY
     default_code = "invalid"
+
+
+def from_django_validation(exc: DjangoValidationError) -> exceptions.ValidationError:
+    """A service's Django ValidationError (per field, or not) as a DRF one for the API."""
+    return exceptions.ValidationError(
+        exc.message_dict if hasattr(exc, "error_dict") else exc.messages
+    )
 
 
 def escape_pointer_token(token: object) -> str:

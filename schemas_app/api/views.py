@@ -11,6 +11,7 @@ from rest_framework.response import Response
 from schemas_app.models import EventType
 from schemas_app.selectors import event_type_list
 from schemas_app.services import event_type_create, event_type_update
+from webhooks_project.errors import from_django_validation
 
 from .serializers import EventTypeSerializer
 
@@ -40,7 +41,7 @@ class EventTypeViewSet(
         try:
             event_type = event_type_create(**serializer.validated_data)
         except DjangoValidationError as exc:
-            raise ValidationError(exc.message_dict) from exc
+            raise from_django_validation(exc) from exc
         out = self.get_serializer(self.get_queryset().get(pk=event_type.pk))
         return Response(out.data, status=status.HTTP_201_CREATED)
 
@@ -51,5 +52,5 @@ class EventTypeViewSet(
         try:
             event_type_update(event_type=instance, **serializer.validated_data)
         except DjangoValidationError as exc:
-            raise ValidationError(exc.message_dict) from exc
+            raise from_django_validation(exc) from exc
         return Response(self.get_serializer(self.get_queryset().get(pk=instance.pk)).data)

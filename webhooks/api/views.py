@@ -6,7 +6,6 @@ from django.core.exceptions import ValidationError as DjangoValidationError
 from drf_spectacular.utils import extend_schema
 from rest_framework import status, viewsets
 from rest_framework.decorators import action
-from rest_framework.exceptions import ValidationError
 from rest_framework.request import Request
 from rest_framework.response import Response
 
@@ -18,6 +17,7 @@ from webhooks.services import (
     endpoint_delete,
     endpoint_update,
 )
+from webhooks_project.errors import from_django_validation
 
 from .serializers import (
     ApplicationSerializer,
@@ -25,10 +25,6 @@ from .serializers import (
     EndpointSecretSerializer,
     EndpointSerializer,
 )
-
-
-def _django_errors(exc: DjangoValidationError) -> ValidationError:
-    return ValidationError(exc.message_dict if hasattr(exc, "error_dict") else exc.messages)
 
 
 class ApplicationViewSet(viewsets.ModelViewSet):
@@ -43,7 +39,7 @@ class ApplicationViewSet(viewsets.ModelViewSet):
         try:
             serializer.instance = application_create(**serializer.validated_data)
         except DjangoValidationError as exc:
-            raise _django_errors(exc) from exc
+            raise from_django_validation(exc) from exc
 
 
 class EndpointViewSet(viewsets.ModelViewSet):
@@ -63,7 +59,7 @@ class EndpointViewSet(viewsets.ModelViewSet):
         try:
             endpoint, secret = endpoint_create(**serializer.validated_data)
         except DjangoValidationError as exc:
-            raise _django_errors(exc) from exc
+            raise from_django_validation(exc) from exc
         data = EndpointSerializer(endpoint).data
         data["secret"] = secret
         return Response(data, status=status.HTTP_201_CREATED)
@@ -74,7 +70,7 @@ class EndpointViewSet(viewsets.ModelViewSet):
                 endpoint=serializer.instance, **serializer.validated_data
             )
         except DjangoValidationError as exc:
-            raise _django_errors(exc) from exc
+            raise from_django_validation(exc) from exc
 
     def perform_destroy(self, instance) -> None:  # type: ignore[no-untyped-def]
         endpoint_delete(endpoint=instance)
