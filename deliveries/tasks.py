@@ -6,6 +6,7 @@ import logging
 
 from celery import shared_task
 from django.conf import settings
+from django.db import InterfaceError, OperationalError
 
 from .services import deliveries_requeue_stuck, delivery_attempt_run
 
@@ -21,7 +22,14 @@ def deliver(self, delivery_id: int) -> str:  # type: ignore[no-untyped-def]
     the `visibility_timeout` is redelivered again and again (celery#2599, celery#3270, kombu#337).
     The database row stays the truth either way, so a lost countdown message only delays a retry.
     """
-    run = delivery_attempt_run(delivery_id=delivery_id)
+    try:
+        run = delivery_attempt_run(delivery_id=delivery_id)
+    except (OperationalError, InterfaceError) as exc:
+        # Our own database is away: nothing is recorded against the consumer. Look again soon;
+        # a claimed row keeps its lease and the sweeper takes it back if this never succeeds.
+        logger.warning("database unavailable for delivery %s: %s", delivery_id, exc)
+        delay = min(settings.WEBHOOKS_COUNTDOWN_MAX, 2 ** min(self.request.retries, 6))
+        raise self.retry(countdown=delay) from exc
     if run.retry_in is not None and run.retry_in <= settings.WEBHOOKS_COUNTDOWN_MAX:
         raise self.retry(countdown=max(0.0, run.retry_in))
     return run.status

@@ -1,0 +1,172 @@
+"""Fault test 3: PostgreSQL restarted under load.
+
+The test runs its own PostgreSQL (migrated from scratch), Redis, gunicorn, worker and beat, so
+the session's test database is never taken away. Events are posted in a steady stream while the
+database is stopped and started again. Then:
+- every answer was 202 (with an id that is stored) or 503 (nothing stored), never another error;
+- every accepted event is delivered, and no attempt was recorded as a consumer failure;
+- requests the consumer got twice (a crash between its 2xx and our write) are counted.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from tests.conftest import BASE_DIR, WebServer, WorkerProcess, worker_env
+from tests.sink import Sink
+from webhooks_project.localstack import LocalPostgres, LocalRedis
+
+pytestmark = pytest.mark.integration
+
+FAST = {
+    "WEBHOOKS_LEASE_SECONDS": 3,
+    "WEBHOOKS_REQUEUE_INTERVAL": 1,
+    "WEBHOOKS_REDISPATCH_AFTER": 2,
+    "WEBHOOKS_COUNTDOWN_MAX": 1,
+    "WEBHOOKS_HTTP_TIMEOUT": 10,
+    "DATABASE_CONNECT_TIMEOUT": 2,
+}
+
+
+def _call(url: str, key: str, body: Any, method: str = "POST") -> tuple[int, Any]:
+    request = urllib.request.Request(
+        url,
+        data=json.dumps(body).encode(),
+        headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+        method=method,
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"null")
+
+
+def _manage(env: dict[str, str], *args: str) -> str:
+    return subprocess.run(
+        [sys.executable, "manage.py", *args],
+        cwd=BASE_DIR,
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+
+
+def _wait_all_delivered(dsn: str, accepted: int, timeout: float) -> dict[str, int]:
+    deadline = time.monotonic() + timeout
+    counts: dict[str, int] = {}
+    while time.monotonic() < deadline:
+        try:
+            with psycopg.connect(dsn, connect_timeout=2) as conn:
+                counts = dict(
+                    conn.execute(
+                        "SELECT status, count(*) FROM deliveries_delivery GROUP BY status"
+                    ).fetchall()
+                )
+        except psycopg.OperationalError:
+            counts = {}
+        if counts.get("succeeded", 0) == accepted:
+            return counts
+        time.sleep(0.2)
+    pytest.fail(f"not all {accepted} deliveries succeeded within {timeout} s: {counts}")
+
+
+def test_postgres_restarted_under_load_loses_nothing(sink: Sink) -> None:
+    tmp = Path(tempfile.mkdtemp(prefix="pg-restart-"))
+    tmp.chmod(0o755)
+    # not `fast`: with asynchronous commit a crash may lose commits that were already answered
+    pg = LocalPostgres(tmp / "postgres").start()
+    rd = LocalRedis(tmp / "redis", persist=False).start()
+    env = worker_env(REDIS_URL=rd.url(), **FAST)
+    env["DATABASE_URL"] = dsn = pg.url("webhooks")
+    processes: list[Any] = []
+    try:
+        _manage(env, "migrate", "--noinput", "-v", "0")
+        key = _manage(env, "create_api_key", "faults").strip().splitlines()[-1]
+        web = WebServer(env).start()
+        processes.append(web)
+        api = web.url + "/api/v1"
+        assert _call(f"{api}/event-types/", key, {"name": "order.created", "schema": {}})[0] == 201
+        assert _call(f"{api}/endpoints/", key, {"url": sink.url("pg")})[0] == 201
+        processes.append(WorkerProcess(env, ["--concurrency", "4"]).start())
+        processes.append(
+            WorkerProcess(
+                env,
+                ["-S", "celery.beat:PersistentScheduler", "-s", str(tmp / "beat-schedule")],
+                role="beat",
+            ).start()
+        )
+
+        # given a steady stream of events (bounded: at most 600 requests or 60 s)
+        answers: list[tuple[int, Any]] = []
+        stop = threading.Event()
+
+        def post_stream() -> None:
+            deadline = time.monotonic() + 60
+            n = 0
+            while not stop.is_set() and n < 600 and time.monotonic() < deadline:
+                answers.append(
+                    _call(f"{api}/events/", key, {"type": "order.created", "data": {"n": n}})
+                )
+                n += 1
+                time.sleep(0.02)
+
+        poster = threading.Thread(target=post_stream)
+        poster.start()
+        time.sleep(1.5)
+        # when PostgreSQL crashes (SIGKILL) under that load and comes back 3 s later
+        pg.stop(kill=True)
+        time.sleep(3)
+        pg = LocalPostgres(tmp / "postgres", port=pg.port).start()
+        time.sleep(2)
+        stop.set()
+        poster.join(timeout=60)
+
+        # then every answer was a 202 with a stored event or a clear 503, never anything else
+        statuses = Counter(status for status, _ in answers)
+        assert set(statuses) <= {202, 503}, statuses
+        assert statuses[503] > 0, "the database outage was never seen by the API"
+        assert statuses[202] > 0
+        for status, body in answers:
+            if status == 503:
+                assert body["error"] == "service_unavailable"
+        accepted = [body["id"] for status, body in answers if status == 202]
+        with psycopg.connect(dsn) as conn:
+            stored = {row[0] for row in conn.execute("SELECT id FROM deliveries_event")}
+        assert set(accepted) <= stored, "a 202 was answered for an event that is not stored"
+
+        # and every stored event is delivered, without a single attempt recorded as failed
+        counts = _wait_all_delivered(dsn, len(stored), timeout=90)
+        assert counts == {"succeeded": len(stored)}
+        with psycopg.connect(dsn) as conn:
+            outcomes = dict(
+                conn.execute(
+                    "SELECT outcome, count(*) FROM deliveries_deliveryattempt GROUP BY outcome"
+                ).fetchall()
+            )
+        assert outcomes == {"succeeded": len(stored)}
+        received = Counter(r.headers["webhook-id"] for r in sink.requests("pg"))
+        assert set(received) == stored
+        duplicates = sum(c - 1 for c in received.values())
+        # a crash between the consumer's 2xx and our write makes a duplicate; it is rare
+        assert duplicates <= 4, f"{duplicates} duplicate requests"
+        print(f"accepted {statuses[202]}, refused {statuses[503]}, duplicates {duplicates}")
+    finally:
+        for proc in reversed(processes):
+            proc.stop()
+        rd.stop()
+        pg.stop()
