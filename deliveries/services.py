@@ -12,15 +12,22 @@ from typing import Any
 import orjson
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
-from django.db.models import F, Q, QuerySet
+from django.db.models import Exists, F, OuterRef, Q, QuerySet
 from django.utils import timezone
 from kombu.exceptions import KombuError
 from redis.exceptions import RedisError
 
+from schemas_app.models import EventType, SchemaVersion
 from schemas_app.selectors import schema_version_current
 from schemas_app.validation import validate
 from webhooks import signing, transport
-from webhooks.models import Application
+from webhooks.models import Application, Endpoint
+from webhooks.operational import (
+    ENDPOINT_DISABLED,
+    ENDPOINT_DISABLED_DESCRIPTION,
+    ENDPOINT_DISABLED_SCHEMA,
+    OPERATIONAL_EVENT_TYPES,
+)
 from webhooks.selectors import endpoint_active_secrets, endpoint_ids_for_event
 from webhooks.services import endpoint_disable
 from webhooks.ssrf import BlockedTarget, check_url
@@ -445,9 +452,167 @@ def delivery_attempt_record(
             last_status_code=result.status_code,
             created_at=now,
         )
+    if updated:
+        _endpoint_health_note(
+            endpoint_id=endpoint_id,
+            succeeded=decision.verdict is Verdict.SUCCEEDED,
+            error_class=result.error_class,
+            at=started_at,
+        )
     if decision.disable_endpoint:
-        endpoint_disable(endpoint_id=endpoint_id, reason=decision.reason)
-        deliveries_fail_for_endpoint(endpoint_id=endpoint_id, reason=decision.reason)
+        endpoint_disable_with_notice(endpoint_id=endpoint_id, reason=decision.reason)
+
+
+# --- Endpoint health -----------------------------------------------------------------------------
+
+
+def _endpoint_health_note(
+    *, endpoint_id: str, succeeded: bool, error_class: str, at: datetime
+) -> None:
+    """Track the endpoint's current run of failures; a write only when the run starts or ends."""
+    if succeeded:
+        Endpoint.objects.filter(pk=endpoint_id, failing_since__isnull=False).update(
+            failing_since=None
+        )
+    elif error_class != "endpoint_disabled":  # our refusal to send is not the endpoint failing
+        Endpoint.objects.filter(pk=endpoint_id, failing_since__isnull=True).update(failing_since=at)
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z") if value else None
+
+
+def _emit_endpoint_disabled(*, endpoint_id: str) -> None:
+    """Ingest the operational event `endpoint.disabled` for the endpoint's application."""
+    row = (
+        Endpoint.objects.filter(pk=endpoint_id)
+        .values("id", "url", "application__uid", "disabled_reason", "disabled_at", "failing_since")
+        .get()
+    )
+    event_type, created = EventType.objects.get_or_create(
+        name=ENDPOINT_DISABLED, defaults={"description": ENDPOINT_DISABLED_DESCRIPTION}
+    )
+    if created:  # the migration registers it; this covers a database flushed since
+        SchemaVersion.objects.create(
+            event_type=event_type, version=1, schema=ENDPOINT_DISABLED_SCHEMA
+        )
+    data = {
+        "endpoint_id": row["id"],
+        "url": row["url"],
+        "application": row["application__uid"],
+        "reason": row["disabled_reason"],
+        "disabled_at": _iso(row["disabled_at"]),
+        "failing_since": _iso(row["failing_since"]),
+    }
+    try:
+        events_ingest(
+            items=[
+                EventInput(
+                    type=ENDPOINT_DISABLED,
+                    data=data,
+                    application=row["application__uid"],
+                    idempotency_key=f"{ENDPOINT_DISABLED}:{row['id']}:{data['disabled_at']}",
+                )
+            ]
+        )
+    except IngestRejected as exc:  # someone changed its schema: the disabling itself stands
+        logger.error("could not emit %s for %s: %s", ENDPOINT_DISABLED, endpoint_id, exc.errors)
+
+
+def endpoint_disable_with_notice(*, endpoint_id: str, reason: str) -> bool:
+    """Disable an endpoint automatically: record why and when, end its pending deliveries as
+    `failed` (each with a dead letter), and emit `endpoint.disabled`. Returns whether it changed.
+    """
+    with transaction.atomic():
+        if not endpoint_disable(endpoint_id=endpoint_id, reason=reason):
+            return False
+        deliveries_fail_for_endpoint(endpoint_id=endpoint_id, reason=reason)
+        _emit_endpoint_disabled(endpoint_id=endpoint_id)
+    logger.warning("endpoint %s disabled: %s", endpoint_id, reason)
+    return True
+
+
+def endpoints_disable_failing() -> list[str]:
+    """Beat job: disable each endpoint whose every attempt failed for WEBHOOKS_DISABLE_AFTER."""
+    now = timezone.now()
+    cutoff = now - timedelta(seconds=settings.WEBHOOKS_DISABLE_AFTER)
+    disabled = []
+    for endpoint_id, since in Endpoint.objects.filter(
+        enabled=True, failing_since__lt=cutoff
+    ).values_list("id", "failing_since"):
+        hours = (now - since).total_seconds() / 3600
+        reason = (
+            f"every attempt failed since {since.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC "
+            f"({hours:.1f} h)"
+        )
+        if endpoint_disable_with_notice(endpoint_id=endpoint_id, reason=reason):
+            disabled.append(endpoint_id)
+    return disabled
+
+
+@dataclass(frozen=True)
+class EnableResult:
+    was_disabled: bool
+    replayed: int  # dead letters put back to pending
+    backfilled: int  # deliveries created for events accepted while the endpoint was disabled
+
+
+def endpoint_enable(*, endpoint_id: str, actor: str, replay_missed: bool = False) -> EnableResult:
+    """Re-enable an endpoint; with `replay_missed`, also send it what it missed.
+
+    What it missed: its waiting dead letters (replayed with a fresh schedule), and the events
+    it would have received while disabled (new deliveries, published by the sweeper).
+    """
+    with transaction.atomic():
+        endpoint = Endpoint.objects.select_for_update().get(pk=endpoint_id)
+        disabled_at = None if endpoint.enabled else endpoint.disabled_at
+        Endpoint.objects.filter(pk=endpoint_id).update(
+            enabled=True, disabled_reason="", disabled_at=None, failing_since=None
+        )
+        replayed = backfilled = 0
+        if replay_missed:
+            replayed = dead_letters_replay(
+                dead_letters=DeadLetter.objects.filter(endpoint_id=endpoint_id), actor=actor
+            ).replayed
+            if disabled_at is not None:
+                backfilled = _deliveries_backfill(endpoint=endpoint, since=disabled_at)
+    return EnableResult(was_disabled=not endpoint.enabled, replayed=replayed, backfilled=backfilled)
+
+
+def _deliveries_backfill(*, endpoint: Endpoint, since: datetime, batch_size: int = 1000) -> int:
+    """Create deliveries for the events since `since` that the endpoint subscribes to and lacks.
+
+    The rows are left undispatched: the sweeper publishes them in batches.
+    """
+    events = Event.objects.filter(created_at__gte=since, application_id=endpoint.application_id)
+    if endpoint.event_types:
+        events = events.filter(event_type_id__in=endpoint.event_types)
+    else:
+        events = events.exclude(event_type_id__in=OPERATIONAL_EVENT_TYPES)
+    events = events.exclude(
+        Exists(Delivery.objects.filter(event_id=OuterRef("pk"), endpoint_id=endpoint.pk))
+    )
+    now = timezone.now()
+    created = 0
+    batch: list[Delivery] = []
+    for event_id in (
+        events.order_by("created_at").values_list("id", flat=True).iterator(chunk_size=batch_size)
+    ):
+        batch.append(
+            Delivery(
+                event_id=event_id,
+                endpoint_id=endpoint.pk,
+                next_attempt_at=now,
+                dispatched_at=None,
+                created_at=now,
+            )
+        )
+        if len(batch) == batch_size:
+            created += len(Delivery.objects.bulk_create(batch, ignore_conflicts=True))
+            batch = []
+    if batch:
+        created += len(Delivery.objects.bulk_create(batch, ignore_conflicts=True))
+    return created
 
 
 def deliveries_fail_for_endpoint(*, endpoint_id: str, reason: str) -> int:
@@ -528,6 +693,60 @@ def deliveries_requeue_stuck(*, batch_size: int = 1000, max_batches: int = 50) -
         if len(ids) < batch_size:
             break
     return {"reclaimed": reclaimed, "published": published}
+
+
+# --- Retention ---------------------------------------------------------------------------------
+
+
+def events_prune(*, batch_size: int = 1000, max_batches: int = 100) -> int:
+    """Beat job: delete events older than WEBHOOKS_RETENTION_DAYS whose every delivery succeeded
+    before then, with those deliveries, their attempts and any replayed dead letters.
+
+    Events with a delivery that failed, died or is still going are kept whole (they are in the
+    dead-letter queue or still owed). Works in batches of `batch_size` events, each in its own
+    transaction, taking rows with SKIP LOCKED. Returns how many events were deleted.
+    """
+    cutoff = timezone.now() - timedelta(days=settings.WEBHOOKS_RETENTION_DAYS)
+    unfinished = Delivery.objects.filter(event_id=OuterRef("pk")).exclude(
+        status=Delivery.Status.SUCCEEDED, completed_at__lt=cutoff
+    )
+    deleted = 0
+    for _ in range(max_batches):
+        with transaction.atomic():
+            event_ids = list(
+                Event.objects.select_for_update(skip_locked=True)
+                .filter(created_at__lt=cutoff)
+                .exclude(Exists(unfinished))
+                .order_by("created_at")
+                .values_list("id", flat=True)[:batch_size]
+            )
+            if event_ids:
+                with connection.cursor() as cursor:
+                    for table, column in (
+                        (DeliveryAttempt._meta.db_table, "delivery_id"),
+                        (DeadLetter._meta.db_table, "delivery_id"),
+                    ):
+                        cursor.execute(
+                            f"DELETE FROM {table} WHERE {column} IN "  # noqa: S608 - our names
+                            f"(SELECT id FROM {Delivery._meta.db_table} WHERE event_id = ANY(%s))",
+                            [event_ids],
+                        )
+                    cursor.execute(
+                        f"DELETE FROM {Delivery._meta.db_table} WHERE event_id = ANY(%s)",  # noqa: S608
+                        [event_ids],
+                    )
+                    cursor.execute(
+                        f"DELETE FROM {Event._meta.db_table} WHERE id = ANY(%s)",  # noqa: S608
+                        [event_ids],
+                    )
+        deleted += len(event_ids)
+        if len(event_ids) < batch_size:
+            break
+    if deleted:
+        logger.info(
+            "pruned %d events older than %d days", deleted, settings.WEBHOOKS_RETENTION_DAYS
+        )
+    return deleted
 
 
 # --- Dead letters -------------------------------------------------------------------------------

@@ -8,7 +8,12 @@ from celery import shared_task
 from django.conf import settings
 from django.db import InterfaceError, OperationalError
 
-from .services import deliveries_requeue_stuck, delivery_attempt_run
+from .services import (
+    deliveries_requeue_stuck,
+    delivery_attempt_run,
+    endpoints_disable_failing,
+    events_prune,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -39,3 +44,15 @@ def deliver(self, delivery_id: int) -> str:  # type: ignore[no-untyped-def]
 def requeue_stuck() -> dict[str, int]:
     """Beat job: take back expired leases and publish due rows that have no live message."""
     return deliveries_requeue_stuck()
+
+
+@shared_task(acks_late=True, ignore_result=True)
+def disable_failing_endpoints() -> list[str]:
+    """Beat job: disable endpoints whose every attempt failed for WEBHOOKS_DISABLE_AFTER."""
+    return endpoints_disable_failing()
+
+
+@shared_task(acks_late=True, ignore_result=True)
+def prune() -> int:
+    """Beat job: delete fully delivered events older than WEBHOOKS_RETENTION_DAYS, in batches."""
+    return events_prune()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from django import forms
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.db import models
 from django.db.models import QuerySet
 from django.http import HttpRequest
@@ -35,14 +35,74 @@ class EndpointSecretInline(admin.TabularInline):
 
 @admin.register(Endpoint)
 class EndpointAdmin(admin.ModelAdmin):
-    list_display = ["id", "url", "application", "enabled", "event_types", "created_at"]
+    list_display = [
+        "id",
+        "url",
+        "application",
+        "enabled",
+        "disabled_reason",
+        "failing_since",
+        "event_types",
+        "created_at",
+    ]
     list_filter = ["enabled", "application"]
     search_fields = ["id", "url", "description"]
-    readonly_fields = ["id", "disabled_at", "created_at", "updated_at"]
+    readonly_fields = [
+        "id",
+        "disabled_reason",
+        "disabled_at",
+        "failing_since",
+        "created_at",
+        "updated_at",
+    ]
     inlines = [EndpointSecretInline]
     formfield_overrides = {
         models.URLField: {"form_class": forms.URLField, "assume_scheme": "https"},
     }
+    actions = ["enable", "enable_and_replay_missed", "replay_dead_letters"]
+
+    def _enable(self, request: HttpRequest, queryset: QuerySet[Endpoint], replay: bool) -> None:
+        from deliveries.services import endpoint_enable  # deliveries depends on this app
+
+        enabled = replayed = backfilled = 0
+        for endpoint_id in queryset.values_list("id", flat=True):
+            result = endpoint_enable(
+                endpoint_id=endpoint_id, actor=f"admin:{request.user}", replay_missed=replay
+            )
+            enabled += result.was_disabled
+            replayed += result.replayed
+            backfilled += result.backfilled
+        message = f"Re-enabled {enabled} endpoints."
+        if replay:
+            message += (
+                f" Replayed {replayed} dead letters; {backfilled} events missed while disabled "
+                "will be sent within a sweep interval."
+            )
+        self.message_user(request, message, messages.SUCCESS)
+
+    @admin.action(description="Re-enable selected endpoints")
+    def enable(self, request: HttpRequest, queryset: QuerySet[Endpoint]) -> None:
+        self._enable(request, queryset, replay=False)
+
+    @admin.action(description="Re-enable selected endpoints and replay what they missed")
+    def enable_and_replay_missed(self, request: HttpRequest, queryset: QuerySet[Endpoint]) -> None:
+        self._enable(request, queryset, replay=True)
+
+    @admin.action(description="Replay all dead letters of selected endpoints")
+    def replay_dead_letters(self, request: HttpRequest, queryset: QuerySet[Endpoint]) -> None:
+        from deliveries.models import DeadLetter
+        from deliveries.services import dead_letters_replay
+
+        result = dead_letters_replay(
+            dead_letters=DeadLetter.objects.filter(endpoint__in=queryset),
+            actor=f"admin:{request.user}",
+        )
+        self.message_user(
+            request,
+            f"Replayed {result.replayed} deliveries; skipped {result.skipped_disabled} of "
+            "disabled endpoints (re-enable them first).",
+            messages.SUCCESS if result.replayed else messages.WARNING,
+        )
 
 
 @admin.register(ApiKey)

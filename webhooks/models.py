@@ -49,6 +49,9 @@ class Endpoint(models.Model):
     enabled = models.BooleanField(default=True)
     disabled_reason = models.CharField(max_length=500, blank=True, default="")
     disabled_at = models.DateTimeField(null=True, blank=True)
+    # Start of the current run of failed attempts (None after any success): the health job
+    # disables an endpoint that has failed without a break for WEBHOOKS_DISABLE_AFTER.
+    failing_since = models.DateTimeField(null=True, blank=True, editable=False)
     headers = models.JSONField(default=dict, blank=True)
     rate_limit_per_second = models.PositiveIntegerField(null=True, blank=True)
     retry_schedule = ArrayField(models.PositiveIntegerField(), null=True, blank=True)
@@ -62,6 +65,11 @@ class Endpoint(models.Model):
             # Fan-out: enabled endpoints of one application (or of none) subscribed to a type.
             models.Index(fields=["application", "enabled"], name="endpoint_fanout_idx"),
             GinIndex(fields=["event_types"], name="endpoint_event_types_gin"),
+            models.Index(
+                fields=["failing_since"],
+                condition=models.Q(enabled=True, failing_since__isnull=False),
+                name="endpoint_failing_idx",
+            ),
         ]
 
     def __str__(self) -> str:

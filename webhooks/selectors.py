@@ -6,17 +6,22 @@ from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from .models import Endpoint, EndpointSecret
+from .operational import OPERATIONAL_EVENT_TYPES
 
 
 def endpoint_ids_for_event(*, event_type: str, application_id: int | None) -> list[str]:
     """Ids of enabled endpoints that must receive an event of `event_type` for `application_id`.
 
     An event for an application goes only to that application's endpoints; one without an
-    application goes only to endpoints without one. An empty `event_types` subscribes to all.
+    application goes only to endpoints without one. An empty `event_types` subscribes to all
+    business events; operational events go only to endpoints that list them.
     """
+    subscribed = Q(event_types__contains=[event_type])
+    if event_type not in OPERATIONAL_EVENT_TYPES:
+        subscribed |= Q(event_types=[])
     return list(
         Endpoint.objects.filter(enabled=True, application_id=application_id)
-        .filter(Q(event_types=[]) | Q(event_types__contains=[event_type]))
+        .filter(subscribed)
         .values_list("id", flat=True)
     )
 

@@ -71,6 +71,7 @@ def endpoint_update(*, endpoint: Endpoint, **fields: Any) -> Endpoint:
     if fields.get("enabled") is True:
         endpoint.disabled_reason = ""
         endpoint.disabled_at = None
+        endpoint.failing_since = None
     elif fields.get("enabled") is False and endpoint.disabled_at is None:
         endpoint.disabled_at = timezone.now()
         endpoint.disabled_reason = endpoint.disabled_reason or "disabled by an operator"

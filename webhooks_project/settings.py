@@ -184,12 +184,24 @@ CELERY_TASK_PUBLISH_RETRY_POLICY = {
 }
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 _REQUEUE_INTERVAL = env_int("WEBHOOKS_REQUEUE_INTERVAL", 15, minimum=1)
+_HEALTH_INTERVAL = env_int("WEBHOOKS_HEALTH_INTERVAL", 300, minimum=1)
+_PRUNE_INTERVAL = env_int("WEBHOOKS_PRUNE_INTERVAL", 3600, minimum=1)
 # django-celery-beat copies these into its PeriodicTask table at start (visible in the admin).
 CELERY_BEAT_SCHEDULE = {
     "requeue_stuck": {
         "task": "deliveries.tasks.requeue_stuck",
         "schedule": float(_REQUEUE_INTERVAL),
         "options": {"expires": float(_REQUEUE_INTERVAL)},  # a backlog of sweeps is useless
+    },
+    "disable_failing_endpoints": {
+        "task": "deliveries.tasks.disable_failing_endpoints",
+        "schedule": float(_HEALTH_INTERVAL),
+        "options": {"expires": float(_HEALTH_INTERVAL)},
+    },
+    "prune": {
+        "task": "deliveries.tasks.prune",
+        "schedule": float(_PRUNE_INTERVAL),
+        "options": {"expires": float(_PRUNE_INTERVAL)},
     },
 }
 CELERY_TIMEZONE = TIME_ZONE

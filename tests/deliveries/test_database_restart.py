@@ -103,13 +103,10 @@ def test_postgres_restarted_under_load_loses_nothing(sink: Sink) -> None:
         assert _call(f"{api}/event-types/", key, {"name": "order.created", "schema": {}})[0] == 201
         assert _call(f"{api}/endpoints/", key, {"url": sink.url("pg")})[0] == 201
         processes.append(WorkerProcess(env, ["--concurrency", "4"]).start())
-        processes.append(
-            WorkerProcess(
-                env,
-                ["-S", "celery.beat:PersistentScheduler", "-s", str(tmp / "beat-schedule")],
-                role="beat",
-            ).start()
-        )
+        # beat with its production scheduler (django-celery-beat's DatabaseScheduler): it must
+        # live through the database crash too
+        beat = WorkerProcess(env, role="beat").start()
+        processes.append(beat)
 
         # given a steady stream of events (bounded: at most 600 requests or 60 s)
         answers: list[tuple[int, Any]] = []
@@ -164,6 +161,19 @@ def test_postgres_restarted_under_load_loses_nothing(sink: Sink) -> None:
         duplicates = sum(c - 1 for c in received.values())
         # a crash between the consumer's 2xx and our write makes a duplicate; it is rare
         assert duplicates <= 4, f"{duplicates} duplicate requests"
+        # beat lived through it and kept sweeping after the database came back
+        assert beat.proc is not None
+        assert beat.proc.poll() is None, "".join(beat.output[-30:])
+        sweeps = [line for line in beat.output if "requeue_stuck" in line]
+        before = len(sweeps)
+        time.sleep(2.5)
+        assert len([line for line in beat.output if "requeue_stuck" in line]) > before
+        # the beat jobs are registered in the database, where the admin shows them
+        with psycopg.connect(dsn) as conn:
+            jobs = {
+                row[0] for row in conn.execute("SELECT name FROM django_celery_beat_periodictask")
+            }
+        assert {"requeue_stuck", "disable_failing_endpoints", "prune"} <= jobs
         print(f"accepted {statuses[202]}, refused {statuses[503]}, duplicates {duplicates}")
     finally:
         for proc in reversed(processes):

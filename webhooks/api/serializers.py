@@ -74,6 +74,7 @@ class EndpointSerializer(serializers.ModelSerializer):
             "enabled",
             "disabled_reason",
             "disabled_at",
+            "failing_since",
             "headers",
             "rate_limit_per_second",
             "retry_schedule",
@@ -81,7 +82,14 @@ class EndpointSerializer(serializers.ModelSerializer):
             "created_at",
             "updated_at",
         ]
-        read_only_fields = ["id", "disabled_reason", "disabled_at", "created_at", "updated_at"]
+        read_only_fields = [
+            "id",
+            "disabled_reason",
+            "disabled_at",
+            "failing_since",
+            "created_at",
+            "updated_at",
+        ]
 
     def validate_event_types(self, value: list[str]) -> list[str]:
         names = list(dict.fromkeys(value))
@@ -119,3 +127,20 @@ class EndpointSecretSerializer(serializers.Serializer):
 
     def to_representation(self, instance: Any) -> dict[str, Any]:
         return {"secret": instance}
+
+
+class EndpointEnableSerializer(serializers.Serializer):
+    replay_missed = serializers.BooleanField(
+        default=False,
+        help_text="Also replay the endpoint's waiting dead letters and send the events accepted "
+        "while it was disabled.",
+    )
+
+
+class EndpointEnabledSerializer(serializers.Serializer):
+    endpoint = EndpointSerializer()
+    was_disabled = serializers.BooleanField()
+    replayed = serializers.IntegerField(help_text="Dead letters put back to pending.")
+    backfilled = serializers.IntegerField(
+        help_text="Deliveries created for events missed while disabled; the sweeper sends them."
+    )

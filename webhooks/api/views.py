@@ -22,6 +22,8 @@ from webhooks_project.errors import from_django_validation
 from .serializers import (
     ApplicationSerializer,
     EndpointCreatedSerializer,
+    EndpointEnabledSerializer,
+    EndpointEnableSerializer,
     EndpointSecretSerializer,
     EndpointSerializer,
 )
@@ -74,6 +76,29 @@ class EndpointViewSet(viewsets.ModelViewSet):
 
     def perform_destroy(self, instance) -> None:  # type: ignore[no-untyped-def]
         endpoint_delete(endpoint=instance)
+
+    @extend_schema(request=EndpointEnableSerializer, responses=EndpointEnabledSerializer)
+    @action(detail=True, methods=["post"])
+    def enable(self, request: Request, pk: str | None = None) -> Response:
+        """Re-enable the endpoint; with `replay_missed`, also send what it missed while off."""
+        from deliveries.services import endpoint_enable  # deliveries depends on this app
+
+        endpoint = self.get_object()
+        serializer = EndpointEnableSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        result = endpoint_enable(
+            endpoint_id=endpoint.pk,
+            actor=str(request.user),
+            replay_missed=serializer.validated_data["replay_missed"],
+        )
+        endpoint.refresh_from_db()
+        data = {
+            "endpoint": EndpointSerializer(endpoint).data,
+            "was_disabled": result.was_disabled,
+            "replayed": result.replayed,
+            "backfilled": result.backfilled,
+        }
+        return Response(data)
 
     @extend_schema(request=None, responses=EndpointSecretSerializer)
     @action(detail=True, methods=["get"])

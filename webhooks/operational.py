@@ -1,0 +1,30 @@
+"""Operational events: what the service itself tells subscribed endpoints about their health.
+
+They fan out like business events, but only to endpoints that list the type explicitly: an
+endpoint subscribed to "all types" does not get them unasked.
+"""
+
+from __future__ import annotations
+
+ENDPOINT_DISABLED = "endpoint.disabled"
+
+OPERATIONAL_EVENT_TYPES = frozenset({ENDPOINT_DISABLED})
+
+# The payload of `endpoint.disabled` (its JSON Schema is registered by a migration).
+ENDPOINT_DISABLED_SCHEMA = {
+    "type": "object",
+    "required": ["endpoint_id", "url", "reason", "disabled_at"],
+    "properties": {
+        "endpoint_id": {"type": "string"},
+        "url": {"type": "string"},
+        "application": {"type": ["string", "null"]},
+        "reason": {"type": "string"},
+        "disabled_at": {"type": "string", "format": "date-time"},
+        "failing_since": {"type": ["string", "null"], "format": "date-time"},
+    },
+    "additionalProperties": False,
+}
+ENDPOINT_DISABLED_DESCRIPTION = (
+    "Operational: an endpoint was disabled automatically (410 Gone, or every attempt failed for "
+    "WEBHOOKS_DISABLE_AFTER). Sent only to endpoints that subscribe to it by name."
+)
