@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any
 
 import orjson
 from django.conf import settings
-from django.db import IntegrityError, connection, transaction
+from django.db import IntegrityError, close_old_connections, connection, transaction
 from django.db.models import Exists, F, OuterRef, Q, QuerySet
 from django.utils import timezone
 from kombu.exceptions import KombuError
@@ -28,12 +30,13 @@ from webhooks.operational import (
     ENDPOINT_DISABLED_SCHEMA,
     OPERATIONAL_EVENT_TYPES,
 )
-from webhooks.selectors import endpoint_active_secrets, endpoint_ids_for_event
+from webhooks.selectors import endpoint_ids_for_event, endpoints_active_secrets
 from webhooks.services import endpoint_disable
 from webhooks.ssrf import BlockedTarget, check_url
 
 from .backoff import Decision, Verdict, decide
 from .models import DeadLetter, Delivery, DeliveryAttempt, Event
+from .sender import Job, Sender, get_sender
 
 logger = logging.getLogger(__name__)
 
@@ -204,278 +207,406 @@ def _store(
     return results
 
 
-def deliveries_enqueue(*, delivery_ids: Sequence[int]) -> int:
-    """Publish one delivery task per id over one broker connection; returns how many were sent.
+def deliveries_enqueue(
+    *, delivery_ids: Sequence[int], countdown: float | None = None, batch_size: int | None = None
+) -> int:
+    """Publish the ids in `deliver_batch` messages over one broker connection; returns how many
+    ids were sent.
 
     A broker outage is logged, not raised: the rows stay `pending` in PostgreSQL, which is the
     truth, and the `requeue_stuck` beat job enqueues them once the broker is back.
     """
-    from .tasks import deliver  # tasks import services; import here to keep the graph acyclic
+    from .tasks import deliver_batch  # tasks import services; import here to keep the graph acyclic
 
+    size = batch_size or settings.WEBHOOKS_BATCH_SIZE
+    ids = list(delivery_ids)
     sent = 0
     try:
-        with deliver.app.producer_or_acquire() as producer:
-            for delivery_id in delivery_ids:
-                deliver.apply_async(args=(delivery_id,), producer=producer)
-                sent += 1
+        with deliver_batch.app.producer_or_acquire() as producer:
+            for start in range(0, len(ids), size):
+                chunk = ids[start : start + size]
+                deliver_batch.apply_async(args=(chunk,), countdown=countdown, producer=producer)
+                sent += len(chunk)
     except (KombuError, RedisError, OSError) as exc:
         logger.warning(
             "broker unavailable, %d of %d deliveries left pending for the sweeper: %s",
-            len(delivery_ids) - sent,
-            len(delivery_ids),
+            len(ids) - sent,
+            len(ids),
             exc,
         )
     return sent
 
 
 # --- Delivery attempts --------------------------------------------------------------------------
+#
+# A `deliver_batch` task claims its due deliveries in one statement, builds and signs each body,
+# and hands the requests to this process's Sender (deliveries/sender.py), which sends them on
+# threads and calls `attempts_record` with finished jobs in batches: one transaction writes the
+# attempt rows, moves every delivery to its next state, and files dead letters.
 
 
-@dataclass(frozen=True)
-class AttemptRun:
-    """What a delivery task should do next: nothing, or run again in `retry_in` seconds."""
+@dataclass(slots=True)
+class Claim:
+    """One delivery claimed for one attempt, with everything sending it needs."""
 
-    status: str  # attempted, not_due, not_pending
-    retry_in: float | None = None
-    decision: Decision | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    delivery_id: int
+    number: int
+    retry_base: int
+    event_id: str
+    event_type: str
+    occurred_at: datetime
+    data: Any
+    endpoint_id: str
+    url: str
+    enabled: bool
+    headers: dict[str, str]
+    timeout: float | None
+    schedule: list[int] | None
 
 
-def _claim(delivery_id: int, now: datetime) -> int | None:
-    """Take a due pending delivery for one attempt; returns the attempt number, or None.
+_D = Delivery._meta.db_table
+_E = Event._meta.db_table
+_P = Endpoint._meta.db_table
 
-    One conditional UPDATE: two copies of the same task cannot both claim the row.
-    """
-    table = Delivery._meta.db_table
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"""
-            UPDATE {table}
-               SET status = %s, attempt_count = attempt_count + 1,
-                   lease_expires_at = %s, last_attempt_at = %s
-             WHERE id = %s AND status = %s AND next_attempt_at <= %s
-         RETURNING attempt_count
-            """,  # noqa: S608 - the table name is ours, every value is a parameter
-            [
-                Delivery.Status.IN_FLIGHT,
-                now + timedelta(seconds=settings.WEBHOOKS_LEASE_SECONDS),
-                now,
-                delivery_id,
-                Delivery.Status.PENDING,
-                now,
-            ],
+# Rows are locked in id order and locked ones skipped, so two claims over overlapping ids never
+# deadlock and never both win a row. Returns each claimed row joined with its event and endpoint.
+_CLAIM_SQL = f"""
+WITH due AS (
+    SELECT id FROM {_D}
+     WHERE id = ANY(%(ids)s) AND status = 'pending' AND next_attempt_at <= %(now)s
+     ORDER BY id
+       FOR UPDATE SKIP LOCKED
+)
+UPDATE {_D} AS d
+   SET status = 'in_flight', attempt_count = d.attempt_count + 1,
+       lease_expires_at = %(lease)s, last_attempt_at = %(now)s
+  FROM due, {_E} AS e, {_P} AS p
+ WHERE d.id = due.id AND e.id = d.event_id AND p.id = d.endpoint_id
+RETURNING d.id, d.attempt_count, d.retry_base, e.id, e.type, e.occurred_at, e.data::text,
+          p.id, p.url, p.enabled, p.headers::text, p.timeout_seconds, p.retry_schedule
+"""  # noqa: S608 - table names are ours, every value is a parameter
+
+
+def deliveries_claim(*, delivery_ids: Sequence[int], now: datetime) -> list[Claim]:
+    """Claim the due `pending` deliveries among `delivery_ids` for one attempt each."""
+    lease = now + timedelta(seconds=settings.WEBHOOKS_LEASE_SECONDS)
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(_CLAIM_SQL, {"ids": list(delivery_ids), "now": now, "lease": lease})
+        rows = cursor.fetchall()
+    return [
+        Claim(
+            delivery_id=r[0],
+            number=r[1],
+            retry_base=r[2],
+            event_id=r[3],
+            event_type=r[4],
+            occurred_at=r[5],
+            data=orjson.loads(r[6]),
+            endpoint_id=r[7],
+            url=r[8],
+            enabled=r[9],
+            headers=orjson.loads(r[10]) if r[10] else {},
+            timeout=float(r[11]) if r[11] else None,
+            schedule=r[12],
         )
-        row = cursor.fetchone()
-    return row[0] if row else None
+        for r in rows
+    ]
+
+
+def _reschedule_unclaimed(*, delivery_ids: set[int], now: datetime) -> None:
+    """Ids a message named but the claim skipped: already taken (nothing to do), not yet due
+    (publish again for when they are, if that is soon), or locked by a sweep (it publishes them).
+    """
+    soon: dict[int, list[int]] = {}
+    for delivery_id, due in Delivery.objects.filter(
+        id__in=delivery_ids, status=Delivery.Status.PENDING
+    ).values_list("id", "next_attempt_at"):
+        wait = max(0.0, (due - now).total_seconds()) if due else 0.0
+        if wait <= settings.WEBHOOKS_COUNTDOWN_MAX:
+            soon.setdefault(math.ceil(wait) or 1, []).append(delivery_id)
+    for countdown, ids in soon.items():
+        deliveries_enqueue(delivery_ids=ids, countdown=countdown)
+
+
+def deliveries_release(*, claims: Sequence[Claim], delay: float) -> None:
+    """Give back claims that were not sent (the endpoint's lane is full): the attempt does not
+    count, and the sweeper publishes them again after `delay` seconds."""
+    if not claims:
+        return
+    Delivery.objects.filter(
+        id__in=[c.delivery_id for c in claims], status=Delivery.Status.IN_FLIGHT
+    ).update(
+        status=Delivery.Status.PENDING,
+        attempt_count=F("attempt_count") - 1,
+        lease_expires_at=None,
+        next_attempt_at=timezone.now() + timedelta(seconds=delay),
+        dispatched_at=None,
+    )
 
 
 def build_body(*, event_type: str, occurred_at: datetime, data: Any) -> bytes:
     """Serialize the standard payload once; these exact bytes are signed and sent."""
-    timestamp = occurred_at.astimezone(UTC).isoformat().replace("+00:00", "Z")
-    return orjson.dumps({"type": event_type, "timestamp": timestamp, "data": data})
+    return orjson.dumps({"type": event_type, "timestamp": _iso(occurred_at), "data": data})
 
 
-def delivery_attempt_run(*, delivery_id: int) -> AttemptRun:
-    """Claim a due delivery, POST it once, and record the attempt and the new state.
-
-    Database errors propagate: our own outage is never recorded as the consumer's failure, and
-    a row left `in_flight` is taken back by the sweeper when its lease expires.
-    """
-    now = timezone.now()
-    number = _claim(delivery_id, now)
-    if number is None:
-        row = Delivery.objects.filter(pk=delivery_id).values("status", "next_attempt_at").first()
-        if row and row["status"] == Delivery.Status.PENDING and row["next_attempt_at"]:
-            return AttemptRun("not_due", retry_in=(row["next_attempt_at"] - now).total_seconds())
-        return AttemptRun("not_pending")
-
-    ctx = (
-        Delivery.objects.filter(pk=delivery_id)
-        .values(
-            "event_id",
-            "event__event_type_id",
-            "event__occurred_at",
-            "event__data",
-            "endpoint_id",
-            "endpoint__url",
-            "endpoint__enabled",
-            "endpoint__headers",
-            "endpoint__timeout_seconds",
-            "endpoint__retry_schedule",
-            "retry_base",
+def _sender() -> Sender:
+    return get_sender(
+        lambda: Sender(
+            record=attempts_record,
+            threads=settings.WEBHOOKS_SEND_THREADS,
+            max_in_flight=settings.WEBHOOKS_MAX_IN_FLIGHT,
+            endpoint_concurrency=settings.WEBHOOKS_ENDPOINT_CONCURRENCY,
+            endpoint_queue=settings.WEBHOOKS_ENDPOINT_QUEUE,
+            connect_timeout=settings.WEBHOOKS_CONNECT_TIMEOUT,
+            max_response_bytes=settings.WEBHOOKS_RESPONSE_MAX_BYTES,
         )
-        .get()
     )
-    body = build_body(
-        event_type=ctx["event__event_type_id"],
-        occurred_at=ctx["event__occurred_at"],
-        data=ctx["event__data"],
+
+
+def _refused(job: Job, error_class: str, error: str) -> Job:
+    job.started_at = time.time()
+    job.result = transport.TransportResult(
+        status_code=None, duration_ms=0.0, error=error[:500], error_class=error_class
     )
-    started_at = timezone.now()
+    return job
+
+
+def deliveries_dispatch(*, delivery_ids: Sequence[int]) -> int:
+    """Claim the due deliveries among `delivery_ids` and hand them to this process's sender.
+
+    Returns how many were claimed. It does not wait for the answers: the sender records each
+    attempt when it ends. Database errors propagate before anything is sent (the task retries).
+    """
+    sender = _sender()
+    ids = list(dict.fromkeys(delivery_ids))
+    most = max(1, settings.WEBHOOKS_MAX_IN_FLIGHT // 2)
+    if len(ids) > most:  # never wait for more slots than the process has
+        return sum(
+            deliveries_dispatch(delivery_ids=ids[i : i + most]) for i in range(0, len(ids), most)
+        )
+    sender.acquire(len(ids))  # blocks while this process has too much in flight
+    try:
+        now = timezone.now()
+        claims = deliveries_claim(delivery_ids=ids, now=now)
+        unclaimed = set(ids) - {c.delivery_id for c in claims}
+        if unclaimed:
+            _reschedule_unclaimed(delivery_ids=unclaimed, now=now)
+        keys = _signing_keys({c.endpoint_id for c in claims if c.enabled})
+    except BaseException:
+        sender.give_back(len(ids))
+        raise
+    sender.give_back(len(unclaimed))
+
     timestamp = int(time.time())
-    custom = ctx["endpoint__headers"] or {}
-    headers = {str(k): str(v) for k, v in custom.items()}
-    headers.update(
-        {
+    lanes: dict[str, list[Job]] = {}
+    checked: dict[str, str | None] = {}
+    for claim in claims:
+        job = Job(claim=claim)
+        custom = {str(k): str(v) for k, v in claim.headers.items()}
+        job.headers = {
+            **custom,
             "content-type": "application/json",
             "user-agent": settings.WEBHOOKS_USER_AGENT,
-            "webhook-id": ctx["event_id"],
+            "webhook-id": claim.event_id,
             "webhook-timestamp": str(timestamp),
         }
-    )
-
-    if not ctx["endpoint__enabled"]:
-        result = transport.TransportResult(
-            status_code=None,
-            duration_ms=0.0,
-            error="endpoint is disabled",
-            error_class="endpoint_disabled",
+        job.stored_headers = {k: (REDACTED if k in custom else v) for k, v in job.headers.items()}
+        if not claim.enabled:
+            sender.finish(_refused(job, "endpoint_disabled", "endpoint is disabled"))
+            continue
+        if claim.url not in checked:
+            try:
+                check_url(claim.url, allow_private=settings.WEBHOOKS_ALLOW_PRIVATE_TARGETS)
+                checked[claim.url] = None
+            except BlockedTarget as exc:
+                checked[claim.url] = str(exc)
+        if checked[claim.url] is not None:
+            sender.finish(_refused(job, "ssrf_blocked", checked[claim.url] or ""))
+            continue
+        job.url = claim.url
+        job.body = build_body(
+            event_type=claim.event_type, occurred_at=claim.occurred_at, data=claim.data
         )
-    else:
-        try:
-            check_url(ctx["endpoint__url"], allow_private=settings.WEBHOOKS_ALLOW_PRIVATE_TARGETS)
-        except BlockedTarget as exc:
-            result = transport.TransportResult(
-                status_code=None, duration_ms=0.0, error=str(exc)[:500], error_class="ssrf_blocked"
-            )
-        else:
-            keys = [
-                signing.secret_key(s)
-                for s in endpoint_active_secrets(endpoint_id=ctx["endpoint_id"])
-            ]
-            headers["webhook-signature"] = signing.signature_header(
-                keys, ctx["event_id"], timestamp, body
-            )
-            result = transport.post(
-                ctx["endpoint__url"],
-                body,
-                headers,
-                timeout=float(ctx["endpoint__timeout_seconds"] or settings.WEBHOOKS_HTTP_TIMEOUT),
-                connect_timeout=settings.WEBHOOKS_CONNECT_TIMEOUT,
-                max_response_bytes=settings.WEBHOOKS_RESPONSE_MAX_BYTES,
-            )
+        job.headers["webhook-signature"] = signing.signature_header(
+            keys.get(claim.endpoint_id, []), claim.event_id, timestamp, job.body
+        )
+        job.timeout = claim.timeout or settings.WEBHOOKS_HTTP_TIMEOUT
+        lanes.setdefault(claim.endpoint_id, []).append(job)
 
-    schedule = ctx["endpoint__retry_schedule"]
-    if schedule is None:
-        schedule = settings.WEBHOOKS_RETRY_SCHEDULE
-    decision = decide(
-        status_code=result.status_code,
-        error_class=result.error_class,
-        error=result.error,
-        retry_after=result.headers.get("retry-after"),
-        attempts_made=number - ctx["retry_base"],  # a replay restarts the schedule
-        schedule=schedule,
-        jitter=settings.WEBHOOKS_RETRY_JITTER,
-        now=time.time(),
-    )
-    stored_headers = {k: (REDACTED if k in custom else v) for k, v in headers.items()}
-    delivery_attempt_record(
-        delivery_id=delivery_id,
-        number=number,
-        started_at=started_at,
-        result=result,
-        decision=decision,
-        request_headers=stored_headers,
-        endpoint_id=ctx["endpoint_id"],
-        event_type=ctx["event__event_type_id"],
-    )
-    if decision.verdict is Verdict.SUCCEEDED:
-        return AttemptRun("attempted", decision=decision)
-    return AttemptRun("attempted", retry_in=decision.delay, decision=decision)
+    for endpoint_id, jobs in lanes.items():
+        taken = sender.admit(endpoint_id, jobs)
+        if taken < len(jobs):
+            rest = jobs[taken:]
+            # the endpoint is slow: try again after its timeout rather than piling up here
+            deliveries_release(claims=[j.claim for j in rest], delay=rest[0].timeout)
+            sender.give_back(len(rest))
+    return len(claims)
 
 
-@transaction.atomic
-def delivery_attempt_record(
-    *,
-    delivery_id: int,
-    number: int,
-    started_at: datetime,
-    result: transport.TransportResult,
-    decision: Decision,
-    request_headers: dict[str, str],
-    endpoint_id: str,
-    event_type: str,
-) -> None:
-    """Write the attempt row and move the delivery to its next state, in one transaction.
+def _signing_keys(endpoint_ids: set[str]) -> dict[str, list[bytes]]:
+    """Every endpoint's signing keys (all secrets still valid, newest first), in one query."""
+    keys: dict[str, list[bytes]] = {}
+    for endpoint_id, secret in endpoints_active_secrets(endpoint_ids=endpoint_ids):
+        keys.setdefault(endpoint_id, []).append(signing.secret_key(secret))
+    return keys
 
-    The state only changes if this attempt still holds the claim (same attempt number, still
-    in flight); an attempt whose lease was taken back is recorded but changes nothing else.
+
+_OUTCOMES = {
+    Verdict.SUCCEEDED: DeliveryAttempt.Outcome.SUCCEEDED,
+    Verdict.RETRY: DeliveryAttempt.Outcome.RETRYING,
+    Verdict.FAILED: DeliveryAttempt.Outcome.FAILED,
+    Verdict.DEAD: DeliveryAttempt.Outcome.FAILED,
+}
+_FINAL_STATUS = {
+    Verdict.SUCCEEDED: Delivery.Status.SUCCEEDED,
+    Verdict.FAILED: Delivery.Status.FAILED,
+    Verdict.DEAD: Delivery.Status.DEAD,
+}
+
+_ADVANCE_SQL = """
+UPDATE {d} AS d
+   SET status = v.status, next_attempt_at = v.next_at, dispatched_at = v.dispatched_at,
+       completed_at = v.completed_at, last_status_code = v.code, lease_expires_at = NULL
+  FROM (VALUES {values}) AS v(id, number, status, next_at, dispatched_at, completed_at, code)
+ WHERE d.id = v.id AND d.status = 'in_flight' AND d.attempt_count = v.number
+RETURNING d.id
+"""
+_ADVANCE_ROW = (
+    "(%s::bigint, %s::int, %s::varchar, %s::timestamptz, %s::timestamptz, %s::timestamptz, %s::int)"
+)
+
+
+def attempts_record(jobs: Sequence[Job]) -> None:
+    """Record finished jobs in one transaction: attempt rows, next states, dead letters.
+
+    A delivery's state only changes if this attempt still holds the claim (same attempt number,
+    still in flight); an attempt whose lease was taken back is recorded but changes nothing else.
+    Short retries are published with a countdown after commit; long ones are parked in the row.
     """
+    close_old_connections()
     now = timezone.now()
-    outcome = {
-        Verdict.SUCCEEDED: DeliveryAttempt.Outcome.SUCCEEDED,
-        Verdict.RETRY: DeliveryAttempt.Outcome.RETRYING,
-    }.get(decision.verdict, DeliveryAttempt.Outcome.FAILED)
-    DeliveryAttempt.objects.create(
-        delivery_id=delivery_id,
-        number=number,
-        outcome=outcome,
-        started_at=started_at,
-        duration_ms=round(result.duration_ms, 3),
-        status_code=result.status_code,
-        error=result.error[:500],
-        error_class=result.error_class,
-        request_headers=request_headers,
-        response_headers=result.headers,
-        response_body=result.body,
-    )
-    changes: dict[str, Any] = {
-        "lease_expires_at": None,
-        "last_status_code": result.status_code,
-    }
-    if decision.verdict is Verdict.SUCCEEDED:
-        changes.update(status=Delivery.Status.SUCCEEDED, completed_at=now, next_attempt_at=None)
-    elif decision.verdict is Verdict.RETRY:
-        due = now + timedelta(seconds=decision.delay or 0)
-        # A short delay rides on a Celery countdown (the task publishes it): the row counts as
-        # dispatched for that time. A long one is parked with no message for the sweeper.
-        countdown = (decision.delay or 0) <= settings.WEBHOOKS_COUNTDOWN_MAX
-        changes.update(
-            status=Delivery.Status.PENDING,
-            next_attempt_at=due,
-            dispatched_at=due if countdown else None,
+    clock = time.time()
+    decided = []
+    for job in jobs:
+        claim, result = job.claim, job.result
+        assert result is not None
+        schedule = (
+            claim.schedule if claim.schedule is not None else settings.WEBHOOKS_RETRY_SCHEDULE
         )
-    else:
-        status = (
-            Delivery.Status.DEAD if decision.verdict is Verdict.DEAD else Delivery.Status.FAILED
-        )
-        changes.update(status=status, completed_at=now, next_attempt_at=None)
-    updated = Delivery.objects.filter(
-        pk=delivery_id, status=Delivery.Status.IN_FLIGHT, attempt_count=number
-    ).update(**changes)
-    if updated and decision.verdict in (Verdict.FAILED, Verdict.DEAD):
-        DeadLetter.objects.create(
-            delivery_id=delivery_id,
-            endpoint_id=endpoint_id,
-            event_type=event_type,
-            reason=decision.reason[:500],
-            last_status_code=result.status_code,
-            created_at=now,
-        )
-    if updated:
-        _endpoint_health_note(
-            endpoint_id=endpoint_id,
-            succeeded=decision.verdict is Verdict.SUCCEEDED,
+        decision = decide(
+            status_code=result.status_code,
             error_class=result.error_class,
-            at=started_at,
+            error=result.error,
+            retry_after=result.headers.get("retry-after"),
+            attempts_made=claim.number - claim.retry_base,  # a replay restarts the schedule
+            schedule=schedule,
+            jitter=settings.WEBHOOKS_RETRY_JITTER,
+            now=clock,
         )
-    if decision.disable_endpoint:
-        endpoint_disable_with_notice(endpoint_id=endpoint_id, reason=decision.reason)
+        decided.append((job, decision))
+
+    attempts = []
+    rows: list[Any] = []
+    retries: dict[int, list[int]] = {}
+    for job, decision in decided:
+        claim, result = job.claim, job.result
+        assert result is not None
+        started_at = datetime.fromtimestamp(job.started_at, UTC)
+        attempts.append(
+            DeliveryAttempt(
+                delivery_id=claim.delivery_id,
+                number=claim.number,
+                outcome=_OUTCOMES[decision.verdict],
+                started_at=started_at,
+                duration_ms=round(result.duration_ms, 3),
+                status_code=result.status_code,
+                error=result.error[:500],
+                error_class=result.error_class,
+                request_headers=job.stored_headers,
+                response_headers=result.headers,
+                response_body=result.body,
+            )
+        )
+        if decision.verdict is Verdict.RETRY:
+            delay = decision.delay or 0.0
+            due = now + timedelta(seconds=delay)
+            # A short delay rides on a Celery countdown: the row counts as dispatched for that
+            # time. A long one is parked with no message, for the sweeper.
+            countdown = delay <= settings.WEBHOOKS_COUNTDOWN_MAX
+            if countdown:
+                retries.setdefault(math.ceil(delay), []).append(claim.delivery_id)
+            rows += [claim.delivery_id, claim.number, Delivery.Status.PENDING, due]
+            rows += [due if countdown else None, None, result.status_code]
+        else:
+            rows += [claim.delivery_id, claim.number, _FINAL_STATUS[decision.verdict], None]
+            rows += [None, now, result.status_code]
+
+    with transaction.atomic():
+        # ignore_conflicts: a row for this (delivery, number) can only exist if this very batch
+        # was written before and its commit answer was lost; it must not block the rest.
+        DeliveryAttempt.objects.bulk_create(attempts, ignore_conflicts=True)
+        sql = _ADVANCE_SQL.format(d=_D, values=", ".join([_ADVANCE_ROW] * len(decided)))
+        with connection.cursor() as cursor:
+            cursor.execute(sql, rows)
+            advanced = {r[0] for r in cursor.fetchall()}
+        DeadLetter.objects.bulk_create(
+            DeadLetter(
+                delivery_id=job.claim.delivery_id,
+                endpoint_id=job.claim.endpoint_id,
+                event_type=job.claim.event_type,
+                reason=decision.reason[:500],
+                last_status_code=job.result.status_code if job.result else None,
+                created_at=now,
+            )
+            for job, decision in decided
+            if job.claim.delivery_id in advanced
+            and decision.verdict in (Verdict.FAILED, Verdict.DEAD)
+        )
+        _endpoint_health_note(decided=decided, advanced=advanced)
+        for endpoint_id, reason in {
+            job.claim.endpoint_id: decision.reason
+            for job, decision in decided
+            if decision.disable_endpoint
+        }.items():
+            endpoint_disable_with_notice(endpoint_id=endpoint_id, reason=reason)
+        for countdown, ids in retries.items():
+            due_ids = [i for i in ids if i in advanced]
+            if due_ids:
+                transaction.on_commit(
+                    partial(deliveries_enqueue, delivery_ids=due_ids, countdown=countdown),
+                    robust=True,
+                )
 
 
 # --- Endpoint health -----------------------------------------------------------------------------
 
 
-def _endpoint_health_note(
-    *, endpoint_id: str, succeeded: bool, error_class: str, at: datetime
-) -> None:
-    """Track the endpoint's current run of failures; a write only when the run starts or ends."""
+def _endpoint_health_note(*, decided: Sequence[tuple[Job, Decision]], advanced: set[int]) -> None:
+    """Track each endpoint's current run of failures: a success ends it, a failure starts it.
+
+    Writes only when a run starts or ends (the filters match nothing otherwise).
+    """
+    succeeded: set[str] = set()
+    failed_first: dict[str, datetime] = {}
+    for job, decision in decided:
+        if job.claim.delivery_id not in advanced:
+            continue
+        endpoint_id = job.claim.endpoint_id
+        if decision.verdict is Verdict.SUCCEEDED:
+            succeeded.add(endpoint_id)
+        elif job.result and job.result.error_class != "endpoint_disabled":
+            # our own refusal to send is not the endpoint failing
+            at = datetime.fromtimestamp(job.started_at, UTC)
+            failed_first[endpoint_id] = min(at, failed_first.get(endpoint_id, at))
     if succeeded:
-        Endpoint.objects.filter(pk=endpoint_id, failing_since__isnull=False).update(
+        Endpoint.objects.filter(pk__in=succeeded, failing_since__isnull=False).update(
             failing_since=None
         )
-    elif error_class != "endpoint_disabled":  # our refusal to send is not the endpoint failing
-        Endpoint.objects.filter(pk=endpoint_id, failing_since__isnull=True).update(failing_since=at)
+    for endpoint_id, at in failed_first.items():
+        if endpoint_id not in succeeded:
+            Endpoint.objects.filter(pk=endpoint_id, failing_since__isnull=True).update(
+                failing_since=at
+            )
 
 
 def _iso(value: datetime | None) -> str | None:

@@ -5,12 +5,14 @@ from __future__ import annotations
 import logging
 
 from celery import shared_task
+from celery.signals import worker_process_shutdown
 from django.conf import settings
 from django.db import InterfaceError, OperationalError
 
+from .sender import current_sender
 from .services import (
+    deliveries_dispatch,
     deliveries_requeue_stuck,
-    delivery_attempt_run,
     endpoints_disable_failing,
     events_prune,
 )
@@ -19,25 +21,24 @@ logger = logging.getLogger(__name__)
 
 
 @shared_task(bind=True, acks_late=True, max_retries=None, ignore_result=True)
-def deliver(self, delivery_id: int) -> str:  # type: ignore[no-untyped-def]
-    """Attempt one delivery if it is due; schedule the next try when the policy says so.
+def deliver_batch(self, delivery_ids: list[int]) -> int:  # type: ignore[no-untyped-def]
+    """Claim the due deliveries among `delivery_ids` and hand them to this process's sender.
 
-    Only delays up to WEBHOOKS_COUNTDOWN_MAX ride on a Celery countdown. Longer ones are parked
-    in the row (`next_attempt_at`) for the beat sweeper: with the Redis broker an ETA longer than
-    the `visibility_timeout` is redelivered again and again (celery#2599, celery#3270, kombu#337).
-    The database row stays the truth either way, so a lost countdown message only delays a retry.
+    The task returns once they are handed over; the sender records each attempt as it ends and
+    publishes short retries with a countdown. Only delays up to WEBHOOKS_COUNTDOWN_MAX ride on a
+    Celery countdown. Longer ones are parked in the row (`next_attempt_at`) for the beat
+    sweeper: with the Redis broker an ETA longer than the `visibility_timeout` is redelivered
+    again and again (celery#2599, celery#3270, kombu#337). The database row stays the truth
+    either way, so a lost message only delays a delivery.
     """
     try:
-        run = delivery_attempt_run(delivery_id=delivery_id)
+        return deliveries_dispatch(delivery_ids=delivery_ids)
     except (OperationalError, InterfaceError) as exc:
         # Our own database is away: nothing is recorded against the consumer. Look again soon;
         # a claimed row keeps its lease and the sweeper takes it back if this never succeeds.
-        logger.warning("database unavailable for delivery %s: %s", delivery_id, exc)
+        logger.warning("database unavailable for %d deliveries: %s", len(delivery_ids), exc)
         delay = min(settings.WEBHOOKS_COUNTDOWN_MAX, 2 ** min(self.request.retries, 6))
         raise self.retry(countdown=delay) from exc
-    if run.retry_in is not None and run.retry_in <= settings.WEBHOOKS_COUNTDOWN_MAX:
-        raise self.retry(countdown=max(0.0, run.retry_in))
-    return run.status
 
 
 @shared_task(acks_late=True, ignore_result=True)
@@ -56,3 +57,11 @@ def disable_failing_endpoints() -> list[str]:
 def prune() -> int:
     """Beat job: delete fully delivered events older than WEBHOOKS_RETENTION_DAYS, in batches."""
     return events_prune()
+
+
+@worker_process_shutdown.connect
+def _drain_sender(**_: object) -> None:
+    """On a warm shutdown, let requests already sent finish and be recorded (bounded wait)."""
+    sender = current_sender()
+    if sender is not None and not sender.drain(timeout=settings.WEBHOOKS_HTTP_TIMEOUT + 5):
+        logger.warning("shutdown with deliveries still in flight; their leases will expire")

@@ -171,7 +171,9 @@ CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = env_int("CELERY_WORKER_PREFETCH_MULTIPLIER", 4, minimum=1)
-CELERY_WORKER_CONCURRENCY = env_int("CELERY_WORKER_CONCURRENCY", 8, minimum=1)
+# One worker process per core: a process does not wait on HTTP (its sender's threads do), so
+# more processes than cores only add contention. Chosen by measurement (docs/BENCHMARKS.md).
+CELERY_WORKER_CONCURRENCY = env_int("CELERY_WORKER_CONCURRENCY", os.cpu_count() or 2, minimum=1)
 CELERY_WORKER_SEND_TASK_EVENTS = True  # Flower shows tasks live
 CELERY_TASK_SEND_SENT_EVENT = True
 # At ingest the broker may be down; give up quickly and let the rows wait in PostgreSQL.
@@ -215,6 +217,14 @@ WEBHOOKS_REQUEUE_INTERVAL = _REQUEUE_INTERVAL
 WEBHOOKS_REDISPATCH_AFTER = env_int("WEBHOOKS_REDISPATCH_AFTER", 120, minimum=1)
 WEBHOOKS_RETENTION_DAYS = env_int("WEBHOOKS_RETENTION_DAYS", 30, minimum=1)
 WEBHOOKS_COUNTDOWN_MAX = env_int("WEBHOOKS_COUNTDOWN_MAX", 60)
+# The delivery pipeline (deliveries/sender.py), per worker process: ids per task message, HTTP
+# threads, deliveries between claim and record, and per endpoint: requests at once, and
+# deliveries queued before the rest go back to the database for later.
+WEBHOOKS_BATCH_SIZE = env_int("WEBHOOKS_BATCH_SIZE", 100, minimum=1)
+WEBHOOKS_SEND_THREADS = env_int("WEBHOOKS_SEND_THREADS", 64, minimum=1)
+WEBHOOKS_MAX_IN_FLIGHT = env_int("WEBHOOKS_MAX_IN_FLIGHT", 2000, minimum=1)
+WEBHOOKS_ENDPOINT_CONCURRENCY = env_int("WEBHOOKS_ENDPOINT_CONCURRENCY", 8, minimum=1)
+WEBHOOKS_ENDPOINT_QUEUE = env_int("WEBHOOKS_ENDPOINT_QUEUE", 500, minimum=1)
 # Delays in seconds before each retry (Standard Webhooks / Svix): 5 s, 5 min, 30 min, 2 h, 5 h,
 # 10 h, 10 h. Attempts = 1 + len(schedule).
 WEBHOOKS_RETRY_SCHEDULE = env_int_list(

@@ -196,7 +196,7 @@ def test_two_sweeps_at_once_publish_each_due_row_once(stack: Stack) -> None:
     assert sum(r["published"] for r in results) == 1000
     client = redis.Redis.from_url(stack.redis.url())
     messages = client.lrange("celery", 0, -1)
-    ids = [json.loads(_body(m))[0][0] for m in messages]
+    ids = [i for m in messages for i in json.loads(_body(m))[0][0]]  # deliver_batch(ids)
     assert len(ids) == 1000
     assert len(set(ids)) == 1000
 
