@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
+_RNG = random.Random()  # noqa: S311 - jitter, not cryptography; seeding one per call was costly
 RETRYABLE_4XX = frozenset({408, 409, 425, 429})
 RETRY_AFTER_STATUSES = frozenset({429, 503})
 RETRYABLE_ERRORS = frozenset({"timeout", "connection", "tls", "protocol"})
@@ -81,7 +82,7 @@ def decide(
 
     `schedule[i]` is the delay before retry i+1, so a delivery has 1 + len(schedule) attempts.
     """
-    rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
+    rng = rng or _RNG
     reason = _describe(status_code, error_class, error)
     if status_code is not None and 200 <= status_code < 300:
         return Decision(Verdict.SUCCEEDED, reason=reason)

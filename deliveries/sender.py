@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import sys
 import threading
 import time
 from collections import deque
@@ -45,12 +46,38 @@ class Job:
     timeout: float = 15.0
     started_at: float = 0.0  # time.time() when the request started
     result: transport.TransportResult | None = None
+    deferred: float | None = None  # not sent: give the claim back for this many seconds
 
 
 @dataclass
 class _Lane:
-    active: int = 0
+    active: dict[int, float] = field(default_factory=dict)  # id(job) -> monotonic start
     waiting: deque[Job] = field(default_factory=deque)
+
+
+@dataclass(frozen=True)
+class Admission:
+    """How many jobs a lane took; the rest wait `defer` seconds, published again by the task
+    itself (`soon`) or by the sweeper."""
+
+    taken: int
+    defer: float
+    soon: bool
+
+
+@dataclass
+class _Health:
+    """A circuit breaker per endpoint: after `threshold` failed requests in a row, the endpoint
+    gets no requests for `cooldown` seconds; then the next answer closes or reopens it."""
+
+    failures: int = 0
+    open_until: float = 0.0
+
+
+def failed(result: transport.TransportResult) -> bool:
+    """Whether an answer says the endpoint is down or overloaded (not: the request was bad)."""
+    code = result.status_code
+    return code is None or code >= 500 or code in (408, 429)
 
 
 class Sender:
@@ -64,16 +91,22 @@ class Sender:
         max_in_flight: int,
         endpoint_concurrency: int,
         endpoint_queue: int,
+        slow_after: float,
+        breaker_threshold: int,
+        breaker_cooldown: float,
         connect_timeout: float,
         max_response_bytes: int,
         flush_max: int = 500,
     ) -> None:
         self._record = record
         self._executor = ThreadPoolExecutor(threads, thread_name_prefix="webhook-send")
-        self._slots = threading.Semaphore(max_in_flight)
         self._max_in_flight = max_in_flight
         self._endpoint_concurrency = endpoint_concurrency
         self._endpoint_queue = endpoint_queue
+        self._slow_after = slow_after
+        self._breaker_threshold = breaker_threshold
+        self._breaker_cooldown = breaker_cooldown
+        self._health: dict[str, _Health] = {}
         self._connect_timeout = connect_timeout
         self._max_response_bytes = max_response_bytes
         self._flush_max = flush_max
@@ -81,45 +114,61 @@ class Sender:
         self._lock = threading.Lock()
         self._done: queue.Queue[Job] = queue.Queue()
         self._in_flight = 0
-        self._idle = threading.Condition(self._lock)
+        self._changed = threading.Condition(self._lock)  # in-flight count went down
         self._recorder = threading.Thread(
             target=self._record_loop, name="webhook-recorder", daemon=True
         )
         self._recorder.start()
+        # Sending threads wait for the GIL while the task or the recorder computes; the default
+        # 5 ms switch interval made each of a request's several GIL hand-overs cost up to 5 ms
+        # (latency measured in docs/BENCHMARKS.md). 1 ms keeps them short.
+        sys.setswitchinterval(0.001)
 
     # --- intake (the task's thread) ---
 
     def acquire(self, count: int) -> None:
         """Take `count` in-flight slots, blocking while the process is full (back-pressure)."""
-        for _ in range(count):
-            self._slots.acquire()
         with self._lock:
+            while self._in_flight + count > self._max_in_flight:
+                self._changed.wait()
             self._in_flight += count
 
     def _release(self, count: int) -> None:
-        for _ in range(count):
-            self._slots.release()
         with self._lock:
             self._in_flight -= count
-            if self._in_flight == 0:
-                self._idle.notify_all()
+            self._changed.notify_all()
 
-    def admit(self, endpoint_id: str, jobs: Sequence[Job]) -> int:
-        """Queue jobs on the endpoint's lane, up to its limit; returns how many were taken."""
+    def admit(self, endpoint_id: str, jobs: Sequence[Job]) -> Admission:
+        """Queue jobs on the endpoint's lane and say what to do with the ones not taken.
+
+        - breaker open: none taken; the rest wait in the database until the cooldown ends;
+        - slow (its oldest request has run `slow_after` seconds): none taken; the rest wait in
+          the database for the endpoint's timeout;
+        - otherwise up to `endpoint_queue` sending and waiting; the rest come back in a second
+          (a burst larger than the lane, on a healthy endpoint).
+        """
+        now = time.monotonic()
         with self._lock:
+            health = self._health.get(endpoint_id)
+            if health is not None and health.open_until > now:
+                return Admission(0, health.open_until - now, soon=False)
             lane = self._lanes.setdefault(endpoint_id, _Lane())
-            room = max(0, self._endpoint_queue - lane.active - len(lane.waiting))
+            if lane.active and now - min(lane.active.values()) > self._slow_after:
+                return Admission(0, max(job.timeout for job in jobs), soon=False)
+            room = max(0, self._endpoint_queue - len(lane.active) - len(lane.waiting))
             taken = list(jobs[:room])
             start = []
             for job in taken:
-                if lane.active < self._endpoint_concurrency:
-                    lane.active += 1
+                if len(lane.active) < self._endpoint_concurrency:
+                    lane.active[id(job)] = now
                     start.append(job)
                 else:
                     lane.waiting.append(job)
+            if not lane.active and not lane.waiting:
+                del self._lanes[endpoint_id]
         for job in start:
             self._executor.submit(self._send, job)
-        return len(taken)
+        return Admission(len(taken), 1.0, soon=True)
 
     def give_back(self, count: int) -> None:
         """Return slots taken for jobs that were not admitted."""
@@ -150,15 +199,42 @@ class Sender:
             )
         self._done.put(job)
         endpoint_id = job.claim.endpoint_id
+        now = time.monotonic()
         with self._lock:
             lane = self._lanes[endpoint_id]
+            del lane.active[id(job)]
+            if self._note(endpoint_id, job.result, now):
+                # the breaker just opened: what waits here goes back to the database
+                for waiting in lane.waiting:
+                    waiting.deferred = self._breaker_cooldown
+                    self._done.put(waiting)
+                lane.waiting.clear()
             following = lane.waiting.popleft() if lane.waiting else None
-            if following is None:
-                lane.active -= 1
-                if lane.active == 0:
-                    del self._lanes[endpoint_id]
+            if following is not None:
+                lane.active[id(following)] = now
+            elif not lane.active:
+                del self._lanes[endpoint_id]
         if following is not None:
             self._executor.submit(self._send, following)
+
+    def _note(self, endpoint_id: str, result: transport.TransportResult, now: float) -> bool:
+        """Feed the endpoint's breaker (lock held); True when this answer opened it."""
+        if not failed(result):
+            self._health.pop(endpoint_id, None)
+            return False
+        health = self._health.setdefault(endpoint_id, _Health())
+        health.failures += 1
+        if health.failures >= self._breaker_threshold and health.open_until <= now:
+            health.open_until = now + self._breaker_cooldown
+            health.failures = self._breaker_threshold - 1  # after the cooldown, one more trips it
+            logger.warning(
+                "endpoint %s: %d failed requests in a row, pausing it for %.0f s",
+                endpoint_id,
+                self._breaker_threshold,
+                self._breaker_cooldown,
+            )
+            return True
+        return False
 
     # --- recording (one thread) ---
 
@@ -194,7 +270,7 @@ class Sender:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return False
-                self._idle.wait(remaining)
+                self._changed.wait(remaining)
         return True
 
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 
@@ -36,17 +34,6 @@ def endpoint_active_secrets(*, endpoint_id: str) -> list[str]:
         .filter(Q(expires_at__isnull=True) | Q(expires_at__gt=now))
         .order_by("-created_at")
         .values_list("secret", flat=True)
-    )
-
-
-def endpoints_active_secrets(*, endpoint_ids: Iterable[str]) -> list[tuple[str, str]]:
-    """(endpoint id, secret) for every secret of these endpoints that still signs, newest first."""
-    now = timezone.now()
-    return list(
-        EndpointSecret.objects.filter(endpoint_id__in=list(endpoint_ids))
-        .filter(Q(expires_at__isnull=True) | Q(expires_at__gt=now))
-        .order_by("endpoint_id", "-created_at")
-        .values_list("endpoint_id", "secret")
     )
 
 

@@ -42,6 +42,12 @@ class TransportResult:
         return self.status_code is not None and 200 <= self.status_code < 300
 
 
+def _threads() -> int:
+    from django.conf import settings
+
+    return max(16, getattr(settings, "WEBHOOKS_SEND_THREADS", 16))
+
+
 def _pool() -> urllib3.PoolManager:
     """One PoolManager per process: prefork children must not share sockets with their parent."""
     pid = os.getpid()
@@ -50,7 +56,9 @@ def _pool() -> urllib3.PoolManager:
         with _pools_lock:
             pool = _pools.get(pid)
             if pool is None:
-                pool = urllib3.PoolManager(num_pools=256, maxsize=16, block=False)
+                # As many keep-alive connections per host as there are sending threads: with
+                # fewer, each extra request opens and discards a connection.
+                pool = urllib3.PoolManager(num_pools=256, maxsize=_threads(), block=False)
                 _pools.clear()
                 _pools[pid] = pool
     return pool

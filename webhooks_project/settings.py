@@ -11,6 +11,7 @@ from pathlib import Path
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
+from kombu import Queue
 
 from .env import env_bool, env_float, env_int, env_int_list, env_list, env_str
 
@@ -168,14 +169,30 @@ CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TASK_IGNORE_RESULT = True
+# Named queues; a bare `celery worker` consumes all three, taking from each in turn.
+# `deliveries`: first attempts (and replays); `retries`: retries, sweeps and deferrals, so a
+# backlog there never delays new events; `maintenance`: the beat jobs, so a flood of
+# deliveries never delays the sweeper. Run workers with `-Q` to split them across machines.
+CELERY_TASK_QUEUES = (Queue("deliveries"), Queue("retries"), Queue("maintenance"))
+CELERY_TASK_DEFAULT_QUEUE = "deliveries"
+CELERY_TASK_ROUTES = {
+    "deliveries.tasks.requeue_stuck": {"queue": "maintenance"},
+    "deliveries.tasks.disable_failing_endpoints": {"queue": "maintenance"},
+    "deliveries.tasks.prune": {"queue": "maintenance"},
+}
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = env_int("CELERY_WORKER_PREFETCH_MULTIPLIER", 4, minimum=1)
 # One worker process per core: a process does not wait on HTTP (its sender's threads do), so
 # more processes than cores only add contention. Chosen by measurement (docs/BENCHMARKS.md).
 CELERY_WORKER_CONCURRENCY = env_int("CELERY_WORKER_CONCURRENCY", os.cpu_count() or 2, minimum=1)
+# Celery's Django fixup closes the database connection around every task unless this is set:
+# a new PostgreSQL connection per task cost ~10 ms of latency (measured; docs/BENCHMARKS.md).
+# Connections are still closed when broken or older than CONN_MAX_AGE (close_old_connections in
+# the delivery task), and recycled after this many tasks.
+CELERY_DB_REUSE_MAX = env_int("CELERY_DB_REUSE_MAX", 1000, minimum=1)
 CELERY_WORKER_SEND_TASK_EVENTS = True  # Flower shows tasks live
-CELERY_TASK_SEND_SENT_EVENT = True
+CELERY_TASK_SEND_SENT_EVENT = False  # one more publish per message; Flower shows received on
 # At ingest the broker may be down; give up quickly and let the rows wait in PostgreSQL.
 CELERY_TASK_PUBLISH_RETRY = True
 CELERY_TASK_PUBLISH_RETRY_POLICY = {
@@ -222,9 +239,18 @@ WEBHOOKS_COUNTDOWN_MAX = env_int("WEBHOOKS_COUNTDOWN_MAX", 60)
 # deliveries queued before the rest go back to the database for later.
 WEBHOOKS_BATCH_SIZE = env_int("WEBHOOKS_BATCH_SIZE", 100, minimum=1)
 WEBHOOKS_SEND_THREADS = env_int("WEBHOOKS_SEND_THREADS", 64, minimum=1)
-WEBHOOKS_MAX_IN_FLIGHT = env_int("WEBHOOKS_MAX_IN_FLIGHT", 2000, minimum=1)
+WEBHOOKS_MAX_IN_FLIGHT = env_int("WEBHOOKS_MAX_IN_FLIGHT", 4000, minimum=1)
 WEBHOOKS_ENDPOINT_CONCURRENCY = env_int("WEBHOOKS_ENDPOINT_CONCURRENCY", 8, minimum=1)
-WEBHOOKS_ENDPOINT_QUEUE = env_int("WEBHOOKS_ENDPOINT_QUEUE", 500, minimum=1)
+WEBHOOKS_ENDPOINT_QUEUE = env_int("WEBHOOKS_ENDPOINT_QUEUE", 256, minimum=1)
+# An endpoint whose oldest request has run this long is slow: it takes no more deliveries
+# until that request ends; they wait in the database for the endpoint's timeout.
+WEBHOOKS_SLOW_AFTER = env_float("WEBHOOKS_SLOW_AFTER", 2.0, minimum=0.1)
+# After this many failed requests in a row (5xx, 408, 429, timeouts, connection errors), an
+# endpoint gets nothing for the cooldown; its deliveries wait without using up attempts.
+WEBHOOKS_BREAKER_THRESHOLD = env_int("WEBHOOKS_BREAKER_THRESHOLD", 20, minimum=1)
+WEBHOOKS_BREAKER_COOLDOWN = env_float("WEBHOOKS_BREAKER_COOLDOWN", 30.0, minimum=0.1)
+# The sweeper publishes at most this many due deliveries per failing endpoint per sweep.
+WEBHOOKS_FAILING_ENDPOINT_BATCH = env_int("WEBHOOKS_FAILING_ENDPOINT_BATCH", 100, minimum=1)
 # Delays in seconds before each retry (Standard Webhooks / Svix): 5 s, 5 min, 30 min, 2 h, 5 h,
 # 10 h, 10 h. Attempts = 1 + len(schedule).
 WEBHOOKS_RETRY_SCHEDULE = env_int_list(

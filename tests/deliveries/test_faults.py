@@ -157,11 +157,11 @@ def test_queued_messages_lost_with_redis_are_rebuilt(stack: Stack, sink: Sink) -
     endpoint_create(url=sink.url("ok"))
     for n in range(10):
         assert stack.post_event({"n": n})[0] == 202
-    assert redis.Redis.from_url(stack.redis.url()).llen("celery") == 10
+    assert redis.Redis.from_url(stack.redis.url()).llen("deliveries") == 10
     # when Redis is killed and restarts empty
     stack.redis.stop(kill=True)
     stack.redis = LocalRedis(stack.tmp / "redis", port=stack.redis.port, persist=False).start()
-    assert redis.Redis.from_url(stack.redis.url()).llen("celery") == 0
+    assert redis.Redis.from_url(stack.redis.url()).llen("deliveries") == 0
     stack.start_worker()
     stack.start_beat()
     # then everything is delivered from the rows, once each
@@ -195,7 +195,7 @@ def test_two_sweeps_at_once_publish_each_due_row_once(stack: Stack) -> None:
     # then together they published 1,000 messages, one per row
     assert sum(r["published"] for r in results) == 1000
     client = redis.Redis.from_url(stack.redis.url())
-    messages = client.lrange("celery", 0, -1)
+    messages = client.lrange("retries", 0, -1)
     ids = [i for m in messages for i in json.loads(_body(m))[0][0]]  # deliver_batch(ids)
     assert len(ids) == 1000
     assert len(set(ids)) == 1000
@@ -235,9 +235,9 @@ def test_two_copies_of_the_same_task_send_once(stack: Stack, sink: Sink) -> None
     endpoint_create(url=sink.url("dup"))
     stack.post_event({"n": 1})
     client = redis.Redis.from_url(stack.redis.url())
-    (message,) = client.lrange("celery", 0, -1)
+    (message,) = client.lrange("deliveries", 0, -1)
     for _ in range(3):
-        client.lpush("celery", message)
+        client.lpush("deliveries", message)
     # when two worker processes take the copies at once
     stack.start_worker()
     wait_until(lambda: _all_succeeded(1), timeout=30)

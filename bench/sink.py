@@ -1,0 +1,110 @@
+"""A fast local HTTP consumer for the benchmark (asyncio, keep-alive, HTTP/1.1).
+
+Paths: /ok/<n> answers 200; /fail/<n> answers 500; /hang/<n> never answers (the client times out).
+Each request's payload carries `"t": <unix time at ingest>`; the sink keeps the receipt time and
+that ingest time for every request to /ok. `GET /stats` answers JSON with the counts and
+timestamps; `GET /reset` empties them.
+
+Run: python -m bench.sink PORT
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import sys
+import time
+
+import orjson
+
+_T = re.compile(rb'"t":\s*([0-9.]+)')
+
+
+class State:
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.ok = 0
+        self.failed = 0
+        self.hung = 0
+        self.received: list[float] = []  # receipt times of /ok requests
+        self.ingested: list[float] = []  # their ingest times (from the payload)
+
+
+STATE = State()
+OK = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
+FAIL = b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\n\r\n"
+
+
+class Consumer(asyncio.Protocol):
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+        self.buffer = b""
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        while True:
+            head_end = self.buffer.find(b"\r\n\r\n")
+            if head_end < 0:
+                return
+            head = self.buffer[:head_end]
+            length = 0
+            for line in head.split(b"\r\n")[1:]:
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"content-length":
+                    length = int(value)
+            end = head_end + 4 + length
+            if len(self.buffer) < end:
+                return
+            body = self.buffer[head_end + 4 : end]
+            self.buffer = self.buffer[end:]
+            self.handle(head.split(b" ", 2), body)
+
+    def handle(self, request_line: list[bytes], body: bytes) -> None:
+        method, path = request_line[0], request_line[1]
+        if method == b"GET":
+            if path == b"/reset":
+                STATE.reset()
+                payload = b"{}"
+            else:
+                payload = orjson.dumps(
+                    {
+                        "ok": STATE.ok,
+                        "failed": STATE.failed,
+                        "hung": STATE.hung,
+                        "received": STATE.received,
+                        "ingested": STATE.ingested,
+                    }
+                )
+            self.transport.write(  # type: ignore[attr-defined]
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
+                + str(len(payload)).encode()
+                + b"\r\n\r\n"
+                + payload
+            )
+            return
+        if path.startswith(b"/ok"):
+            now = time.time()
+            STATE.ok += 1
+            match = _T.search(body)
+            STATE.received.append(now)
+            STATE.ingested.append(float(match.group(1)) if match else 0.0)
+            self.transport.write(OK)  # type: ignore[attr-defined]
+        elif path.startswith(b"/fail"):
+            STATE.failed += 1
+            self.transport.write(FAIL)  # type: ignore[attr-defined]
+        else:
+            STATE.hung += 1  # never answer
+
+
+async def main(port: int) -> None:
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(Consumer, "127.0.0.1", port, backlog=1024)
+    print("ready", flush=True)
+    async with server:
+        await server.serve_forever()
+
+
+if __name__ == "__main__":
+    asyncio.run(main(int(sys.argv[1])))
