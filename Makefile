@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: run test lint format clean install
+.PHONY: run test bench bench-quick lint format clean install
 
 install: $(STAMP)
 
@@ -23,6 +23,14 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m webhooks_project.localstack test -- $(PYTEST_ARGS)
+
+# Throughput and latency against the machine's own limits (see docs/BENCHMARKS.md).
+bench: $(STAMP)
+	$(BIN)/python -m bench.run --write docs/BENCHMARKS.md
+
+# A small run (under two minutes); `make test` runs it as a smoke check, without thresholds.
+bench-quick: $(STAMP)
+	$(BIN)/python -m bench.run --quick
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -14,10 +14,12 @@ import asyncio
 import re
 import sys
 import time
+from datetime import datetime
 
 import orjson
 
 _T = re.compile(rb'"t":\s*([0-9.]+)')
+_TS = re.compile(rb'"timestamp":"([^"]+)"')
 
 
 class State:
@@ -29,10 +31,19 @@ class State:
         self.failed = 0
         self.hung = 0
         self.received: list[float] = []  # receipt times of /ok requests
-        self.ingested: list[float] = []  # their ingest times (from the payload)
+        self.ingested: list[float] = []  # when the client sent them (`data.t`)
+        self.accepted: list[bytes] = []  # when the service accepted them (payload `timestamp`)
 
 
 STATE = State()
+
+
+def _unix(iso: bytes) -> float:
+    if not iso:
+        return 0.0
+    return datetime.fromisoformat(iso.decode().replace("Z", "+00:00")).timestamp()
+
+
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
 FAIL = b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\n\r\n"
 
@@ -75,6 +86,7 @@ class Consumer(asyncio.Protocol):
                         "hung": STATE.hung,
                         "received": STATE.received,
                         "ingested": STATE.ingested,
+                        "accepted": [_unix(a) for a in STATE.accepted],
                     }
                 )
             self.transport.write(  # type: ignore[attr-defined]
@@ -90,6 +102,8 @@ class Consumer(asyncio.Protocol):
             match = _T.search(body)
             STATE.received.append(now)
             STATE.ingested.append(float(match.group(1)) if match else 0.0)
+            accepted = _TS.search(body)
+            STATE.accepted.append(accepted.group(1) if accepted else b"")
             self.transport.write(OK)  # type: ignore[attr-defined]
         elif path.startswith(b"/fail"):
             STATE.failed += 1

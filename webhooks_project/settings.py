@@ -182,7 +182,7 @@ CELERY_TASK_ROUTES = {
 }
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
-CELERY_WORKER_PREFETCH_MULTIPLIER = env_int("CELERY_WORKER_PREFETCH_MULTIPLIER", 4, minimum=1)
+CELERY_WORKER_PREFETCH_MULTIPLIER = env_int("CELERY_WORKER_PREFETCH_MULTIPLIER", 1, minimum=1)
 # One worker process per core: a process does not wait on HTTP (its sender's threads do), so
 # more processes than cores only add contention. Chosen by measurement (docs/BENCHMARKS.md).
 CELERY_WORKER_CONCURRENCY = env_int("CELERY_WORKER_CONCURRENCY", os.cpu_count() or 2, minimum=1)
@@ -191,7 +191,7 @@ CELERY_WORKER_CONCURRENCY = env_int("CELERY_WORKER_CONCURRENCY", os.cpu_count() 
 # Connections are still closed when broken or older than CONN_MAX_AGE (close_old_connections in
 # the delivery task), and recycled after this many tasks.
 CELERY_DB_REUSE_MAX = env_int("CELERY_DB_REUSE_MAX", 1000, minimum=1)
-CELERY_WORKER_SEND_TASK_EVENTS = True  # Flower shows tasks live
+CELERY_WORKER_SEND_TASK_EVENTS = False  # Flower turns events on while it runs (enable_events)
 CELERY_TASK_SEND_SENT_EVENT = False  # one more publish per message; Flower shows received on
 # At ingest the broker may be down; give up quickly and let the rows wait in PostgreSQL.
 CELERY_TASK_PUBLISH_RETRY = True

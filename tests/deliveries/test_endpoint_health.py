@@ -232,3 +232,31 @@ def test_prune_deletes_only_old_fully_delivered_events(acme: Any, settings: Any)
     assert DeliveryAttempt.objects.count() == 3
     assert DeadLetter.objects.count() == 3
     assert events_prune() == 0
+
+
+def test_the_sweeper_paces_a_failing_endpoints_backlog(acme: Any, settings: Any) -> None:
+    from deliveries.services import deliveries_requeue_stuck
+
+    settings.WEBHOOKS_FAILING_ENDPOINT_BATCH = 100
+    healthy, _ = endpoint_create(url="http://127.0.0.1:9/ok")
+    failing, _ = endpoint_create(url="http://127.0.0.1:9/down")
+    Endpoint.objects.filter(pk=failing.pk).update(failing_since=timezone.now())
+    past = timezone.now() - timedelta(seconds=5)
+    events = Event.objects.bulk_create(
+        Event(event_type_id="order.created", data={"n": n}) for n in range(250)
+    )
+    Delivery.objects.bulk_create(
+        Delivery(event=e, endpoint=failing, next_attempt_at=past, dispatched_at=None)
+        for e in events
+    )
+    Delivery.objects.bulk_create(
+        Delivery(event=e, endpoint=healthy, next_attempt_at=past, dispatched_at=None)
+        for e in events[:50]
+    )
+    # one sweep publishes everything due for the healthy endpoint, 100 for the failing one
+    assert deliveries_requeue_stuck()["published"] == 150
+    assert Delivery.objects.filter(endpoint=healthy, dispatched_at__isnull=True).count() == 0
+    assert Delivery.objects.filter(endpoint=failing, dispatched_at__isnull=True).count() == 150
+    # once it succeeds again, the next sweep sends the rest
+    Endpoint.objects.filter(pk=failing.pk).update(failing_since=None)
+    assert deliveries_requeue_stuck()["published"] == 150
