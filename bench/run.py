@@ -697,6 +697,32 @@ def render(r: dict[str, Any]) -> str:
             f"| {label}: healthy endpoints' latency at half peak, p50 / p99 | {m['paced']['p50_ms']:.1f} / {m['paced']['p99_ms']:.1f} ms | p99 vs all healthy: {m['paced']['p99_ms'] / max(r['paced']['p99_ms'], 1e-9):.2f} |",
             f"| {label}: worker peak RSS / CPU during the burst | {m['processes']['worker']['peak_rss_mb']} MB / {m['processes']['worker']['cpu_s']} s | — |",
         ]
+
+    def verdict(ok: bool) -> str:
+        return "met" if ok else "**not met**"
+
+    pc = r["paced"]
+    lines += [
+        "",
+        "Targets (issue 4), judged on this run:",
+        "",
+        "| target | this run | |",
+        "|---|---|---|",
+        f"| end to end >= 0.5 x raw loop | {h['rate'] / raw:.2f} x | {verdict(h['rate'] / raw >= 0.5)} |",
+        f"| p99 < 100 ms at half peak (client's send to receipt) | {pc['p99_ms']:.0f} ms | {verdict(pc['p99_ms'] < 100)} |",
+        f"| p50 < 20 ms at half peak (client's send to receipt) | {pc['p50_ms']:.0f} ms | {verdict(pc['p50_ms'] < 20)} |",
+        f"| ingestion >= 2,000 events/s (alone) | {r['ingest']['rate']:.0f} /s | {verdict(r['ingest']['rate'] >= 2000)} |",
+    ]
+    for mode in ("fail", "hang"):
+        if mode in r:
+            m = r[mode]
+            t_ok = m["rate"] * 2 >= h["rate"]
+            p_ok = m["paced"]["p99_ms"] <= 2 * pc["p99_ms"]
+            lines.append(
+                f"| {mode}: healthy throughput and p99 within 2x of all healthy | "
+                f"{h['rate'] / m['rate']:.2f}x slower, p99 {m['paced']['p99_ms'] / pc['p99_ms']:.2f}x | "
+                f"{verdict(t_ok and p_ok)} |"
+            )
     lines += [
         "",
         f"All-healthy burst: every one of {h['deliveries_ok']} deliveries received, "

@@ -47,6 +47,7 @@ class Job:
     started_at: float = 0.0  # time.time() when the request started
     result: transport.TransportResult | None = None
     deferred: float | None = None  # not sent: give the claim back for this many seconds
+    start_by: float = 0.0  # monotonic time after which starting would outlive the claim's lease
 
 
 @dataclass
@@ -94,6 +95,7 @@ class Sender:
         slow_after: float,
         breaker_threshold: int,
         breaker_cooldown: float,
+        lease: float,
         connect_timeout: float,
         max_response_bytes: int,
         flush_max: int = 500,
@@ -106,6 +108,7 @@ class Sender:
         self._slow_after = slow_after
         self._breaker_threshold = breaker_threshold
         self._breaker_cooldown = breaker_cooldown
+        self._lease = lease
         self._health: dict[str, _Health] = {}
         self._connect_timeout = connect_timeout
         self._max_response_bytes = max_response_bytes
@@ -159,6 +162,9 @@ class Sender:
             taken = list(jobs[:room])
             start = []
             for job in taken:
+                # one that waits in its lane for half its lease is given back rather than sent
+                # late, so a claim is not taken back by the sweeper while it is still queued
+                job.start_by = now + self._lease / 2
                 if len(lane.active) < self._endpoint_concurrency:
                     lane.active[id(job)] = now
                     start.append(job)
@@ -182,6 +188,13 @@ class Sender:
     # --- sending (pool threads) ---
 
     def _send(self, job: Job) -> None:
+        if time.monotonic() > job.start_by:
+            # it waited in its lane too long to finish inside its lease: give it back
+            job.deferred = 0.0
+            job.result = None
+            self._done.put(job)
+            self._next_in_lane(job)
+            return
         try:
             job.started_at = time.time()
             job.result = transport.post(
@@ -198,12 +211,16 @@ class Sender:
                 status_code=None, duration_ms=0.0, error=repr(exc)[:500], error_class="protocol"
             )
         self._done.put(job)
+        self._next_in_lane(job)
+
+    def _next_in_lane(self, job: Job) -> None:
+        """The job left its lane: note its answer, and start the next one waiting there."""
         endpoint_id = job.claim.endpoint_id
         now = time.monotonic()
         with self._lock:
             lane = self._lanes[endpoint_id]
             del lane.active[id(job)]
-            if self._note(endpoint_id, job.result, now):
+            if job.result is not None and self._note(endpoint_id, job.result, now):
                 # the breaker just opened: what waits here goes back to the database
                 for waiting in lane.waiting:
                     waiting.deferred = self._breaker_cooldown

@@ -413,6 +413,7 @@ def _sender() -> Sender:
             slow_after=settings.WEBHOOKS_SLOW_AFTER,
             breaker_threshold=settings.WEBHOOKS_BREAKER_THRESHOLD,
             breaker_cooldown=settings.WEBHOOKS_BREAKER_COOLDOWN,
+            lease=settings.WEBHOOKS_LEASE_SECONDS,
             connect_timeout=settings.WEBHOOKS_CONNECT_TIMEOUT,
             max_response_bytes=settings.WEBHOOKS_RESPONSE_MAX_BYTES,
         )
@@ -563,9 +564,13 @@ def attempts_record(jobs: Sequence[Job]) -> None:
     Jobs marked `deferred` were never sent: their claims are given back.
     """
     close_old_connections()
-    deferred = [job for job in jobs if job.deferred is not None]
+    deferred: dict[float, list[Claim]] = {}
+    for job in jobs:
+        if job.deferred is not None:
+            deferred.setdefault(job.deferred, []).append(job.claim)
     if deferred:
-        deliveries_release(claims=[j.claim for j in deferred], delay=deferred[0].deferred or 0)
+        for delay, claims in deferred.items():
+            deliveries_release(claims=claims, delay=delay)
         jobs = [job for job in jobs if job.deferred is None]
         if not jobs:
             return

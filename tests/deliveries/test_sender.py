@@ -49,6 +49,7 @@ def make_sender(recorded: Recorded, **overrides: float) -> Sender:
         "slow_after": 0.5,
         "breaker_threshold": 3,
         "breaker_cooldown": 60.0,
+        "lease": 60.0,
         "connect_timeout": 1.0,
         "max_response_bytes": 100,
     }
@@ -162,3 +163,19 @@ def test_slots_bound_what_a_process_holds(sink: Sink, recorded: Recorded) -> Non
     assert took[0] - started >= 0.4
     sender.give_back(2)
     assert sender.drain(timeout=10)
+
+
+def test_a_job_that_waited_past_its_lease_is_given_back_not_sent(
+    sink: Sink, recorded: Recorded
+) -> None:
+    # lease 2 s: a job must start within half of it, 1 s, of being admitted
+    sink.plan("queue", 200, delay=1.5)
+    sender = make_sender(recorded, endpoint_concurrency=1, lease=2.0, slow_after=10.0)
+    batch = jobs(sink, "queue", 3, "ep_queue", timeout=2.0)
+    sender.acquire(3)
+    assert sender.admit("ep_queue", batch).taken == 3
+    assert sender.drain(timeout=20)
+    # the first was sent; the others waited behind its 1.5 s answer, past their start-by time
+    assert len(recorded.sent()) == 1
+    assert [j.deferred for j in recorded.deferred()] == [0.0, 0.0]
+    assert len(sink.requests("queue")) == 1
