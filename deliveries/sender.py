@@ -146,7 +146,7 @@ class Sender:
 
         - breaker open: none taken; the rest wait in the database until the cooldown ends;
         - slow (its oldest request has run `slow_after` seconds): none taken; the rest wait in
-          the database for the endpoint's timeout;
+          the database for as long as the lane's backlog could take at the endpoint's timeout;
         - otherwise up to `endpoint_queue` sending and waiting; the rest come back in a second
           (a burst larger than the lane, on a healthy endpoint).
         """
@@ -157,7 +157,11 @@ class Sender:
                 return Admission(0, health.open_until - now, soon=False)
             lane = self._lanes.setdefault(endpoint_id, _Lane())
             if lane.active and now - min(lane.active.values()) > self._slow_after:
-                return Admission(0, max(job.timeout for job in jobs), soon=False)
+                # come back when the lane could have drained: its backlog at the endpoint's
+                # timeout per request, `endpoint_concurrency` at a time (at most 10 minutes)
+                backlog = (len(lane.active) + len(lane.waiting)) / self._endpoint_concurrency
+                timeout = max(job.timeout for job in jobs)
+                return Admission(0, min(600.0, timeout * max(1.0, backlog)), soon=False)
             room = max(0, self._endpoint_queue - len(lane.active) - len(lane.waiting))
             taken = list(jobs[:room])
             start = []
@@ -175,6 +179,12 @@ class Sender:
         for job in start:
             self._executor.submit(self._send, job)
         return Admission(len(taken), 1.0, soon=True)
+
+    def paused_endpoints(self) -> list[str]:
+        """Endpoints whose breaker is open in this process right now."""
+        now = time.monotonic()
+        with self._lock:
+            return [e for e, health in self._health.items() if health.open_until > now]
 
     def give_back(self, count: int) -> None:
         """Return slots taken for jobs that were not admitted."""

@@ -319,6 +319,7 @@ WITH cfg AS (SELECT set_config('synchronous_commit', 'off', true)),
 due AS (
     SELECT id FROM {_D}
      WHERE id = ANY(%(ids)s) AND status = 'pending' AND next_attempt_at <= %(now)s
+       AND endpoint_id <> ALL(%(skip)s)
      ORDER BY id
        FOR UPDATE SKIP LOCKED
 )
@@ -335,11 +336,16 @@ RETURNING d.id, d.attempt_count, d.retry_base, e.id, e.type, e.occurred_at, e.da
 """  # noqa: S608 - table names are ours, every value is a parameter
 
 
-def deliveries_claim(*, delivery_ids: Sequence[int], now: datetime) -> list[Claim]:
+def deliveries_claim(
+    *, delivery_ids: Sequence[int], now: datetime, skip_endpoints: Sequence[str] = ()
+) -> list[Claim]:
     """Claim the due `pending` deliveries among `delivery_ids` for one attempt each."""
     lease = now + timedelta(seconds=settings.WEBHOOKS_LEASE_SECONDS)
     with _binding_cursor() as cursor:
-        cursor.execute(_CLAIM_SQL, {"ids": list(delivery_ids), "now": now, "lease": lease})
+        cursor.execute(
+            _CLAIM_SQL,
+            {"ids": list(delivery_ids), "now": now, "lease": lease, "skip": list(skip_endpoints)},
+        )
         rows = cursor.fetchall()
     keys: dict[str, list[bytes]] = {}  # decoded once per endpoint
     return [
@@ -363,14 +369,20 @@ def deliveries_claim(*, delivery_ids: Sequence[int], now: datetime) -> list[Clai
     ]
 
 
-def _reschedule_unclaimed(*, delivery_ids: set[int], now: datetime) -> None:
+def _reschedule_unclaimed(
+    *, delivery_ids: set[int], now: datetime, skip_endpoints: Sequence[str]
+) -> None:
     """Ids a message named but the claim skipped: already taken (nothing to do), not yet due
     (publish again for when they are, if that is soon), or locked by a sweep (it publishes them).
+    Deliveries to a paused endpoint stay as they are, untouched: the sweeper publishes them
+    again (`WEBHOOKS_REDISPATCH_AFTER`, paced for a failing endpoint).
     """
     soon: dict[int, list[int]] = {}
-    for delivery_id, due in Delivery.objects.filter(
-        id__in=delivery_ids, status=Delivery.Status.PENDING
-    ).values_list("id", "next_attempt_at"):
+    for delivery_id, due in (
+        Delivery.objects.filter(id__in=delivery_ids, status=Delivery.Status.PENDING)
+        .exclude(endpoint_id__in=skip_endpoints)
+        .values_list("id", "next_attempt_at")
+    ):
         wait = max(0.0, (due - now).total_seconds()) if due else 0.0
         if wait <= settings.WEBHOOKS_COUNTDOWN_MAX:
             soon.setdefault(math.ceil(wait) or 1, []).append(delivery_id)
@@ -386,13 +398,16 @@ def deliveries_release(*, claims: Sequence[Claim], delay: float, publish: bool =
         return
     ids = [c.delivery_id for c in claims]
     due = timezone.now() + timedelta(seconds=delay)
-    Delivery.objects.filter(id__in=ids, status=Delivery.Status.IN_FLIGHT).update(
-        status=Delivery.Status.PENDING,
-        attempt_count=F("attempt_count") - 1,
-        lease_expires_at=None,
-        next_attempt_at=due,
-        dispatched_at=due if publish else None,
-    )
+    with _binding_cursor() as cursor:
+        cursor.execute(
+            f"""
+            UPDATE {_D}
+               SET status = 'pending', attempt_count = attempt_count - 1,
+                   lease_expires_at = NULL, next_attempt_at = %(due)s, dispatched_at = %(sent)s
+             WHERE id = ANY(%(ids)s) AND status = 'in_flight'
+            """,  # noqa: S608 - the table name is ours, every value is a parameter
+            {"ids": ids, "due": due, "sent": due if publish else None},
+        )
     if publish:
         deliveries_enqueue(delivery_ids=ids, countdown=math.ceil(delay))
 
@@ -445,10 +460,12 @@ def deliveries_dispatch(*, delivery_ids: Sequence[int]) -> int:
     sender.acquire(len(ids))  # blocks while this process has too much in flight
     try:
         now = timezone.now()
-        claims = deliveries_claim(delivery_ids=ids, now=now)
+        # endpoints whose breaker is open in this process: not even claimed
+        paused = sender.paused_endpoints()
+        claims = deliveries_claim(delivery_ids=ids, now=now, skip_endpoints=paused)
         unclaimed = set(ids) - {c.delivery_id for c in claims}
         if unclaimed:
-            _reschedule_unclaimed(delivery_ids=unclaimed, now=now)
+            _reschedule_unclaimed(delivery_ids=unclaimed, now=now, skip_endpoints=paused)
     except BaseException:
         sender.give_back(len(ids))
         raise
