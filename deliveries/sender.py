@@ -110,6 +110,7 @@ class Sender:
         self._breaker_cooldown = breaker_cooldown
         self._lease = lease
         self._health: dict[str, _Health] = {}
+        self._answered: set[str] = set()  # endpoints that have answered a request
         self._connect_timeout = connect_timeout
         self._max_response_bytes = max_response_bytes
         self._flush_max = flush_max
@@ -147,8 +148,8 @@ class Sender:
         - breaker open: none taken; the rest wait in the database until the cooldown ends;
         - slow (its oldest request has run `slow_after` seconds): none taken; the rest wait in
           the database for as long as the lane's backlog could take at the endpoint's timeout;
-        - otherwise up to `endpoint_queue` sending and waiting; the rest come back in a second
-          (a burst larger than the lane, on a healthy endpoint).
+        - otherwise up to `endpoint_queue` sending and waiting (twice its concurrency until one
+          request has ended); the rest come back in a second (a burst larger than the lane).
         """
         now = time.monotonic()
         with self._lock:
@@ -162,7 +163,11 @@ class Sender:
                 backlog = (len(lane.active) + len(lane.waiting)) / self._endpoint_concurrency
                 timeout = max(job.timeout for job in jobs)
                 return Admission(0, min(600.0, timeout * max(1.0, backlog)), soon=False)
-            room = max(0, self._endpoint_queue - len(lane.active) - len(lane.waiting))
+            # Until one of its requests has ended, a lane queues only a little: an endpoint
+            # that hangs from the start must not collect a large queue before it looks slow.
+            answered = endpoint_id in self._answered
+            limit = self._endpoint_queue if answered else 2 * self._endpoint_concurrency
+            room = max(0, limit - len(lane.active) - len(lane.waiting))
             taken = list(jobs[:room])
             start = []
             for job in taken:
@@ -230,6 +235,10 @@ class Sender:
         with self._lock:
             lane = self._lanes[endpoint_id]
             del lane.active[id(job)]
+            if job.result is not None and endpoint_id not in self._answered:
+                if len(self._answered) > 100_000:  # bounded memory; they re-prove themselves
+                    self._answered.clear()
+                self._answered.add(endpoint_id)
             if job.result is not None and self._note(endpoint_id, job.result, now):
                 # the breaker just opened: what waits here goes back to the database
                 for waiting in lane.waiting:
