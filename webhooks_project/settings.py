@@ -184,10 +184,10 @@ CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = env_int("CELERY_WORKER_PREFETCH_MULTIPLIER", 1, minimum=1)
 # One worker process per core: a process does not wait on HTTP (its sender's threads do), so
-# more processes than cores only add contention. Chosen by measurement (docs/BENCHMARKS.md).
+# more processes than cores only add contention (not compared against other counts yet).
 CELERY_WORKER_CONCURRENCY = env_int("CELERY_WORKER_CONCURRENCY", os.cpu_count() or 2, minimum=1)
 # Celery's Django fixup closes the database connection around every task unless this is set:
-# a new PostgreSQL connection per task cost ~10 ms of latency (measured; docs/BENCHMARKS.md).
+# a new PostgreSQL connection per task cost ~10 ms of latency (measured with bench/ probes).
 # Connections are still closed when broken or older than CONN_MAX_AGE (close_old_connections in
 # the delivery task), and recycled after this many tasks.
 CELERY_DB_REUSE_MAX = env_int("CELERY_DB_REUSE_MAX", 1000, minimum=1)
