@@ -18,7 +18,6 @@ The rows stay the truth: if the process dies, claimed rows come back when their 
 from __future__ import annotations
 
 import logging
-import os
 import queue
 import sys
 import threading
@@ -308,25 +307,3 @@ class Sender:
                     return False
                 self._changed.wait(remaining)
         return True
-
-
-_senders: dict[int, Sender] = {}
-_senders_lock = threading.Lock()
-
-
-def get_sender(factory: Callable[[], Sender]) -> Sender:
-    """The sender of this process (prefork children each build their own after the fork)."""
-    pid = os.getpid()
-    sender = _senders.get(pid)
-    if sender is None:
-        with _senders_lock:
-            sender = _senders.get(pid)
-            if sender is None:
-                sender = factory()
-                _senders.clear()
-                _senders[pid] = sender
-    return sender
-
-
-def current_sender() -> Sender | None:
-    return _senders.get(os.getpid())

@@ -35,10 +35,11 @@ from webhooks.operational import (
 from webhooks.selectors import endpoint_ids_for_event
 from webhooks.services import endpoint_disable
 from webhooks.ssrf import BlockedTarget, check_url
+from webhooks_project.process_local import ProcessLocal
 
 from .backoff import Decision, Verdict, decide
 from .models import DeadLetter, Delivery, DeliveryAttempt, Event
-from .sender import Job, Sender, get_sender
+from .sender import Job, Sender
 
 logger = logging.getLogger(__name__)
 
@@ -417,22 +418,29 @@ def build_body(*, event_type: str, occurred_at: datetime, data: Any) -> bytes:
     return orjson.dumps({"type": event_type, "timestamp": _iso(occurred_at), "data": data})
 
 
-def _sender() -> Sender:
-    return get_sender(
-        lambda: Sender(
-            record=attempts_record,
-            threads=settings.WEBHOOKS_SEND_THREADS,
-            max_in_flight=settings.WEBHOOKS_MAX_IN_FLIGHT,
-            endpoint_concurrency=settings.WEBHOOKS_ENDPOINT_CONCURRENCY,
-            endpoint_queue=settings.WEBHOOKS_ENDPOINT_QUEUE,
-            slow_after=settings.WEBHOOKS_SLOW_AFTER,
-            breaker_threshold=settings.WEBHOOKS_BREAKER_THRESHOLD,
-            breaker_cooldown=settings.WEBHOOKS_BREAKER_COOLDOWN,
-            lease=settings.WEBHOOKS_LEASE_SECONDS,
-            connect_timeout=settings.WEBHOOKS_CONNECT_TIMEOUT,
-            max_response_bytes=settings.WEBHOOKS_RESPONSE_MAX_BYTES,
-        )
+def _new_sender() -> Sender:
+    return Sender(
+        record=attempts_record,
+        threads=settings.WEBHOOKS_SEND_THREADS,
+        max_in_flight=settings.WEBHOOKS_MAX_IN_FLIGHT,
+        endpoint_concurrency=settings.WEBHOOKS_ENDPOINT_CONCURRENCY,
+        endpoint_queue=settings.WEBHOOKS_ENDPOINT_QUEUE,
+        slow_after=settings.WEBHOOKS_SLOW_AFTER,
+        breaker_threshold=settings.WEBHOOKS_BREAKER_THRESHOLD,
+        breaker_cooldown=settings.WEBHOOKS_BREAKER_COOLDOWN,
+        lease=settings.WEBHOOKS_LEASE_SECONDS,
+        connect_timeout=settings.WEBHOOKS_CONNECT_TIMEOUT,
+        max_response_bytes=settings.WEBHOOKS_RESPONSE_MAX_BYTES,
     )
+
+
+# Each worker process (prefork child) builds its own sender, with its threads, after the fork.
+_senders = ProcessLocal(_new_sender)
+
+
+def current_sender() -> Sender | None:
+    """This process's sender, if it has sent anything."""
+    return _senders.current()
 
 
 def _refused(job: Job, error_class: str, error: str) -> Job:
@@ -450,7 +458,7 @@ def deliveries_dispatch(*, delivery_ids: Sequence[int]) -> int:
     attempt when it ends. Database errors propagate before anything is sent (the task retries).
     """
     close_old_connections()  # drop a broken or expired connection (Celery keeps them open)
-    sender = _sender()
+    sender = _senders.get()
     ids = list(dict.fromkeys(delivery_ids))
     most = max(1, settings.WEBHOOKS_MAX_IN_FLIGHT // 2)
     if len(ids) > most:  # never wait for more slots than the process has

@@ -9,8 +9,8 @@ from celery.signals import worker_process_shutdown
 from django.conf import settings
 from django.db import InterfaceError, OperationalError
 
-from .sender import current_sender
 from .services import (
+    current_sender,
     deliveries_dispatch,
     deliveries_requeue_stuck,
     endpoints_disable_failing,

@@ -6,9 +6,7 @@ response closes the connection instead of being buffered.
 
 from __future__ import annotations
 
-import os
 import ssl
-import threading
 import time
 from dataclasses import dataclass, field
 
@@ -22,8 +20,7 @@ from urllib3.exceptions import (
     SSLError,
 )
 
-_pools: dict[int, urllib3.PoolManager] = {}
-_pools_lock = threading.Lock()
+from webhooks_project.process_local import ProcessLocal
 
 
 @dataclass(frozen=True)
@@ -48,20 +45,13 @@ def _threads() -> int:
     return max(16, getattr(settings, "WEBHOOKS_SEND_THREADS", 16))
 
 
-def _pool() -> urllib3.PoolManager:
-    """One PoolManager per process: prefork children must not share sockets with their parent."""
-    pid = os.getpid()
-    pool = _pools.get(pid)
-    if pool is None:
-        with _pools_lock:
-            pool = _pools.get(pid)
-            if pool is None:
-                # As many keep-alive connections per host as there are sending threads: with
-                # fewer, each extra request opens and discards a connection.
-                pool = urllib3.PoolManager(num_pools=256, maxsize=_threads(), block=False)
-                _pools.clear()
-                _pools[pid] = pool
-    return pool
+def _new_pool() -> urllib3.PoolManager:
+    # As many keep-alive connections per host as there are sending threads: with fewer, each
+    # extra request opens and discards a connection.
+    return urllib3.PoolManager(num_pools=256, maxsize=_threads(), block=False)
+
+
+_pool = ProcessLocal(_new_pool)  # one per process: prefork children must not share sockets
 
 
 def post(
@@ -76,7 +66,7 @@ def post(
     """Send one POST and describe the outcome; network failures are returned, never raised."""
     started = time.perf_counter()
     try:
-        response = _pool().request(
+        response = _pool.get().request(
             "POST",
             url,
             body=body,
