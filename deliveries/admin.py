@@ -112,10 +112,17 @@ class DeadLetterAdmin(ReadOnlyAdmin):
 
     @admin.action(description="Replay selected dead letters")
     def replay_selected(self, request: HttpRequest, queryset: QuerySet[DeadLetter]) -> None:
-        result = dead_letters_replay(dead_letters=queryset, actor=f"admin:{request.user}")
-        self.message_user(
-            request,
-            f"Replayed {result.replayed} deliveries; skipped {result.skipped_disabled} of "
-            "disabled endpoints (re-enable them first).",
-            messages.SUCCESS if result.replayed else messages.WARNING,
-        )
+        replay_and_report(self, request, queryset)
+
+
+def replay_and_report(
+    model_admin: admin.ModelAdmin, request: HttpRequest, dead_letters: QuerySet[DeadLetter]
+) -> None:
+    """Replay waiting dead letters as the admin user, and tell them what happened."""
+    result = dead_letters_replay(dead_letters=dead_letters, actor=f"admin:{request.user}")
+    model_admin.message_user(
+        request,
+        f"Replayed {result.replayed} deliveries; skipped {result.skipped_disabled} of "
+        "disabled endpoints (re-enable them first).",
+        messages.SUCCESS if result.replayed else messages.WARNING,
+    )

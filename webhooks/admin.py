@@ -90,19 +90,10 @@ class EndpointAdmin(admin.ModelAdmin):
 
     @admin.action(description="Replay all dead letters of selected endpoints")
     def replay_dead_letters(self, request: HttpRequest, queryset: QuerySet[Endpoint]) -> None:
+        from deliveries.admin import replay_and_report
         from deliveries.models import DeadLetter
-        from deliveries.services import dead_letters_replay
 
-        result = dead_letters_replay(
-            dead_letters=DeadLetter.objects.filter(endpoint__in=queryset),
-            actor=f"admin:{request.user}",
-        )
-        self.message_user(
-            request,
-            f"Replayed {result.replayed} deliveries; skipped {result.skipped_disabled} of "
-            "disabled endpoints (re-enable them first).",
-            messages.SUCCESS if result.replayed else messages.WARNING,
-        )
+        replay_and_report(self, request, DeadLetter.objects.filter(endpoint__in=queryset))
 
 
 @admin.register(ApiKey)
