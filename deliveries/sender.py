@@ -28,6 +28,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from django.db import InterfaceError, OperationalError
+
 from webhooks import transport
 
 logger = logging.getLogger(__name__)
@@ -285,17 +287,35 @@ class Sender:
             self._release(len(batch))
 
     def _record_with_retry(self, batch: list[Job]) -> None:
+        """Record a batch; wait out our database being away, never wedge on one bad job.
+
+        Connection errors are retried until the database answers (the results are kept). Any
+        other error is a fault in some job of the batch: each job is then recorded alone, and
+        one that still fails is logged and left to its lease, which the sweeper takes back so
+        the delivery is sent again. Retrying it forever would stop this process's recording.
+        """
         delay = 0.5
         while True:
             try:
                 self._record(batch)
                 return
-            except Exception:  # noqa: BLE001 - our database is away: keep the results, retry
+            except (OperationalError, InterfaceError):
                 logger.exception(
                     "recording %d attempts failed; retrying in %.1f s", len(batch), delay
                 )
                 time.sleep(delay)
                 delay = min(delay * 2, 10.0)
+            except Exception:  # noqa: BLE001 - one bad job must not stop the others
+                if len(batch) == 1:
+                    logger.exception(
+                        "recording delivery %s failed; its lease will expire and it is sent again",
+                        batch[0].claim.delivery_id,
+                    )
+                    return
+                logger.exception("recording %d attempts failed; one by one now", len(batch))
+                for job in batch:
+                    self._record_with_retry([job])
+                return
 
     def drain(self, timeout: float) -> bool:
         """Wait until every admitted job is recorded (worker shutdown); False on timeout."""

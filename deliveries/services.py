@@ -602,9 +602,25 @@ def attempts_record(jobs: Sequence[Job]) -> None:
     try:
         _attempts_write(jobs, copy=True)
     except IntegrityError:
-        # An attempt row of this batch exists already: the batch was written before and the
-        # commit's answer was lost. Write it again skipping the rows that exist.
-        _attempts_write(jobs, copy=False)
+        # Either an attempt row of this batch exists already (the batch was written before and
+        # the commit's answer was lost), or a delivery was deleted while it was in flight (its
+        # endpoint or event deleted). Write again, skipping the rows that exist and the
+        # deliveries that are gone; the lock keeps the survivors from vanishing meanwhile.
+        ids = [job.claim.delivery_id for job in jobs]
+        with transaction.atomic():
+            alive = set(
+                Delivery.objects.select_for_update(no_key=True)
+                .filter(pk__in=ids)
+                .values_list("pk", flat=True)
+            )
+            if len(alive) < len(ids):
+                logger.warning(
+                    "deliveries deleted while in flight, attempts not recorded: %s",
+                    sorted(set(ids) - alive),
+                )
+            kept = [job for job in jobs if job.claim.delivery_id in alive]
+            if kept:
+                _attempts_write(kept, copy=False)
 
 
 def _attempts_write(jobs: Sequence[Job], *, copy: bool) -> None:

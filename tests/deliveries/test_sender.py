@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import Iterator
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
@@ -40,21 +41,22 @@ def recorded() -> Recorded:
     return Recorded()
 
 
+_OPTIONS: dict[str, Any] = {
+    "threads": 8,
+    "max_in_flight": 100,
+    "endpoint_concurrency": 2,
+    "endpoint_queue": 10,
+    "slow_after": 0.5,
+    "breaker_threshold": 3,
+    "breaker_cooldown": 60.0,
+    "lease": 60.0,
+    "connect_timeout": 1.0,
+    "max_response_bytes": 100,
+}
+
+
 def make_sender(recorded: Recorded, **overrides: float) -> Sender:
-    options = {
-        "threads": 8,
-        "max_in_flight": 100,
-        "endpoint_concurrency": 2,
-        "endpoint_queue": 10,
-        "slow_after": 0.5,
-        "breaker_threshold": 3,
-        "breaker_cooldown": 60.0,
-        "lease": 60.0,
-        "connect_timeout": 1.0,
-        "max_response_bytes": 100,
-    }
-    options.update(overrides)
-    return Sender(record=recorded, **options)  # type: ignore[arg-type]
+    return Sender(record=recorded, **{**_OPTIONS, **overrides})
 
 
 def jobs(sink: Sink, path: str, count: int, endpoint: str, timeout: float = 5.0) -> list[Job]:
@@ -191,3 +193,30 @@ def test_a_job_that_waited_past_its_lease_is_given_back_not_sent(
     assert len(recorded.sent()) == 1
     assert [j.deferred for j in recorded.deferred()] == [0.0]
     assert len(sink.requests("queue")) == 1
+
+
+def test_a_job_whose_recording_fails_for_good_does_not_stop_recording(sink: Sink) -> None:
+    # given a recorder that always refuses one job (a bug, not a database outage)
+    recorded = Recorded()
+
+    def record(batch: list[Job]) -> None:
+        if any(job.claim.delivery_id == 3 for job in batch):
+            raise ValueError("cannot record delivery 3")
+        recorded(batch)
+
+    sender = Sender(record=record, **{**_OPTIONS, "endpoint_concurrency": 8, "endpoint_queue": 50})
+
+    # when a batch including that job is sent, and then another batch
+    sender.acquire(6)
+    sender.admit("ep", jobs(sink, "ok", 6, "ep"))
+    wait_until(lambda: sender.drain(timeout=0.1), timeout=10)
+    later = jobs(sink, "ok", 2, "ep")
+    for job in later:
+        job.claim.delivery_id += 100
+    sender.acquire(2)
+    sender.admit("ep", later)
+
+    # then every other job is recorded, the later ones too, and nothing stays in flight
+    wait_until(lambda: len(recorded.sent()) == 7, timeout=10)
+    assert sorted(j.claim.delivery_id for j in recorded.sent()) == [0, 1, 2, 4, 5, 100, 101]
+    assert sender.drain(timeout=5)

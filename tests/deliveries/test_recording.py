@@ -1,0 +1,68 @@
+"""Recording finished attempts against the real database, when the world changed meanwhile."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+from django.utils import timezone
+
+from deliveries.models import Delivery, DeliveryAttempt, Event
+from deliveries.sender import Job
+from deliveries.services import attempts_record, deliveries_claim
+from schemas_app.services import event_type_create
+from webhooks import transport
+from webhooks.services import application_create, endpoint_create
+
+pytestmark = pytest.mark.django_db(transaction=True)  # the foreign keys are checked at COMMIT
+
+
+def _claimed(count: int) -> list[Job]:
+    event_type_create(name="order.created", schema={"type": "object"})
+    acme = application_create(uid="acme", name="Acme")
+    deliveries = []
+    for n in range(count):
+        endpoint, _ = endpoint_create(url=f"http://127.0.0.1:9/{n}", application=acme)
+        event = Event.objects.create(event_type_id="order.created", application=acme, data={})
+        deliveries.append(Delivery.objects.create(event=event, endpoint=endpoint))
+    claims = deliveries_claim(delivery_ids=[d.pk for d in deliveries], now=timezone.now())
+    assert len(claims) == count
+    return [
+        Job(
+            claim=claim,
+            started_at=time.time(),
+            result=transport.TransportResult(status_code=200, duration_ms=3.0),
+        )
+        for claim in sorted(claims, key=lambda c: c.delivery_id)
+    ]
+
+
+def test_a_delivery_deleted_while_in_flight_does_not_stop_the_rest_of_its_batch(
+    caplog: Any,
+) -> None:
+    # given three deliveries in flight, one of which is deleted with its endpoint meanwhile
+    jobs = _claimed(3)
+    gone = jobs[1].claim
+    Delivery.objects.get(pk=gone.delivery_id).endpoint.delete()
+
+    # when the batch of their finished attempts is recorded
+    attempts_record(jobs)
+
+    # then the two that still exist are recorded and succeeded; the gone one is named in the log
+    kept = [jobs[0].claim.delivery_id, jobs[2].claim.delivery_id]
+    assert sorted(DeliveryAttempt.objects.values_list("delivery_id", flat=True)) == kept
+    assert set(Delivery.objects.values_list("status", flat=True)) == {"succeeded"}
+    assert f"[{gone.delivery_id}]" in caplog.text
+
+
+def test_a_batch_recorded_twice_keeps_one_attempt_row_per_try() -> None:
+    # given a batch whose first write committed but whose answer was lost
+    jobs = _claimed(2)
+    attempts_record(jobs)
+
+    # when the recorder writes it again
+    attempts_record(jobs)
+
+    # then each try still has exactly one attempt row
+    assert DeliveryAttempt.objects.count() == 2
