@@ -49,11 +49,12 @@ class Job:
     result: transport.TransportResult | None = None
     deferred: float | None = None  # not sent: give the claim back for this many seconds
     start_by: float = 0.0  # monotonic time after which starting would outlive the claim's lease
+    begun: float = 0.0  # monotonic time when its request started (0: not yet)
 
 
 @dataclass
 class _Lane:
-    active: dict[int, float] = field(default_factory=dict)  # id(job) -> monotonic start
+    active: dict[int, Job] = field(default_factory=dict)  # id(job) -> job handed to the pool
     waiting: deque[Job] = field(default_factory=deque)
 
 
@@ -158,7 +159,13 @@ class Sender:
             if health is not None and health.open_until > now:
                 return Admission(0, health.open_until - now, soon=False)
             lane = self._lanes.setdefault(endpoint_id, _Lane())
-            if lane.active and now - min(lane.active.values()) > self._slow_after:
+            # Slow means a request has been running at the endpoint for `slow_after`, counted
+            # from when it really started: a job still queued for a thread (this process busy
+            # with many lanes, or starved of CPU) says nothing about the endpoint. Counting
+            # from admission made a fast endpoint look slow with many worker processes, and
+            # its deliveries were parked for the sweeper (8 processes on 2 CPUs: 291/s).
+            begun = [job.begun for job in lane.active.values() if job.begun]
+            if begun and now - min(begun) > self._slow_after:
                 # come back when the lane could have drained: its backlog at the endpoint's
                 # timeout per request, `endpoint_concurrency` at a time (at most 10 minutes)
                 backlog = (len(lane.active) + len(lane.waiting)) / self._endpoint_concurrency
@@ -176,7 +183,7 @@ class Sender:
                 # late, so a claim is not taken back by the sweeper while it is still queued
                 job.start_by = now + self._lease / 2
                 if len(lane.active) < self._endpoint_concurrency:
-                    lane.active[id(job)] = now
+                    lane.active[id(job)] = job
                     start.append(job)
                 else:
                     lane.waiting.append(job)
@@ -212,6 +219,7 @@ class Sender:
             self._next_in_lane(job)
             return
         try:
+            job.begun = time.monotonic()
             job.started_at = time.time()
             job.result = transport.post(
                 job.url,
@@ -248,7 +256,7 @@ class Sender:
                 lane.waiting.clear()
             following = lane.waiting.popleft() if lane.waiting else None
             if following is not None:
-                lane.active[id(following)] = now
+                lane.active[id(following)] = following
             elif not lane.active:
                 del self._lanes[endpoint_id]
         if following is not None:
