@@ -183,11 +183,14 @@ CELERY_TASK_ROUTES = {
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = env_int("CELERY_WORKER_PREFETCH_MULTIPLIER", 1, minimum=1)
-# One worker process per core: a process does not wait on HTTP (its sender's threads do).
-# Measured on 2 cores (bench, 3,000 events x 10): 2 and 4 processes deliver the same ~1,550/s,
-# 4 with lower latency at half peak (p50 25-29 vs 38 ms); 8 collapsed to 254/s for a reason
-# not found yet, so the default stays at one per core until that is understood.
-CELERY_WORKER_CONCURRENCY = env_int("CELERY_WORKER_CONCURRENCY", os.cpu_count() or 2, minimum=1)
+# Two worker processes per core: a process does not wait on HTTP (its sender's threads do),
+# but while one claims or records, another's threads can send. Measured on 2 cores (make
+# bench-quick, 3,000 events x 10, one run each): 2 / 4 / 8 processes deliver 1750 / 1639 /
+# 1648 per second, with p50 at half peak 37 / 31 / 26 ms; with half the endpoints hanging, the
+# healthy ones' p99 is 74 / 57 / 1478 ms and peak RSS 373 / 626 / 1058 MB. 4 is the balance.
+CELERY_WORKER_CONCURRENCY = env_int(
+    "CELERY_WORKER_CONCURRENCY", 2 * (os.cpu_count() or 1), minimum=1
+)
 # Celery's Django fixup closes the database connection around every task unless this is set:
 # a new PostgreSQL connection per task cost ~10 ms of latency (measured with bench/ probes).
 # Connections are still closed when broken or older than CONN_MAX_AGE (close_old_connections in
