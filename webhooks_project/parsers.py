@@ -29,6 +29,30 @@ class LimitedJSONParser(JSONParser):
         if not raw:
             raise exceptions.ParseError("Request body is empty; send a JSON document.")
         try:
-            return orjson.loads(raw)
+            document = orjson.loads(raw)  # strict UTF-8; its own nesting limit is 1024
         except orjson.JSONDecodeError as exc:
             raise exceptions.ParseError(f"Malformed JSON: {exc}") from exc
+        depth_limit = settings.WEBHOOKS_MAX_JSON_DEPTH
+        if json_depth(document, depth_limit) > depth_limit:
+            raise exceptions.ParseError(f"JSON is nested deeper than {depth_limit} levels.")
+        return document
+
+
+def json_depth(document: Any, stop_after: int) -> int:
+    """Nesting depth of arrays and objects (a scalar is 0), counted without recursion; stops
+    counting once past `stop_after`."""
+    deepest = 0
+    pending: list[tuple[Any, int]] = [(document, 0)]
+    while pending:
+        value, depth = pending.pop()
+        if isinstance(value, dict):
+            value = value.values()
+        elif not isinstance(value, list):
+            continue
+        depth += 1
+        if depth > deepest:
+            deepest = depth
+            if deepest > stop_after:
+                return deepest
+        pending.extend((child, depth) for child in value if isinstance(child, dict | list))
+    return deepest

@@ -49,6 +49,7 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "webhooks_project.middleware.BodyLimitMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -264,6 +265,8 @@ WEBHOOKS_RETRY_SCHEDULE = env_int_list(
 WEBHOOKS_RETRY_JITTER = env_float("WEBHOOKS_RETRY_JITTER", 0.1)
 WEBHOOKS_DISABLE_AFTER = env_int("WEBHOOKS_DISABLE_AFTER", 5 * 24 * 3600, minimum=1)
 WEBHOOKS_MAX_PAYLOAD_BYTES = env_int("WEBHOOKS_MAX_PAYLOAD_BYTES", 1024 * 1024, minimum=1024)
+# Arrays and objects nested deeper than this are refused (400) before any schema sees them.
+WEBHOOKS_MAX_JSON_DEPTH = env_int("WEBHOOKS_MAX_JSON_DEPTH", 32, minimum=2)
 WEBHOOKS_HTTP_TIMEOUT = env_float("WEBHOOKS_HTTP_TIMEOUT", 15.0, minimum=0.1)
 WEBHOOKS_CONNECT_TIMEOUT = env_float("WEBHOOKS_CONNECT_TIMEOUT", 5.0, minimum=0.1)
 WEBHOOKS_RESPONSE_MAX_BYTES = env_int("WEBHOOKS_RESPONSE_MAX_BYTES", 4096, minimum=0)
