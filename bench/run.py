@@ -378,6 +378,8 @@ def measure_ingest(
     have the machine; events are validated, stored and fanned out, then the worker resumes and
     delivers them (not timed)."""
     sink_stats(sink, reset=True)
+    with psycopg.connect(dsn) as conn:  # before the worker can record anything of this phase
+        attempts = conn.execute("SELECT count(*) FROM deliveries_deliveryattempt").fetchone()[0]
     tree = worker.tree()
     for p in tree:
         p.suspend()
@@ -389,8 +391,6 @@ def measure_ingest(
     finally:
         for p in tree:
             p.resume()
-    with psycopg.connect(dsn) as conn:
-        attempts = conn.execute("SELECT count(*) FROM deliveries_deliveryattempt").fetchone()[0]
     wait_delivered(sink, dsn, events * args.fanout, attempts + events * args.fanout, timeout=300)
     return {
         "events": events,

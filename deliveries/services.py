@@ -24,7 +24,7 @@ from redis.exceptions import RedisError
 from schemas_app.models import EventType, SchemaVersion
 from schemas_app.selectors import schema_version_current
 from schemas_app.validation import validate
-from webhooks import signing, transport
+from webhooks import crypto, signing, transport
 from webhooks.models import Application, Endpoint, EndpointSecret
 from webhooks.operational import (
     ENDPOINT_DISABLED,
@@ -364,7 +364,8 @@ def deliveries_claim(
             headers=orjson.loads(r[10]) if r[10] else {},
             timeout=float(r[11]) if r[11] else None,
             schedule=r[12],
-            keys=keys.get(r[7]) or keys.setdefault(r[7], [signing.secret_key(x) for x in r[13]]),
+            keys=keys.get(r[7])
+            or keys.setdefault(r[7], [signing.secret_key(crypto.decrypt(x)) for x in r[13]]),
         )
         for r in rows
     ]

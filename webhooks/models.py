@@ -77,10 +77,13 @@ class Endpoint(models.Model):
 
 
 class EndpointSecret(models.Model):
-    """A signing secret; every secret not yet expired signs (several overlap during rotation)."""
+    """A signing secret; every secret not yet expired signs (several overlap during rotation).
+
+    `secret` holds a Fernet token of the `whsec_` secret (webhooks/crypto.py), never the secret.
+    """
 
     endpoint = models.ForeignKey(Endpoint, on_delete=models.CASCADE, related_name="secrets")
-    secret = models.CharField(max_length=200)
+    secret = models.CharField(max_length=500, help_text="encrypted; see webhooks/crypto.py")
     created_at = models.DateTimeField(default=timezone.now, editable=False)
     expires_at = models.DateTimeField(null=True, blank=True)
 

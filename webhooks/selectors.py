@@ -5,6 +5,7 @@ from __future__ import annotations
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 
+from . import crypto
 from .models import Endpoint, EndpointSecret
 from .operational import OPERATIONAL_EVENT_TYPES
 
@@ -29,12 +30,13 @@ def endpoint_ids_for_event(*, event_type: str, application_id: int | None) -> li
 def endpoint_active_secrets(*, endpoint_id: str) -> list[str]:
     """Every secret of the endpoint that still signs, newest first."""
     now = timezone.now()
-    return list(
-        EndpointSecret.objects.filter(endpoint_id=endpoint_id)
+    return [
+        crypto.decrypt(token)
+        for token in EndpointSecret.objects.filter(endpoint_id=endpoint_id)
         .filter(Q(expires_at__isnull=True) | Q(expires_at__gt=now))
         .order_by("-created_at")
         .values_list("secret", flat=True)
-    )
+    ]
 
 
 def endpoint_list() -> QuerySet[Endpoint]:

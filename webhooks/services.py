@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
+from . import crypto
 from .models import ApiKey, Application, Endpoint, EndpointSecret
 from .signing import generate_secret
 from .ssrf import BlockedTarget, check_url
@@ -54,8 +58,38 @@ def endpoint_create(**fields: Any) -> tuple[Endpoint, str]:
     endpoint.full_clean()
     endpoint.save()
     secret = generate_secret()
-    EndpointSecret.objects.create(endpoint=endpoint, secret=secret)
+    EndpointSecret.objects.create(endpoint=endpoint, secret=crypto.encrypt(secret))
     return endpoint, secret
+
+
+@dataclass(frozen=True)
+class RotatedSecret:
+    secret: str
+    previous_expire_at: datetime | None  # when the secrets it replaces stop signing
+
+
+@transaction.atomic
+def endpoint_secret_rotate(
+    *, endpoint: Endpoint, grace_seconds: int | None = None
+) -> RotatedSecret:
+    """Give the endpoint a new signing secret; the current ones keep signing for the grace.
+
+    During the grace every request carries a signature by each secret (Standard Webhooks allows
+    several in `webhook-signature`), so the consumer can switch to the new secret without a
+    gap. A secret already due to expire sooner keeps its earlier time. Grace 0 retires the
+    current secrets at once.
+    """
+    grace = settings.WEBHOOKS_SECRET_ROTATION_GRACE if grace_seconds is None else grace_seconds
+    now = timezone.now()
+    expire_at = now + timedelta(seconds=grace)
+    Endpoint.objects.select_for_update().filter(pk=endpoint.pk).first()  # one rotation at a time
+    current = EndpointSecret.objects.filter(endpoint=endpoint).filter(
+        Q(expires_at__isnull=True) | Q(expires_at__gt=expire_at)
+    )
+    had_current = current.update(expires_at=expire_at) > 0
+    secret = generate_secret()
+    EndpointSecret.objects.create(endpoint=endpoint, secret=crypto.encrypt(secret), created_at=now)
+    return RotatedSecret(secret=secret, previous_expire_at=expire_at if had_current else None)
 
 
 @transaction.atomic
@@ -108,3 +142,27 @@ def api_key_create(
         name=name, scopes=list(scopes), application=application
     )
     return api_key, key
+
+
+def secrets_reencrypt(*, batch_size: int = 500) -> int:
+    """Re-encrypt every endpoint secret under the first encryption key; returns how many.
+
+    In batches, each in its own transaction with its rows locked. Raises SecretUnreadable (and
+    changes nothing more) if a secret is under a key that is no longer configured.
+    """
+    count = 0
+    last = 0
+    while True:
+        with transaction.atomic():
+            rows = list(
+                EndpointSecret.objects.select_for_update()
+                .filter(pk__gt=last)
+                .order_by("pk")[:batch_size]
+            )
+            if not rows:
+                return count
+            for row in rows:
+                row.secret = crypto.rotate(row.secret)
+            EndpointSecret.objects.bulk_update(rows, ["secret"])
+        count += len(rows)
+        last = rows[-1].pk

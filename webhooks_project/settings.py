@@ -27,6 +27,31 @@ if not SECRET_KEY:
         raise ImproperlyConfigured("DJANGO_SECRET_KEY must be set outside WEBHOOKS_ENV=dev")
     SECRET_KEY = "dev-only-insecure-secret-key-do-not-use-in-production"  # noqa: S105
 
+# Keys that encrypt endpoint secrets at rest (Fernet keys, comma-separated; the first encrypts,
+# all decrypt). Outside dev they must be set; dev derives one from SECRET_KEY.
+WEBHOOKS_ENCRYPTION_KEYS = env_list("WEBHOOKS_ENCRYPTION_KEYS", [])
+if not WEBHOOKS_ENCRYPTION_KEYS:
+    if not DEV:
+        raise ImproperlyConfigured(
+            "WEBHOOKS_ENCRYPTION_KEYS must be set outside WEBHOOKS_ENV=dev; make one with: "
+            "python -c 'from cryptography.fernet import Fernet; "
+            "print(Fernet.generate_key().decode())'"
+        )
+    from webhooks.crypto import dev_key
+
+    WEBHOOKS_ENCRYPTION_KEYS = [dev_key(SECRET_KEY)]
+else:
+    from cryptography.fernet import Fernet
+
+    for _key in WEBHOOKS_ENCRYPTION_KEYS:
+        try:
+            Fernet(_key)
+        except ValueError as exc:
+            raise ImproperlyConfigured(
+                "WEBHOOKS_ENCRYPTION_KEYS holds a value that is not a Fernet key "
+                "(32 url-safe base64-encoded bytes)"
+            ) from exc
+
 ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", ["*"] if DEV else ["localhost", "127.0.0.1"])
 CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS", [])
 
@@ -265,6 +290,8 @@ WEBHOOKS_RETRY_SCHEDULE = env_int_list(
 WEBHOOKS_RETRY_JITTER = env_float("WEBHOOKS_RETRY_JITTER", 0.1)
 WEBHOOKS_DISABLE_AFTER = env_int("WEBHOOKS_DISABLE_AFTER", 5 * 24 * 3600, minimum=1)
 WEBHOOKS_MAX_PAYLOAD_BYTES = env_int("WEBHOOKS_MAX_PAYLOAD_BYTES", 1024 * 1024, minimum=1024)
+# After a secret rotation the old secret keeps signing beside the new one this long (seconds).
+WEBHOOKS_SECRET_ROTATION_GRACE = env_int("WEBHOOKS_SECRET_ROTATION_GRACE", 24 * 3600, minimum=0)
 # Arrays and objects nested deeper than this are refused (400) before any schema sees them.
 WEBHOOKS_MAX_JSON_DEPTH = env_int("WEBHOOKS_MAX_JSON_DEPTH", 32, minimum=2)
 WEBHOOKS_HTTP_TIMEOUT = env_float("WEBHOOKS_HTTP_TIMEOUT", 15.0, minimum=0.1)

@@ -129,6 +129,22 @@ class EndpointSecretSerializer(serializers.Serializer):
         return {"secret": instance}
 
 
+class SecretRotateSerializer(serializers.Serializer):
+    grace_seconds = serializers.IntegerField(
+        required=False,
+        min_value=0,
+        max_value=30 * 24 * 3600,
+        help_text="How long the current secret keeps signing (default: the server's setting).",
+    )
+
+
+class SecretRotatedSerializer(serializers.Serializer):
+    secret = serializers.CharField(help_text="the new whsec_... secret; shown only this once")
+    previous_expire_at = serializers.DateTimeField(
+        allow_null=True, help_text="when the replaced secret stops signing"
+    )
+
+
 class EndpointEnableSerializer(serializers.Serializer):
     replay_missed = serializers.BooleanField(
         default=False,

@@ -15,6 +15,7 @@ from webhooks.services import (
     application_create,
     endpoint_create,
     endpoint_delete,
+    endpoint_secret_rotate,
     endpoint_update,
 )
 from webhooks_project.errors import from_django_validation
@@ -26,6 +27,8 @@ from .serializers import (
     EndpointEnableSerializer,
     EndpointSecretSerializer,
     EndpointSerializer,
+    SecretRotatedSerializer,
+    SecretRotateSerializer,
 )
 
 
@@ -107,3 +110,20 @@ class EndpointViewSet(viewsets.ModelViewSet):
         endpoint = self.get_object()
         secrets = endpoint_active_secrets(endpoint_id=endpoint.pk)
         return Response(EndpointSecretSerializer(secrets[0] if secrets else None).data)
+
+    @extend_schema(request=SecretRotateSerializer, responses=SecretRotatedSerializer)
+    @action(detail=True, methods=["post"], url_path="rotate-secret")
+    def rotate_secret(self, request: Request, pk: str | None = None) -> Response:
+        """A new signing secret, shown once; the old one keeps signing beside it for the grace
+        (`WEBHOOKS_SECRET_ROTATION_GRACE`, or `grace_seconds` in the body)."""
+        endpoint = self.get_object()
+        options = SecretRotateSerializer(data=request.data or {})
+        options.is_valid(raise_exception=True)
+        rotated = endpoint_secret_rotate(
+            endpoint=endpoint, grace_seconds=options.validated_data.get("grace_seconds")
+        )
+        return Response(
+            SecretRotatedSerializer(
+                {"secret": rotated.secret, "previous_expire_at": rotated.previous_expire_at}
+            ).data
+        )
