@@ -81,11 +81,15 @@ def _pointer_prefix(index: int | None) -> str:
     return "" if index is None else f"/{index}"
 
 
-def _check_inputs(items: Sequence[EventInput], *, single: bool) -> tuple[dict, dict]:
+def _check_inputs(
+    items: Sequence[EventInput], *, single: bool, only_application: str | None
+) -> tuple[dict, dict]:
     """Validate every item; returns (schema versions by type, applications by uid) or raises."""
     errors: list[dict[str, str]] = []
     versions = {name: schema_version_current(name=name) for name in {i.type for i in items}}
     uids = {i.application for i in items if i.application}
+    if only_application is not None:
+        uids &= {only_application}  # any other is unknown to this caller
     applications = {a.uid: a for a in Application.objects.filter(uid__in=uids)}
     for index, item in enumerate(items):
         prefix = _pointer_prefix(None if single else index)
@@ -127,15 +131,18 @@ def _check_inputs(items: Sequence[EventInput], *, single: bool) -> tuple[dict, d
     return versions, applications
 
 
-def events_ingest(*, items: Sequence[EventInput], single: bool = False) -> list[IngestResult]:
+def events_ingest(
+    *, items: Sequence[EventInput], single: bool = False, only_application: str | None = None
+) -> list[IngestResult]:
     """Validate and store events with one Delivery per matching endpoint, all or nothing.
 
     Each event is checked against its type's current schema; any problem rejects the whole call
     and nothing is stored. A repeated idempotency key returns the stored event and fans out
     nothing new. The deliveries are enqueued after commit; if the broker is down they wait as
-    `pending` rows for the sweeper.
+    `pending` rows for the sweeper. With `only_application` (a key limited to it), an item naming
+    any other application is refused as naming an unknown one.
     """
-    versions, applications = _check_inputs(items, single=single)
+    versions, applications = _check_inputs(items, single=single, only_application=only_application)
     try:
         return _store(items, versions, applications)
     except IntegrityError:

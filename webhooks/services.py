@@ -131,7 +131,11 @@ def endpoint_delete(*, endpoint: Endpoint) -> None:
 
 @transaction.atomic
 def api_key_create(
-    *, name: str, scopes: Sequence[str], application: Application | None = None
+    *,
+    name: str,
+    scopes: Sequence[str],
+    application: Application | None = None,
+    expires_at: datetime | None = None,
 ) -> tuple[ApiKey, str]:
     """Create an API key; returns (key row, plaintext key). The plaintext is never stored."""
     valid = set(ApiKey.Scope.values)
@@ -139,9 +143,18 @@ def api_key_create(
     if bad:
         raise ValidationError({"scopes": f"unknown scopes {bad}; choose from {sorted(valid)}"})
     api_key, key = ApiKey.objects.create_key(
-        name=name, scopes=list(scopes), application=application
+        name=name, scopes=list(scopes), application=application, expiry_date=expires_at
     )
     return api_key, key
+
+
+def api_key_revoke(*, prefix: str) -> ApiKey:
+    """Revoke the key with this prefix for good; raises ApiKey.DoesNotExist."""
+    api_key = ApiKey.objects.get(prefix=prefix)
+    if not api_key.revoked:
+        api_key.revoked = True
+        api_key.save(update_fields=["revoked"])
+    return api_key
 
 
 def secrets_reencrypt(*, batch_size: int = 500) -> int:

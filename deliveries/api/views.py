@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from drf_spectacular.types import OpenApiTypes
@@ -14,7 +15,8 @@ from rest_framework.response import Response
 
 from deliveries.models import DeadLetter, Delivery, Event
 from deliveries.selectors import attempt_list, dead_letter_list, delivery_list, event_list
-from deliveries.services import IngestRejected, dead_letters_replay, events_ingest
+from deliveries.services import EventInput, IngestRejected, dead_letters_replay, events_ingest
+from webhooks.scoping import for_key, key_application
 from webhooks_project.errors import UnprocessableEntity
 
 from .serializers import (
@@ -38,14 +40,15 @@ class EventViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Ge
 
     def get_queryset(self):  # type: ignore[no-untyped-def]
         if self.action == "retrieve":
-            return Event.objects.select_related("application", "schema_version").prefetch_related(
+            qs = Event.objects.select_related("application", "schema_version").prefetch_related(
                 "deliveries"
             )
-        qs = event_list().select_related("schema_version")
-        event_type = self.request.query_params.get("type")
-        if event_type:
-            qs = qs.filter(event_type_id=event_type)
-        return qs
+        else:
+            qs = event_list().select_related("schema_version")
+            event_type = self.request.query_params.get("type")
+            if event_type:
+                qs = qs.filter(event_type_id=event_type)
+        return for_key(self.request, qs, "application_id")
 
     def get_serializer_class(self):  # type: ignore[no-untyped-def]
         return EventDetailSerializer if self.action == "retrieve" else EventSerializer
@@ -60,7 +63,11 @@ class EventViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Ge
             raise UnprocessableEntity(serializer.errors)
         try:
             (result,) = events_ingest(
-                items=[EventCreateSerializer.input_from(serializer.validated_data)], single=True
+                items=_bound(
+                    request, [EventCreateSerializer.input_from(serializer.validated_data)]
+                ),
+                single=True,
+                only_application=_limit(request),
             )
         except IngestRejected as exc:
             raise UnprocessableEntity(exc.errors) from exc
@@ -86,15 +93,34 @@ class EventViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Ge
             raise UnprocessableEntity(
                 {str(i): e for i, e in enumerate(serializer.errors) if e}  # type: ignore[arg-type]
             )
-        items = [EventCreateSerializer.input_from(v) for v in serializer.validated_data]
+        items = _bound(
+            request, [EventCreateSerializer.input_from(v) for v in serializer.validated_data]
+        )
         try:
-            results = events_ingest(items=items)
+            results = events_ingest(items=items, only_application=_limit(request))
         except IngestRejected as exc:
             raise UnprocessableEntity(exc.errors) from exc
         return Response(
             {"count": len(results), "results": AcceptedEventSerializer(results, many=True).data},
             status=status.HTTP_202_ACCEPTED,
         )
+
+
+def _bound(request: Request, items: list[EventInput]) -> list[EventInput]:
+    """A limited key's events belong to its application: one that names no application gets it;
+    one that names another is left as is, and is refused as an unknown application."""
+    application = key_application(request)
+    if application is None:
+        return items
+    return [
+        replace(item, application=application.uid) if item.application is None else item
+        for item in items
+    ]
+
+
+def _limit(request: Request) -> str | None:
+    application = key_application(request)
+    return application.uid if application is not None else None
 
 
 class DeliveryViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
@@ -110,8 +136,12 @@ class DeliveryViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
             raise ValidationError(
                 {"status": [f"Choose one of {', '.join(Delivery.Status.values)}."]}
             )
-        return delivery_list(
-            event=params.get("event"), endpoint=params.get("endpoint"), status=status_filter
+        return for_key(
+            self.request,
+            delivery_list(
+                event=params.get("event"), endpoint=params.get("endpoint"), status=status_filter
+            ),
+            "endpoint__application_id",
         )
 
     @extend_schema(
@@ -152,10 +182,12 @@ class DeadLetterViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewse
         if self.action in ("list", "replay_many"):
             params = self.request.query_params if self.action == "list" else self.request.data
             include = str(self.request.query_params.get("include_replayed", "")).lower()
-            return dead_letter_list(
+            qs = dead_letter_list(
                 **self._filters(params), include_replayed=include in ("1", "true", "yes")
             )
-        return DeadLetter.objects.all()
+        else:
+            qs = DeadLetter.objects.all()
+        return for_key(self.request, qs, "endpoint__application_id")
 
     @extend_schema(
         parameters=[

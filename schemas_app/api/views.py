@@ -11,6 +11,7 @@ from rest_framework.response import Response
 from schemas_app.models import EventType
 from schemas_app.selectors import event_type_list
 from schemas_app.services import event_type_create, event_type_update
+from webhooks.scoping import refuse_if_limited
 from webhooks_project.errors import from_django_validation
 
 from .serializers import EventTypeSerializer
@@ -34,6 +35,7 @@ class EventTypeViewSet(
         return event_type_list()
 
     def create(self, request: Request, *args: object, **kwargs: object) -> Response:
+        refuse_if_limited(request, "change the event types every application shares")
         serializer = self.get_serializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         if EventType.objects.filter(name=serializer.validated_data["name"]).exists():
@@ -46,6 +48,7 @@ class EventTypeViewSet(
         return Response(out.data, status=status.HTTP_201_CREATED)
 
     def update(self, request: Request, *args: object, **kwargs: object) -> Response:
+        refuse_if_limited(request, "change the event types every application shares")
         instance = self.get_object()
         serializer = self.get_serializer(instance, data=request.data, partial=True)
         serializer.is_valid(raise_exception=True)

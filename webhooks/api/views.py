@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.core.exceptions import ValidationError as DjangoValidationError
 from drf_spectacular.utils import extend_schema
 from rest_framework import status, viewsets
@@ -10,6 +12,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from webhooks.models import Application
+from webhooks.scoping import for_key, key_application, refuse_if_limited
 from webhooks.selectors import endpoint_active_secrets, endpoint_list
 from webhooks.services import (
     application_create,
@@ -36,11 +39,18 @@ class ApplicationViewSet(viewsets.ModelViewSet):
     """Consumer organisations; an event posted for one goes only to its endpoints."""
 
     serializer_class = ApplicationSerializer
-    queryset = Application.objects.all()
     lookup_field = "uid"
     write_scope = "endpoints:manage"
 
+    def get_queryset(self):  # type: ignore[no-untyped-def]
+        return for_key(self.request, Application.objects.all(), "pk")
+
+    def perform_destroy(self, instance: Application) -> None:
+        refuse_if_limited(self.request, "delete its application")
+        instance.delete()
+
     def perform_create(self, serializer: ApplicationSerializer) -> None:
+        refuse_if_limited(self.request, "create applications")
         try:
             serializer.instance = application_create(**serializer.validated_data)
         except DjangoValidationError as exc:
@@ -55,14 +65,28 @@ class EndpointViewSet(viewsets.ModelViewSet):
     scope_for_action = {"secret": "endpoints:manage"}
 
     def get_queryset(self):  # type: ignore[no-untyped-def]
-        return endpoint_list()
+        return for_key(self.request, endpoint_list(), "application_id")
+
+    def get_serializer(self, *args: Any, **kwargs: Any) -> Any:
+        serializer = super().get_serializer(*args, **kwargs)
+        if kwargs.get("many"):
+            return serializer  # lists are read-only
+        field = serializer.fields.get("application")
+        if field is not None and not field.read_only:
+            # another application's uid is "does not exist", like one that does not
+            field.queryset = for_key(self.request, Application.objects.all(), "pk")
+        return serializer
 
     @extend_schema(responses={201: EndpointCreatedSerializer})
     def create(self, request: Request, *args: object, **kwargs: object) -> Response:
         serializer = self.get_serializer(data=request.data)
         serializer.is_valid(raise_exception=True)
+        fields = dict(serializer.validated_data)
+        limited = key_application(request)
+        if limited is not None and fields.get("application") is None:
+            fields["application"] = limited  # a limited key's endpoints are its application's
         try:
-            endpoint, secret = endpoint_create(**serializer.validated_data)
+            endpoint, secret = endpoint_create(**fields)
         except DjangoValidationError as exc:
             raise from_django_validation(exc) from exc
         data = EndpointSerializer(endpoint).data

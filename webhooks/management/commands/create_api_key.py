@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.utils import timezone
 
 from webhooks.models import ApiKey, Application
 from webhooks.services import api_key_create
@@ -25,6 +27,9 @@ class Command(BaseCommand):
             help=f"comma-separated, from: {', '.join(ApiKey.Scope.values)}",
         )
         parser.add_argument("--application", default=None, help="limit the key to this app uid")
+        parser.add_argument(
+            "--expires-in-days", type=float, default=None, help="the key stops working after this"
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         scopes = (
@@ -39,8 +44,14 @@ class Command(BaseCommand):
             except Application.DoesNotExist as exc:
                 raise CommandError(f"no application {options['application']!r}") from exc
         try:
+            days = options["expires_in_days"]
+            if days is not None and days <= 0:
+                raise CommandError("--expires-in-days must be positive")
             api_key, key = api_key_create(
-                name=options["name"], scopes=scopes, application=application
+                name=options["name"],
+                scopes=scopes,
+                application=application,
+                expires_at=timezone.now() + timedelta(days=days) if days is not None else None,
             )
         except ValidationError as exc:
             raise CommandError("; ".join(exc.messages)) from exc
