@@ -41,6 +41,7 @@ class Job:
 
     claim: Any  # services.Claim
     url: str = ""
+    address: str | None = None  # the checked IP to connect to (webhooks.ssrf.Target)
     body: bytes = b""
     headers: dict[str, str] = field(default_factory=dict)
     stored_headers: dict[str, str] = field(default_factory=dict)
@@ -228,6 +229,7 @@ class Sender:
                 timeout=job.timeout,
                 connect_timeout=self._connect_timeout,
                 max_response_bytes=self._max_response_bytes,
+                address=job.address,
             )
         except Exception as exc:  # noqa: BLE001 - a bug must still end as a recorded attempt
             logger.exception("sending delivery %s failed unexpectedly", job.claim.delivery_id)

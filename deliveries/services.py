@@ -33,8 +33,8 @@ from webhooks.operational import (
     OPERATIONAL_EVENT_TYPES,
 )
 from webhooks.selectors import endpoint_ids_for_event
-from webhooks.services import endpoint_disable
-from webhooks.ssrf import BlockedTarget, check_url
+from webhooks.services import check_target, endpoint_disable
+from webhooks.ssrf import BlockedTarget, Target
 from webhooks_project.process_local import ProcessLocal
 
 from .backoff import Decision, Verdict, decide
@@ -489,7 +489,7 @@ def deliveries_dispatch(*, delivery_ids: Sequence[int]) -> int:
 
     timestamp = int(time.time())
     lanes: dict[str, list[Job]] = {}
-    checked: dict[str, str | None] = {}
+    checked: dict[str, Target | BlockedTarget] = {}  # each URL resolved and checked once
     for claim in claims:
         job = Job(claim=claim)
         custom = {str(k): str(v) for k, v in claim.headers.items()}
@@ -506,14 +506,15 @@ def deliveries_dispatch(*, delivery_ids: Sequence[int]) -> int:
             continue
         if claim.url not in checked:
             try:
-                check_url(claim.url, allow_private=settings.WEBHOOKS_ALLOW_PRIVATE_TARGETS)
-                checked[claim.url] = None
+                checked[claim.url] = check_target(claim.url)
             except BlockedTarget as exc:
-                checked[claim.url] = str(exc)
-        if checked[claim.url] is not None:
-            sender.finish(_refused(job, "ssrf_blocked", checked[claim.url] or ""))
+                checked[claim.url] = exc
+        target = checked[claim.url]
+        if isinstance(target, BlockedTarget):
+            sender.finish(_refused(job, "ssrf_blocked", str(target)))
             continue
         job.url = claim.url
+        job.address = target.address
         job.body = build_body(
             event_type=claim.event_type, occurred_at=claim.occurred_at, data=claim.data
         )

@@ -9,7 +9,7 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 from rest_framework_api_key.models import APIKey as LibraryAPIKey
 
-from .models import ApiKey, Application, Endpoint, EndpointSecret
+from .models import ApiKey, Application, Endpoint, EndpointSecret, Source
 
 # The library registers its own concrete key model; ours (with scopes) replaces it.
 if admin.site.is_registered(LibraryAPIKey):
@@ -103,6 +103,7 @@ class ApiKeyAdmin(admin.ModelAdmin):
         "prefix",
         "scopes",
         "application",
+        "source",
         "revoked",
         "expiry_date",
         "last_used_at",
@@ -110,12 +111,13 @@ class ApiKeyAdmin(admin.ModelAdmin):
     ]
     list_filter = ["revoked", "application"]
     search_fields = ["name", "prefix"]
-    readonly_fields = ["prefix", "created", "last_used_at"]
+    readonly_fields = ["prefix", "created", "last_used_at", "source"]
     fields = [
         "name",
         "prefix",
         "scopes",
         "application",
+        "source",
         "expiry_date",
         "revoked",
         "created",
@@ -127,4 +129,17 @@ class ApiKeyAdmin(admin.ModelAdmin):
         return False
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[ApiKey]:
-        return super().get_queryset(request).select_related("application")
+        return super().get_queryset(request).select_related("application", "source")
+
+
+@admin.register(Source)
+class SourceAdmin(admin.ModelAdmin):
+    """Event sources; created with `manage.py create_source`, which shows the secret once."""
+
+    list_display = ["name", "id", "require_signature", "created_at"]
+    search_fields = ["name", "id"]
+    fields = ["id", "name", "require_signature", "created_at"]
+    readonly_fields = ["id", "created_at"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import time
 from datetime import timedelta
 
+from django.core.cache import cache
 from django.utils import timezone
 from rest_framework import authentication, exceptions
 from rest_framework.request import Request
 
-from .models import ApiKey
+from . import crypto, signing
+from .models import ApiKey, Source
+from .replay import REPLAY_KEY
 
 LAST_USED_PRECISION = timedelta(minutes=1)
 
@@ -51,6 +55,9 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
             raise exceptions.AuthenticationFailed("Invalid or revoked API key.") from exc
         if api_key.has_expired:
             raise exceptions.AuthenticationFailed("This API key has expired.")
+        source = api_key.source
+        if source is not None and source.require_signature and request.method not in SAFE:
+            _verify_source_signature(request, source)
         now = timezone.now()
         if api_key.last_used_at is None or now - api_key.last_used_at > LAST_USED_PRECISION:
             ApiKey.objects.filter(pk=api_key.pk).update(last_used_at=now)
@@ -58,3 +65,42 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
 
     def authenticate_header(self, request: Request) -> str:
         return self.keyword
+
+
+SAFE = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def _verify_source_signature(request: Request, source: Source) -> None:
+    """Token *and* signature: the body must be signed with the source's secret, recently, and
+    its `webhook-id` not seen inside the tolerance window (401 otherwise).
+
+    The id is reserved in the cache for twice the tolerance; `ReplayWindowMiddleware` releases
+    it when the request is not accepted (4xx/5xx), so the source may send that message again.
+    """
+    django_request = request._request
+    meta = django_request.META
+    try:
+        signing.verify(
+            [signing.secret_key(crypto.decrypt(source.secret))],
+            msg_id=meta.get("HTTP_WEBHOOK_ID"),
+            timestamp=meta.get("HTTP_WEBHOOK_TIMESTAMP"),
+            signature=meta.get("HTTP_WEBHOOK_SIGNATURE"),
+            body=django_request.body,
+            now=time.time(),
+        )
+    except signing.SignatureError as exc:
+        raise exceptions.AuthenticationFailed(f"Signature check failed: {exc}.") from exc
+    key = f"replay:{source.pk}:{meta['HTTP_WEBHOOK_ID']}"
+    try:
+        fresh = cache.add(key, 1, timeout=2 * signing.DEFAULT_TOLERANCE_SECONDS)
+    except Exception as exc:  # noqa: BLE001 - refuse rather than accept a possible replay
+        from webhooks_project.errors import ServiceUnavailable  # it imports DRF's views
+
+        raise ServiceUnavailable(
+            "Replay protection is unavailable; nothing was stored. Retry later."
+        ) from exc
+    if not fresh:
+        raise exceptions.AuthenticationFailed(
+            "This webhook-id was already accepted; send a new id for a new message."
+        )
+    meta[REPLAY_KEY] = key

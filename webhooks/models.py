@@ -7,7 +7,7 @@ from django.contrib.postgres.indexes import GinIndex
 from django.core.validators import RegexValidator
 from django.db import models
 from django.utils import timezone
-from rest_framework_api_key.models import AbstractAPIKey
+from rest_framework_api_key.models import AbstractAPIKey, APIKeyManager
 
 from webhooks_project.identifiers import new_id
 
@@ -95,6 +95,35 @@ class EndpointSecret(models.Model):
         return f"secret of {self.endpoint_id} from {self.created_at:%Y-%m-%d %H:%M}"
 
 
+def _source_id() -> str:
+    return new_id("src")
+
+
+class Source(models.Model):
+    """An internal system that sends events. When `require_signature` is on, every write made
+    with one of its API keys must also carry Standard Webhooks headers signed with its secret
+    (token *and* signature), within the timestamp tolerance, with a `webhook-id` not seen in
+    that window."""
+
+    id = models.CharField(primary_key=True, max_length=40, default=_source_id, editable=False)
+    name = models.CharField(max_length=200)
+    require_signature = models.BooleanField(default=True)
+    secret = models.CharField(max_length=500, help_text="encrypted; see webhooks/crypto.py")
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.id})"
+
+
+class ApiKeyManager(APIKeyManager):
+    def get_usable_keys(self) -> models.QuerySet:
+        # authentication reads the key's source and application on every request
+        return super().get_usable_keys().select_related("source", "application")
+
+
 class ApiKey(AbstractAPIKey):
     """An API key for sources and operators; only its hash and 8-character prefix are kept."""
 
@@ -112,6 +141,15 @@ class ApiKey(AbstractAPIKey):
         Application, null=True, blank=True, on_delete=models.CASCADE, related_name="api_keys"
     )
     last_used_at = models.DateTimeField(null=True, blank=True)
+    objects = ApiKeyManager()
+    source = models.ForeignKey(
+        Source,
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="api_keys",
+        help_text="the event source this key belongs to; its signing rule applies to the key",
+    )
 
     class Meta(AbstractAPIKey.Meta):
         verbose_name = "API key"

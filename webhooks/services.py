@@ -14,9 +14,9 @@ from django.db.models import Q
 from django.utils import timezone
 
 from . import crypto
-from .models import ApiKey, Application, Endpoint, EndpointSecret
+from .models import ApiKey, Application, Endpoint, EndpointSecret, Source
 from .signing import generate_secret
-from .ssrf import BlockedTarget, check_url
+from .ssrf import BlockedTarget, Target, check_url
 
 ENDPOINT_FIELDS = (
     "url",
@@ -31,9 +31,20 @@ ENDPOINT_FIELDS = (
 )
 
 
+def check_target(url: str, *, resolve_host: bool = True) -> Target:
+    """`url` checked under this deployment's SSRF settings (raises BlockedTarget)."""
+    return check_url(
+        url,
+        allow_private=settings.WEBHOOKS_ALLOW_PRIVATE_TARGETS,
+        allowed_cidrs=settings.WEBHOOKS_ALLOWED_TARGET_NETWORKS,
+        https_only=settings.WEBHOOKS_HTTPS_ONLY,
+        resolve_host=resolve_host,
+    )
+
+
 def _check_target(url: str) -> None:
     try:
-        check_url(url, allow_private=settings.WEBHOOKS_ALLOW_PRIVATE_TARGETS)
+        check_target(url)
     except BlockedTarget as exc:
         raise ValidationError({"url": f"This URL cannot receive webhooks: {exc}"}) from exc
 
@@ -146,6 +157,33 @@ def api_key_create(
         name=name, scopes=list(scopes), application=application, expiry_date=expires_at
     )
     return api_key, key
+
+
+@dataclass(frozen=True)
+class CreatedSource:
+    source: Source
+    secret: str  # whsec_...: the source signs its requests with it
+    api_key: ApiKey
+    key: str  # the source's API key
+
+
+@transaction.atomic
+def source_create(
+    *,
+    name: str,
+    require_signature: bool = True,
+    application: Application | None = None,
+    scopes: Sequence[str] = (ApiKey.Scope.EVENTS_WRITE,),
+) -> CreatedSource:
+    """Create an event source with its signing secret and its first API key (both shown once)."""
+    secret = generate_secret()
+    source = Source(name=name, require_signature=require_signature, secret=crypto.encrypt(secret))
+    source.full_clean()
+    source.save()
+    api_key, key = api_key_create(name=name, scopes=scopes, application=application)
+    api_key.source = source
+    api_key.save(update_fields=["source"])
+    return CreatedSource(source=source, secret=secret, api_key=api_key, key=key)
 
 
 def api_key_revoke(*, prefix: str) -> ApiKey:

@@ -79,6 +79,9 @@ def verify(
         raise SignatureError("webhook-signature carries no v1 signature")
     for key in keys:
         expected = sign(key, msg_id, ts, body).partition(",")[2]
-        if any(hmac.compare_digest(expected, candidate) for candidate in offered):
+        if any(
+            hmac.compare_digest(expected.encode(), candidate.encode("utf-8", "replace"))
+            for candidate in offered
+        ):
             return
     raise SignatureError("no signature matches")

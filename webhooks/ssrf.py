@@ -1,39 +1,99 @@
 """Refuse webhook targets that would point the sender at our own network. Pure; no ORM.
 
-Checked at registration and again before every send. `allow_private` (the
-WEBHOOKS_ALLOW_PRIVATE_TARGETS setting) opens loopback and private ranges for development and tests.
+Checked at registration and again before every send. At send time the host is resolved once,
+every address it resolves to must be public (or inside an allowed CIDR), and the request then
+goes to the checked address (`Target.address`, see transport.post) with the original Host header
+and TLS server name: a name that resolves to something else a moment later (DNS rebinding)
+cannot redirect it. `allow_private` (WEBHOOKS_ALLOW_PRIVATE_TARGETS) opens everything for
+development and tests; `allowed_cidrs` (WEBHOOKS_ALLOWED_TARGET_CIDRS) opens chosen networks.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import socket
+from collections.abc import Sequence
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 ALLOWED_SCHEMES = frozenset({"http", "https"})
+
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 
 
 class BlockedTarget(ValueError):
     """The URL may not be delivered to; the message says why."""
 
 
-def _address_is_public(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return address.is_global and not address.is_multicast
+@dataclass(frozen=True)
+class Target:
+    """A checked URL. `address` is the IP to connect to (None: resolve normally, unchecked)."""
+
+    url: str
+    scheme: str
+    host: str
+    port: int
+    address: str | None
+
+
+def parse_cidrs(values: Sequence[str]) -> tuple[Network, ...]:
+    """Networks from strings like '10.1.0.0/16'; raises ValueError naming a bad one."""
+    networks = []
+    for value in values:
+        try:
+            networks.append(ipaddress.ip_network(value.strip(), strict=False))
+        except ValueError as exc:
+            raise ValueError(f"{value!r} is not a network in CIDR notation") from exc
+    return tuple(networks)
+
+
+def _embedded(address: Address) -> Address:
+    """The IPv4 address hidden in an IPv4-mapped, NAT64, 6to4 or Teredo IPv6 address."""
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return address.ipv4_mapped
+        if address in _NAT64:
+            return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+        if address.sixtofour is not None:
+            return address.sixtofour
+        if address.teredo is not None:
+            return address.teredo[1]
+    return address
+
+
+def is_public(address: Address) -> bool:
+    """Global unicast: not loopback, private, link-local (169.254/16, the cloud metadata
+    address), CGNAT, unspecified, reserved or multicast, directly or embedded in IPv6."""
+    inner = _embedded(address)
+    return all(a.is_global and not a.is_multicast for a in {address, inner})
 
 
 def resolve(host: str, port: int) -> list[str]:
     """Return every address `host` resolves to (IPv4 and IPv6)."""
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except socket.gaierror as exc:
-        raise BlockedTarget(f"cannot resolve host {host!r}: {exc.strerror}") from exc
-    return sorted({str(info[4][0]) for info in infos})
+    except (socket.gaierror, UnicodeError) as exc:
+        reason = exc.strerror if isinstance(exc, socket.gaierror) else str(exc)
+        raise BlockedTarget(f"cannot resolve host {host!r}: {reason}") from exc
+    return sorted({str(info[4][0]).split("%", 1)[0] for info in infos})
 
 
-def check_url(url: str, *, allow_private: bool, resolve_host: bool = True) -> None:
-    """Raise BlockedTarget unless `url` is http(s) and every address of its host is public."""
+def check_url(
+    url: str,
+    *,
+    allow_private: bool,
+    allowed_cidrs: Sequence[Network] = (),
+    https_only: bool = False,
+    resolve_host: bool = True,
+) -> Target:
+    """The checked target of `url`, or BlockedTarget saying why it may not receive requests.
+
+    With `resolve_host=False` (registration of a name that does not resolve yet is allowed) a
+    name is not looked up; it is checked again before every send.
+    """
     try:
         parts = urlsplit(url)
         port = parts.port
@@ -41,21 +101,26 @@ def check_url(url: str, *, allow_private: bool, resolve_host: bool = True) -> No
         raise BlockedTarget(f"malformed URL: {exc}") from exc
     if parts.scheme not in ALLOWED_SCHEMES:
         raise BlockedTarget(f"scheme {parts.scheme!r} is not allowed; use http or https")
+    if https_only and parts.scheme != "https":
+        raise BlockedTarget("only https URLs are allowed (WEBHOOKS_HTTPS_ONLY)")
     host = parts.hostname
     if not host:
         raise BlockedTarget("URL has no host")
+    port = port or (443 if parts.scheme == "https" else 80)
     if allow_private:
-        return
+        return Target(url=url, scheme=parts.scheme, host=host, port=port, address=None)
     try:
-        literal = ipaddress.ip_address(host)
+        literal: Address | None = ipaddress.ip_address(host)
     except ValueError:
         literal = None
     if literal is not None:
         addresses = [str(literal)]
     elif resolve_host:
-        addresses = resolve(host, port or (443 if parts.scheme == "https" else 80))
+        addresses = resolve(host, port)
     else:
-        return
+        return Target(url=url, scheme=parts.scheme, host=host, port=port, address=None)
     for address in addresses:
-        if not _address_is_public(ipaddress.ip_address(address)):
+        ip = ipaddress.ip_address(address)
+        if not is_public(ip) and not any(ip in network for network in allowed_cidrs):
             raise BlockedTarget(f"{host} resolves to non-public address {address}")
+    return Target(url=url, scheme=parts.scheme, host=host, port=port, address=addresses[0])

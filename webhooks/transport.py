@@ -62,20 +62,40 @@ def post(
     timeout: float,
     connect_timeout: float,
     max_response_bytes: int,
+    address: str | None = None,
 ) -> TransportResult:
-    """Send one POST and describe the outcome; network failures are returned, never raised."""
+    """Send one POST and describe the outcome; network failures are returned, never raised.
+
+    With `address` (the SSRF check's resolved IP) the connection goes to that address, with the
+    URL's host in the Host header and as the TLS server name and certificate name: no second DNS
+    lookup happens between the check and the connection.
+    """
     started = time.perf_counter()
     try:
-        response = _pool.get().request(
-            "POST",
-            url,
-            body=body,
-            headers=headers,
-            redirect=False,
-            retries=False,
-            preload_content=False,
-            timeout=urllib3.Timeout(total=timeout, connect=min(connect_timeout, timeout)),
-        )
+        options = {
+            "body": body,
+            "redirect": False,
+            "retries": False,
+            "preload_content": False,
+            "timeout": urllib3.Timeout(total=timeout, connect=min(connect_timeout, timeout)),
+        }
+        if address is None:
+            response = _pool.get().request("POST", url, headers=headers, **options)
+        else:
+            parts = urllib3.util.parse_url(url)
+            scheme = parts.scheme or "http"
+            port = parts.port or (443 if scheme == "https" else 80)
+            host = parts.host or ""
+            tls = {"server_hostname": host, "assert_hostname": host} if scheme == "https" else {}
+            pool = _pool.get().connection_from_host(address, port, scheme, pool_kwargs=tls)
+            default_port = port == (443 if scheme == "https" else 80)
+            response = pool.urlopen(
+                "POST",
+                parts.request_uri,
+                headers={**headers, "host": host if default_port else f"{parts.netloc}"},
+                assert_same_host=False,
+                **options,
+            )
         complete = False
         try:
             data = response.read(max_response_bytes + 1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
@@ -74,3 +75,19 @@ def env_list(name: str, default: list[str]) -> list[str]:
     if raw is None:
         return list(default)
     return [part.strip() for part in raw.split(",") if part.strip()]
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_RATE = re.compile(r"^(\d+)/(\d*)(s|sec|second|m|min|minute|h|hour|d|day)$")
+
+
+def parse_rate(rate: str) -> tuple[int, int] | None:
+    """'100/s', '6000/min', '10/2h' -> (requests, window seconds); '' or 'off' -> None."""
+    text = rate.strip().lower()
+    if text in ("", "off", "none"):
+        return None
+    match = _RATE.match(text)
+    if match is None:
+        raise ValueError(f"bad rate {rate!r}; use e.g. 100/s, 6000/min, 100000/h or off")
+    count, multiple, unit = match.groups()
+    return int(count), int(multiple or 1) * _UNITS[unit[0]]

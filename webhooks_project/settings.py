@@ -13,7 +13,7 @@ import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 from kombu import Queue
 
-from .env import env_bool, env_float, env_int, env_int_list, env_list, env_str
+from .env import env_bool, env_float, env_int, env_int_list, env_list, env_str, parse_rate
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -75,6 +75,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "webhooks_project.middleware.BodyLimitMiddleware",
+    "webhooks.replay.ReplayWindowMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -153,6 +154,7 @@ REST_FRAMEWORK = {
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["webhooks.permissions.HasScope"],
+    "DEFAULT_THROTTLE_CLASSES": ["webhooks.throttling.ApiKeyRateThrottle"],
     "DEFAULT_PARSER_CLASSES": ["webhooks_project.parsers.LimitedJSONParser"],
     "DEFAULT_RENDERER_CLASSES": (
         ["rest_framework.renderers.JSONRenderer", "rest_framework.renderers.BrowsableAPIRenderer"]
@@ -180,6 +182,23 @@ SPECTACULAR_SETTINGS = {
 
 # --- Redis and Celery ---------------------------------------------------------------------------
 REDIS_URL = env_str("REDIS_URL", "redis://127.0.0.1:6379/0") or "redis://127.0.0.1:6379/0"
+
+# The cache (rate limits, replay protection of signed sources): a Redis database of its own
+# beside the broker's, with short timeouts so an outage costs a request little.
+CACHES = {
+    "default": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": env_str("CACHE_REDIS_URL", "") or REDIS_URL,
+        "KEY_PREFIX": "webhooks",
+        "OPTIONS": {"socket_connect_timeout": 0.5, "socket_timeout": 0.5},
+    }
+}
+# Requests per API key: "N/s", "N/min", "N/h" or "off"; over it, 429 with Retry-After.
+WEBHOOKS_THROTTLE_RATE = env_str("WEBHOOKS_THROTTLE_RATE", "100/s") or "100/s"
+try:
+    parse_rate(WEBHOOKS_THROTTLE_RATE)
+except ValueError as exc:
+    raise ImproperlyConfigured(f"WEBHOOKS_THROTTLE_RATE: {exc}") from exc
 
 CELERY_BROKER_URL = REDIS_URL
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
@@ -258,6 +277,16 @@ CELERY_TIMEZONE = TIME_ZONE
 
 # --- This service's own knobs (read at call time through django.conf.settings) ------------------
 WEBHOOKS_ALLOW_PRIVATE_TARGETS = env_bool("WEBHOOKS_ALLOW_PRIVATE_TARGETS", False)
+# Networks endpoints may be on although they are not public (e.g. a partner over a VPN).
+WEBHOOKS_ALLOWED_TARGET_CIDRS = env_list("WEBHOOKS_ALLOWED_TARGET_CIDRS", [])
+try:
+    from webhooks.ssrf import parse_cidrs
+
+    WEBHOOKS_ALLOWED_TARGET_NETWORKS = parse_cidrs(WEBHOOKS_ALLOWED_TARGET_CIDRS)
+except ValueError as exc:
+    raise ImproperlyConfigured(f"WEBHOOKS_ALLOWED_TARGET_CIDRS: {exc}") from exc
+# Endpoints must use https (registration refuses http; a stored http URL fails as ssrf_blocked).
+WEBHOOKS_HTTPS_ONLY = env_bool("WEBHOOKS_HTTPS_ONLY", not DEV)
 WEBHOOKS_LEASE_SECONDS = env_int("WEBHOOKS_LEASE_SECONDS", 60, minimum=1)
 WEBHOOKS_REQUEUE_INTERVAL = _REQUEUE_INTERVAL
 # A due row whose message was published longer ago than this is published again (the message

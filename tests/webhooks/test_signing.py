@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import base64
 from datetime import UTC, datetime
+from functools import partial
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from standardwebhooks import Webhook
 
 from webhooks import signing
@@ -98,5 +101,66 @@ def test_verify_rejects_malformed_or_stale_headers(
             timestamp=timestamp,
             signature=signature,
             body=VECTOR_BODY,
+            now=VECTOR_TS,
+        )
+
+
+# --- properties (Hypothesis): the verifier accepts exactly what was signed, and never fails
+# with anything but SignatureError, whatever the headers hold ---
+
+KEY = signing.secret_key(VECTOR_SECRET)
+
+
+@settings(max_examples=200, deadline=None)
+@given(body=st.binary(max_size=512), data=st.data())
+def test_any_single_bit_flip_of_the_body_is_refused(body: bytes, data: st.DataObject) -> None:
+    signature = signing.sign(KEY, VECTOR_ID, VECTOR_TS, body)
+    check = partial(
+        signing.verify, [KEY], msg_id=VECTOR_ID, timestamp=str(VECTOR_TS), signature=signature
+    )
+    check(body=body, now=VECTOR_TS)
+    if body:
+        bit = data.draw(st.integers(0, len(body) * 8 - 1))
+        flipped = bytearray(body)
+        flipped[bit // 8] ^= 1 << (bit % 8)
+        with pytest.raises(signing.SignatureError):
+            check(body=bytes(flipped), now=VECTOR_TS)
+
+
+@settings(max_examples=200, deadline=None)
+@given(skew=st.integers(-100_000, 100_000))
+def test_a_timestamp_is_accepted_exactly_within_the_tolerance(skew: int) -> None:
+    signature = signing.sign(KEY, VECTOR_ID, VECTOR_TS, VECTOR_BODY)
+    call = partial(
+        signing.verify,
+        [KEY],
+        msg_id=VECTOR_ID,
+        timestamp=str(VECTOR_TS),
+        signature=signature,
+        body=VECTOR_BODY,
+        now=VECTOR_TS + skew,
+    )
+    if abs(skew) <= signing.DEFAULT_TOLERANCE_SECONDS:
+        call()
+    else:
+        with pytest.raises(signing.SignatureError, match="tolerance"):
+            call()
+
+
+_header = st.one_of(st.none(), st.text(max_size=200), st.sampled_from(["", " ", "v1,", "v1,\x00"]))
+
+
+@settings(max_examples=500, deadline=None)
+@given(msg_id=_header, timestamp=_header, signature=_header, body=st.binary(max_size=64))
+def test_malformed_headers_only_ever_raise_signature_error(
+    msg_id: str | None, timestamp: str | None, signature: str | None, body: bytes
+) -> None:
+    with pytest.raises(signing.SignatureError):
+        signing.verify(
+            [KEY],
+            msg_id=msg_id,
+            timestamp=timestamp,
+            signature=signature,
+            body=body,
             now=VECTOR_TS,
         )

@@ -1,0 +1,176 @@
+"""The SSRF guard attacked: internal targets refused at registration and at send time, the
+checked address pinned (no second DNS lookup), redirects never followed."""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import time
+from typing import Any
+
+import pytest
+from django.db import connection
+from rest_framework.test import APIClient
+
+from deliveries import services
+from deliveries.backoff import Verdict, decide
+from deliveries.models import Delivery, DeliveryAttempt, Event
+from deliveries.services import deliveries_dispatch
+from schemas_app.services import event_type_create
+from tests.conftest import wait_until
+from tests.sink import Sink
+from webhooks import transport
+from webhooks.models import Endpoint
+from webhooks.services import endpoint_create
+from webhooks.ssrf import BlockedTarget, check_url, parse_cidrs
+from webhooks_project.process_local import ProcessLocal
+
+INTERNAL = [
+    "http://127.0.0.1/hook",
+    "http://127.1/hook",
+    "http://[::1]/hook",
+    "http://[::ffff:127.0.0.1]/hook",
+    "http://169.254.169.254/latest/meta-data/",
+    "http://10.0.0.5/hook",
+    "http://172.16.0.1/hook",
+    "http://192.168.1.1/hook",
+    "http://0.0.0.0/hook",
+    "http://100.64.0.1/hook",  # CGNAT
+    "http://224.0.0.1/hook",  # multicast
+    "http://240.0.0.1/hook",  # reserved
+    "http://[fe80::1]/hook",
+    "http://[fc00::1]/hook",
+    "http://[64:ff9b::a00:1]/hook",  # NAT64 of 10.0.0.1
+    "http://[2002:7f00:1::]/hook",  # 6to4 of 127.0.0.1
+    "http://localhost:8000/hook",  # a name that resolves to loopback
+]
+
+
+@pytest.mark.parametrize("url", INTERNAL)
+def test_internal_targets_are_refused(url: str) -> None:
+    with pytest.raises(BlockedTarget, match="non-public address"):
+        check_url(url, allow_private=False)
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("file:///etc/passwd", "scheme 'file' is not allowed"),
+        ("gopher://example.com:70/_x", "scheme 'gopher' is not allowed"),
+        ("ftp://example.com/", "scheme 'ftp' is not allowed"),
+        ("http:///nohost", "URL has no host"),
+        ("http://example.com:99999/", "malformed URL"),
+        ("http://no-such-host.invalid/", "cannot resolve host"),
+    ],
+)
+def test_other_schemes_and_broken_urls_are_refused(url: str, message: str) -> None:
+    with pytest.raises(BlockedTarget, match=message):
+        check_url(url, allow_private=False)
+
+
+def test_a_public_address_passes_and_is_pinned() -> None:
+    target = check_url("https://93.184.215.14:8443/x", allow_private=False, https_only=True)
+    assert (target.host, target.port, target.address) == ("93.184.215.14", 8443, "93.184.215.14")
+
+
+def test_https_only_refuses_http() -> None:
+    with pytest.raises(BlockedTarget, match="only https"):
+        check_url("http://93.184.215.14/x", allow_private=False, https_only=True)
+
+
+def test_an_allowed_network_opens_only_itself() -> None:
+    allowed = parse_cidrs(["10.20.0.0/16"])
+    assert check_url("http://10.20.3.4/x", allow_private=False, allowed_cidrs=allowed).address
+    with pytest.raises(BlockedTarget):
+        check_url("http://10.21.0.1/x", allow_private=False, allowed_cidrs=allowed)
+    with pytest.raises(ValueError, match="not a network"):
+        parse_cidrs(["10.0.0.0/33"])
+
+
+@pytest.mark.django_db
+def test_registration_refuses_an_internal_url(api: APIClient, settings: Any) -> None:
+    settings.WEBHOOKS_ALLOW_PRIVATE_TARGETS = False
+    for url in ("http://169.254.169.254/latest/meta-data/", "http://[::ffff:10.0.0.1]/"):
+        response = api.post("/api/v1/endpoints/", {"url": url}, format="json")
+        assert response.status_code == 400
+        assert "non-public address" in response.json()["detail"]
+    assert not Endpoint.objects.exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_internal_target_at_send_time_fails_once_as_ssrf_blocked(
+    settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # this process sends and records (a sender of its own, whose recorder lets go of its
+    # database connection so the test database can be dropped)
+    def record(jobs: Any) -> None:
+        try:
+            recorded(jobs)
+        finally:
+            connection.close()
+
+    recorded = services.attempts_record
+    monkeypatch.setattr(services, "attempts_record", record)
+    monkeypatch.setattr(services, "_senders", ProcessLocal(services._new_sender))
+    # given an endpoint registered while private targets were allowed
+    event_type_create(name="order.created", schema={})
+    endpoint, _ = endpoint_create(url="http://127.0.0.1:9/internal")
+    event = Event.objects.create(event_type_id="order.created", data={})
+    delivery = Delivery.objects.create(event=event, endpoint=endpoint)
+    # when it is sent after they are no longer allowed
+    settings.WEBHOOKS_ALLOW_PRIVATE_TARGETS = False
+    deliveries_dispatch(delivery_ids=[delivery.pk])
+    # then the attempt fails as ssrf_blocked, without a retry
+    wait_until(lambda: Delivery.objects.filter(pk=delivery.pk, status="failed").exists())
+    attempt = DeliveryAttempt.objects.get(delivery=delivery)
+    assert attempt.error_class == "ssrf_blocked"
+    assert "non-public address 127.0.0.1" in attempt.error
+
+
+def test_the_checked_address_is_used_even_if_the_name_resolves_elsewhere_later(
+    sink: Sink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given a name that resolves to the (allowed) sink first, then to another address:
+    # DNS rebinding between the check and the connection
+    real = socket.getaddrinfo
+    lookups: list[str] = []
+
+    def rebinding(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
+        if host == "rebind.test":
+            lookups.append(host)
+            answer = "127.0.0.1" if len(lookups) == 1 else "10.255.255.1"
+            return real(answer, port, *args, **kwargs)
+        return real(host, port, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", rebinding)
+    port = int(sink.url("x").split(":")[2].split("/")[0])
+    url = f"http://rebind.test:{port}/rebind"
+    target = check_url(url, allow_private=False, allowed_cidrs=parse_cidrs(["127.0.0.1/32"]))
+    assert target.address == "127.0.0.1"
+    # when the request is sent to the checked target
+    result = transport.post(
+        url, b"{}", {}, timeout=2, connect_timeout=1, max_response_bytes=100, address=target.address
+    )
+    # then it reached the checked address, named by its host, with no second lookup
+    assert result.status_code == 200, result.error
+    (received,) = sink.requests("rebind")
+    assert received.headers["host"] == f"rebind.test:{port}"
+    assert lookups == ["rebind.test"]
+    # (without the pinned address the second lookup would have sent it elsewhere)
+    started = time.monotonic()
+    unpinned = transport.post(url, b"{}", {}, timeout=1, connect_timeout=0.5, max_response_bytes=1)
+    assert unpinned.status_code is None
+    assert time.monotonic() - started < 5
+    assert ipaddress.ip_address("10.255.255.1").is_private
+
+
+def test_a_redirect_to_an_internal_address_is_not_followed(sink: Sink) -> None:
+    sink.plan("redirect", 302, Location="http://169.254.169.254/latest/meta-data/")
+    result = transport.post(
+        sink.url("redirect"), b"{}", {}, timeout=2, connect_timeout=1, max_response_bytes=100
+    )
+    assert result.status_code == 302
+    assert len(sink.requests()) == 1
+    # it is an unsuccessful attempt like any other non-2xx (retried per the schedule)
+    verdict = decide(status_code=302, attempts_made=1, schedule=[5], jitter=0, now=0).verdict
+    assert verdict is Verdict.RETRY
