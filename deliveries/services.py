@@ -24,7 +24,7 @@ from redis.exceptions import RedisError
 from schemas_app.models import EventType, SchemaVersion
 from schemas_app.selectors import schema_version_current
 from schemas_app.validation import validate
-from webhooks import crypto, signing, transport
+from webhooks import audit, crypto, signing, transport
 from webhooks.models import Application, Endpoint, EndpointSecret
 from webhooks.operational import (
     ENDPOINT_DISABLED,
@@ -306,7 +306,7 @@ class Claim:
     headers: dict[str, str]
     timeout: float | None
     schedule: list[int] | None
-    keys: list[bytes]  # signing keys of every secret still valid, newest first
+    keys: list[signing.SigningKey]  # of every secret still valid, newest first
 
 
 _D = Delivery._meta.db_table
@@ -372,7 +372,7 @@ def deliveries_claim(
             timeout=float(r[11]) if r[11] else None,
             schedule=r[12],
             keys=keys.get(r[7])
-            or keys.setdefault(r[7], [signing.secret_key(crypto.decrypt(x)) for x in r[13]]),
+            or keys.setdefault(r[7], [signing.signing_key(crypto.decrypt(x)) for x in r[13]]),
         )
         for r in rows
     ]
@@ -871,6 +871,19 @@ def endpoint_enable(*, endpoint_id: str, actor: str, replay_missed: bool = False
             ).replayed
             if disabled_at is not None:
                 backfilled = _deliveries_backfill(endpoint=endpoint, since=disabled_at)
+        audit.record(
+            actor=actor,
+            action="endpoint.enabled",
+            object_type="endpoint",
+            object_id=endpoint_id,
+            before={"enabled": endpoint.enabled, "disabled_reason": endpoint.disabled_reason},
+            after={
+                "enabled": True,
+                "replay_missed": replay_missed,
+                "replayed": replayed,
+                "backfilled": backfilled,
+            },
+        )
     return EnableResult(was_disabled=not endpoint.enabled, replayed=replayed, backfilled=backfilled)
 
 
@@ -1101,6 +1114,18 @@ def dead_letters_replay(*, dead_letters: QuerySet[DeadLetter], actor: str) -> Re
         DeadLetter.objects.filter(id__in=[dl_id for dl_id, _ in replay]).update(
             replayed_at=now, replayed_by=actor[:200]
         )
+        if replay:
+            audit.record(
+                actor=actor,
+                action="dead_letters.replayed",
+                object_type="dead_letter",
+                object_id=str(replay[0][0]) if len(replay) == 1 else f"{len(replay)} dead letters",
+                after={
+                    "count": len(replay),
+                    "skipped_disabled": skipped,
+                    "dead_letter_ids": [dl_id for dl_id, _ in replay[:1000]],
+                },
+            )
         Delivery.objects.filter(
             id__in=delivery_ids, status__in=[Delivery.Status.FAILED, Delivery.Status.DEAD]
         ).update(

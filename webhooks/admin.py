@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from django import forms
 from django.contrib import admin, messages
-from django.db import models
+from django.db import models, transaction
 from django.db.models import QuerySet
 from django.http import HttpRequest
 from rest_framework_api_key.models import APIKey as LibraryAPIKey
 
-from .models import ApiKey, Application, Endpoint, EndpointSecret, Source
+from . import audit
+from .models import ApiKey, Application, AuditRecord, Endpoint, EndpointSecret, Source
+from .services import endpoint_delete
 
 # The library registers its own concrete key model; ours (with scopes) replaces it.
 if admin.site.is_registered(LibraryAPIKey):
@@ -60,6 +64,28 @@ class EndpointAdmin(admin.ModelAdmin):
         models.URLField: {"form_class": forms.URLField, "assume_scheme": "https"},
     }
     actions = ["enable", "enable_and_replay_missed", "replay_dead_letters"]
+
+    # Changes made here are audited like the API's (who: admin:<user>).
+    def save_model(self, request: HttpRequest, obj: Endpoint, form: Any, change: bool) -> None:
+        before = audit.endpoint_snapshot(Endpoint.objects.get(pk=obj.pk)) if change else None
+        super().save_model(request, obj, form, change)
+        after = audit.endpoint_snapshot(obj)
+        if after != before:
+            audit.record(
+                actor=f"admin:{request.user}",
+                action="endpoint.updated" if change else "endpoint.created",
+                object_type="endpoint",
+                object_id=obj.pk,
+                before=before,
+                after=after,
+            )
+
+    def delete_model(self, request: HttpRequest, obj: Endpoint) -> None:
+        endpoint_delete(endpoint=obj, actor=f"admin:{request.user}")
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Endpoint]) -> None:
+        for endpoint in queryset:
+            endpoint_delete(endpoint=endpoint, actor=f"admin:{request.user}")
 
     def _enable(self, request: HttpRequest, queryset: QuerySet[Endpoint], replay: bool) -> None:
         from deliveries.services import endpoint_enable  # deliveries depends on this app
@@ -130,6 +156,56 @@ class ApiKeyAdmin(admin.ModelAdmin):
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[ApiKey]:
         return super().get_queryset(request).select_related("application", "source")
+
+    def save_model(self, request: HttpRequest, obj: ApiKey, form: Any, change: bool) -> None:
+        before = audit.api_key_snapshot(ApiKey.objects.get(pk=obj.pk)) if change else None
+        super().save_model(request, obj, form, change)
+        after = audit.api_key_snapshot(obj)
+        if after != before:
+            revoked = bool(before) and not before["revoked"] and after["revoked"]
+            audit.record(
+                actor=f"admin:{request.user}",
+                action="api_key.revoked" if revoked else "api_key.updated",
+                object_type="api_key",
+                object_id=obj.prefix,
+                before=before,
+                after=after,
+            )
+
+    def delete_model(self, request: HttpRequest, obj: ApiKey) -> None:
+        self.delete_queryset(request, ApiKey.objects.filter(pk=obj.pk))
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> None:
+        with transaction.atomic():
+            for api_key in queryset:
+                audit.record(
+                    actor=f"admin:{request.user}",
+                    action="api_key.deleted",
+                    object_type="api_key",
+                    object_id=api_key.prefix,
+                    before=audit.api_key_snapshot(api_key),
+                )
+                api_key.delete()
+
+
+@admin.register(AuditRecord)
+class AuditRecordAdmin(admin.ModelAdmin):
+    """The audit log: read-only here as everywhere (`manage.py verify_audit_chain` checks it)."""
+
+    list_display = ["at", "actor", "action", "object_type", "object_id"]
+    list_filter = ["action", "object_type"]
+    search_fields = ["actor", "object_id", "action"]
+    date_hierarchy = "at"
+    readonly_fields = [f.name for f in AuditRecord._meta.fields]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
 
 
 @admin.register(Source)

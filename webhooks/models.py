@@ -56,6 +56,14 @@ class Endpoint(models.Model):
     rate_limit_per_second = models.PositiveIntegerField(null=True, blank=True)
     retry_schedule = ArrayField(models.PositiveIntegerField(), null=True, blank=True)
     timeout_seconds = models.PositiveSmallIntegerField(null=True, blank=True)
+
+    class SignatureScheme(models.TextChoices):
+        HMAC = "hmac-sha256", "HMAC-SHA256 (v1, a shared secret)"
+        ED25519 = "ed25519", "Ed25519 (v1a, consumers verify with a public key)"
+
+    signature_scheme = models.CharField(
+        max_length=20, choices=SignatureScheme.choices, default=SignatureScheme.HMAC
+    )
     created_at = models.DateTimeField(default=timezone.now, editable=False)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -154,3 +162,44 @@ class ApiKey(AbstractAPIKey):
     class Meta(AbstractAPIKey.Meta):
         verbose_name = "API key"
         verbose_name_plural = "API keys"
+
+
+class AuditQuerySet(models.QuerySet):
+    def update(self, **kwargs: object) -> int:
+        raise TypeError("audit records are append-only")
+
+    def delete(self) -> tuple[int, dict[str, int]]:
+        raise TypeError("audit records are append-only")
+
+
+class AuditRecord(models.Model):
+    """One configuration change: who, what, on which object, the non-secret fields before and
+    after. Append-only; each record carries the hash of the one before it (webhooks/audit.py),
+    so a changed or removed record shows (`manage.py verify_audit_chain`)."""
+
+    at = models.DateTimeField()
+    actor = models.CharField(max_length=200)
+    action = models.CharField(max_length=100)
+    object_type = models.CharField(max_length=50)
+    object_id = models.CharField(max_length=64)
+    before = models.JSONField(null=True, blank=True)
+    after = models.JSONField(null=True, blank=True)
+    prev_hash = models.CharField(max_length=64)
+    hash = models.CharField(max_length=64, unique=True)
+
+    objects = AuditQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-id"]
+        indexes = [models.Index(fields=["object_type", "object_id"], name="audit_object_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.at:%Y-%m-%d %H:%M:%S} {self.actor} {self.action} {self.object_id}"
+
+    def save(self, *args: object, **kwargs: object) -> None:
+        if self.pk is not None:
+            raise TypeError("audit records are append-only")
+        super().save(*args, **kwargs)  # type: ignore[arg-type]
+
+    def delete(self, *args: object, **kwargs: object) -> tuple[int, dict[str, int]]:
+        raise TypeError("audit records are append-only")

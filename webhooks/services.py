@@ -13,9 +13,9 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from . import crypto
+from . import audit, crypto
 from .models import ApiKey, Application, Endpoint, EndpointSecret, Source
-from .signing import generate_secret
+from .signing import generate_secret, new_secret
 from .ssrf import BlockedTarget, Target, check_url
 
 ENDPOINT_FIELDS = (
@@ -28,6 +28,7 @@ ENDPOINT_FIELDS = (
     "rate_limit_per_second",
     "retry_schedule",
     "timeout_seconds",
+    "signature_scheme",
 )
 
 
@@ -59,7 +60,7 @@ def application_create(*, uid: str, name: str) -> Application:
 
 
 @transaction.atomic
-def endpoint_create(**fields: Any) -> tuple[Endpoint, str]:
+def endpoint_create(*, actor: str = "system", **fields: Any) -> tuple[Endpoint, str]:
     """Create an endpoint and its first signing secret; returns (endpoint, secret)."""
     unknown = set(fields) - set(ENDPOINT_FIELDS)
     if unknown:
@@ -68,20 +69,27 @@ def endpoint_create(**fields: Any) -> tuple[Endpoint, str]:
     endpoint = Endpoint(**fields)
     endpoint.full_clean()
     endpoint.save()
-    secret = generate_secret()
+    secret = new_secret(endpoint.signature_scheme)
     EndpointSecret.objects.create(endpoint=endpoint, secret=crypto.encrypt(secret))
+    audit.record(
+        actor=actor,
+        action="endpoint.created",
+        object_type="endpoint",
+        object_id=endpoint.pk,
+        after=audit.endpoint_snapshot(endpoint),
+    )
     return endpoint, secret
 
 
 @dataclass(frozen=True)
 class RotatedSecret:
-    secret: str
+    secret: str  # whsec_ or whsk_: the API shows a whsk_ secret's public key instead
     previous_expire_at: datetime | None  # when the secrets it replaces stop signing
 
 
 @transaction.atomic
 def endpoint_secret_rotate(
-    *, endpoint: Endpoint, grace_seconds: int | None = None
+    *, endpoint: Endpoint, grace_seconds: int | None = None, actor: str = "system"
 ) -> RotatedSecret:
     """Give the endpoint a new signing secret; the current ones keep signing for the grace.
 
@@ -98,19 +106,37 @@ def endpoint_secret_rotate(
         Q(expires_at__isnull=True) | Q(expires_at__gt=expire_at)
     )
     had_current = current.update(expires_at=expire_at) > 0
-    secret = generate_secret()
+    secret = new_secret(endpoint.signature_scheme)
     EndpointSecret.objects.create(endpoint=endpoint, secret=crypto.encrypt(secret), created_at=now)
+    audit.record(
+        actor=actor,
+        action="endpoint.secret_rotated",
+        object_type="endpoint",
+        object_id=endpoint.pk,
+        after={
+            "grace_seconds": grace,
+            "previous_expire_at": expire_at.isoformat() if had_current else None,
+        },
+    )
     return RotatedSecret(secret=secret, previous_expire_at=expire_at if had_current else None)
 
 
 @transaction.atomic
-def endpoint_update(*, endpoint: Endpoint, **fields: Any) -> Endpoint:
+def endpoint_update(*, endpoint: Endpoint, actor: str = "system", **fields: Any) -> Endpoint:
     """Change an endpoint's settings; re-enabling clears the disabled reason."""
     unknown = set(fields) - set(ENDPOINT_FIELDS)
     if unknown:
         raise TypeError(f"unknown endpoint fields: {sorted(unknown)}")
+    before = audit.endpoint_snapshot(Endpoint.objects.get(pk=endpoint.pk))
     if "url" in fields and fields["url"] != endpoint.url:
         _check_target(fields["url"])
+    if fields.get("signature_scheme", endpoint.signature_scheme) != endpoint.signature_scheme:
+        raise ValidationError(
+            {
+                "signature_scheme": "The signature scheme is fixed; "
+                "create a new endpoint for another."
+            }
+        )
     for name, value in fields.items():
         setattr(endpoint, name, value)
     if fields.get("enabled") is True:
@@ -122,21 +148,46 @@ def endpoint_update(*, endpoint: Endpoint, **fields: Any) -> Endpoint:
         endpoint.disabled_reason = endpoint.disabled_reason or "disabled by an operator"
     endpoint.full_clean()
     endpoint.save()
+    after = audit.endpoint_snapshot(endpoint)
+    if after != before:
+        audit.record(
+            actor=actor,
+            action="endpoint.updated",
+            object_type="endpoint",
+            object_id=endpoint.pk,
+            before=before,
+            after=after,
+        )
     return endpoint
 
 
 @transaction.atomic
-def endpoint_disable(*, endpoint_id: str, reason: str) -> bool:
+def endpoint_disable(*, endpoint_id: str, reason: str, actor: str = "system") -> bool:
     """Disable an endpoint (if enabled) and record why; returns whether it changed."""
-    return bool(
-        Endpoint.objects.filter(pk=endpoint_id, enabled=True).update(
-            enabled=False, disabled_reason=reason[:500], disabled_at=timezone.now()
-        )
+    changed = Endpoint.objects.filter(pk=endpoint_id, enabled=True).update(
+        enabled=False, disabled_reason=reason[:500], disabled_at=timezone.now()
     )
+    if changed:
+        audit.record(
+            actor=actor,
+            action="endpoint.disabled",
+            object_type="endpoint",
+            object_id=endpoint_id,
+            after={"enabled": False, "disabled_reason": reason[:500]},
+        )
+    return bool(changed)
 
 
-def endpoint_delete(*, endpoint: Endpoint) -> None:
+@transaction.atomic
+def endpoint_delete(*, endpoint: Endpoint, actor: str = "system") -> None:
     """Delete an endpoint with its secrets, deliveries and their attempts."""
+    audit.record(
+        actor=actor,
+        action="endpoint.deleted",
+        object_type="endpoint",
+        object_id=endpoint.pk,
+        before=audit.endpoint_snapshot(endpoint),
+    )
     endpoint.delete()
 
 
@@ -147,6 +198,7 @@ def api_key_create(
     scopes: Sequence[str],
     application: Application | None = None,
     expires_at: datetime | None = None,
+    actor: str = "system",
 ) -> tuple[ApiKey, str]:
     """Create an API key; returns (key row, plaintext key). The plaintext is never stored."""
     valid = set(ApiKey.Scope.values)
@@ -155,6 +207,13 @@ def api_key_create(
         raise ValidationError({"scopes": f"unknown scopes {bad}; choose from {sorted(valid)}"})
     api_key, key = ApiKey.objects.create_key(
         name=name, scopes=list(scopes), application=application, expiry_date=expires_at
+    )
+    audit.record(
+        actor=actor,
+        action="api_key.created",
+        object_type="api_key",
+        object_id=api_key.prefix,
+        after=audit.api_key_snapshot(api_key),
     )
     return api_key, key
 
@@ -174,24 +233,40 @@ def source_create(
     require_signature: bool = True,
     application: Application | None = None,
     scopes: Sequence[str] = (ApiKey.Scope.EVENTS_WRITE,),
+    actor: str = "system",
 ) -> CreatedSource:
     """Create an event source with its signing secret and its first API key (both shown once)."""
     secret = generate_secret()
     source = Source(name=name, require_signature=require_signature, secret=crypto.encrypt(secret))
     source.full_clean()
     source.save()
-    api_key, key = api_key_create(name=name, scopes=scopes, application=application)
+    api_key, key = api_key_create(name=name, scopes=scopes, application=application, actor=actor)
     api_key.source = source
     api_key.save(update_fields=["source"])
+    audit.record(
+        actor=actor,
+        action="source.created",
+        object_type="source",
+        object_id=source.pk,
+        after={"name": name, "require_signature": require_signature, "api_key": api_key.prefix},
+    )
     return CreatedSource(source=source, secret=secret, api_key=api_key, key=key)
 
 
-def api_key_revoke(*, prefix: str) -> ApiKey:
+@transaction.atomic
+def api_key_revoke(*, prefix: str, actor: str = "system") -> ApiKey:
     """Revoke the key with this prefix for good; raises ApiKey.DoesNotExist."""
     api_key = ApiKey.objects.get(prefix=prefix)
     if not api_key.revoked:
         api_key.revoked = True
         api_key.save(update_fields=["revoked"])
+        audit.record(
+            actor=actor,
+            action="api_key.revoked",
+            object_type="api_key",
+            object_id=api_key.prefix,
+            after=audit.api_key_snapshot(api_key),
+        )
     return api_key
 
 

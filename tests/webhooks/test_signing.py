@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from functools import partial
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from standardwebhooks import Webhook
@@ -164,3 +165,24 @@ def test_malformed_headers_only_ever_raise_signature_error(
             body=body,
             now=VECTOR_TS,
         )
+
+
+def test_ed25519_secrets_sign_v1a_beside_hmac_ones() -> None:
+    hmac_secret, ed_secret = signing.generate_secret(), signing.generate_ed25519_secret()
+    assert ed_secret.startswith("whsk_")
+    assert signing.public_key(hmac_secret) is None
+    public = signing.public_key(ed_secret)
+    assert public is not None
+    assert public.startswith("whpk_")
+    keys = [signing.signing_key(ed_secret), signing.signing_key(hmac_secret)]
+    header = signing.signature_header(keys, "evt_1", VECTOR_TS, b"{}")
+    v1a, v1 = header.split(" ")
+    assert v1 == signing.sign(signing.secret_key(hmac_secret), "evt_1", VECTOR_TS, b"{}")
+    verifier = Ed25519PublicKey.from_public_bytes(base64.b64decode(public.removeprefix("whpk_")))
+    verifier.verify(base64.b64decode(v1a.removeprefix("v1a,")), f"evt_1.{VECTOR_TS}.{{}}".encode())
+
+
+@pytest.mark.parametrize("bad", ["whsk_", "whsk_not-base64!", "whsk_" + "A" * 10])
+def test_a_malformed_ed25519_secret_is_refused(bad: str) -> None:
+    with pytest.raises(ValueError, match="whsk_"):
+        signing.signing_key(bad)

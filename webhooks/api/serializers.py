@@ -7,6 +7,7 @@ from typing import Any
 from rest_framework import serializers
 
 from schemas_app.models import EventType
+from webhooks import signing
 from webhooks.models import Application, Endpoint
 
 # Headers that we set ourselves; an endpoint may not override them.
@@ -79,6 +80,7 @@ class EndpointSerializer(serializers.ModelSerializer):
             "rate_limit_per_second",
             "retry_schedule",
             "timeout_seconds",
+            "signature_scheme",
             "created_at",
             "updated_at",
         ]
@@ -113,20 +115,35 @@ class EndpointSerializer(serializers.ModelSerializer):
         return clean
 
 
-class EndpointCreatedSerializer(EndpointSerializer):
-    """The answer to create: the endpoint and, this once, its signing secret."""
+def credentials(secret: str | None) -> dict[str, str | None]:
+    """What a consumer verifies with: an HMAC endpoint's `whsec_` secret, or an Ed25519
+    endpoint's `whpk_` public key (its private key never leaves the service)."""
+    public = signing.public_key(secret) if secret else None
+    return {"secret": None if public else secret, "public_key": public}
 
-    secret = serializers.CharField(read_only=True)
+
+class EndpointCreatedSerializer(EndpointSerializer):
+    """The answer to create: the endpoint and, this once, what to verify its requests with."""
+
+    secret = serializers.CharField(read_only=True, allow_null=True, help_text="whsec_... (HMAC)")
+    public_key = serializers.CharField(
+        read_only=True, allow_null=True, help_text="whpk_... (Ed25519)"
+    )
 
     class Meta(EndpointSerializer.Meta):
-        fields = [*EndpointSerializer.Meta.fields, "secret"]
+        fields = [*EndpointSerializer.Meta.fields, "secret", "public_key"]
 
 
 class EndpointSecretSerializer(serializers.Serializer):
-    secret = serializers.CharField(read_only=True, help_text="whsec_... (the newest secret)")
+    secret = serializers.CharField(
+        read_only=True, allow_null=True, help_text="whsec_... (the newest secret; HMAC endpoints)"
+    )
+    public_key = serializers.CharField(
+        read_only=True, allow_null=True, help_text="whpk_... (the newest key; Ed25519 endpoints)"
+    )
 
     def to_representation(self, instance: Any) -> dict[str, Any]:
-        return {"secret": instance}
+        return credentials(instance)
 
 
 class SecretRotateSerializer(serializers.Serializer):
@@ -139,7 +156,12 @@ class SecretRotateSerializer(serializers.Serializer):
 
 
 class SecretRotatedSerializer(serializers.Serializer):
-    secret = serializers.CharField(help_text="the new whsec_... secret; shown only this once")
+    secret = serializers.CharField(
+        allow_null=True, help_text="the new whsec_... secret; shown only this once"
+    )
+    public_key = serializers.CharField(
+        allow_null=True, help_text="the new whpk_... public key (Ed25519 endpoints)"
+    )
     previous_expire_at = serializers.DateTimeField(
         allow_null=True, help_text="when the replaced secret stops signing"
     )

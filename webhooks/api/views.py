@@ -32,6 +32,7 @@ from .serializers import (
     EndpointSerializer,
     SecretRotatedSerializer,
     SecretRotateSerializer,
+    credentials,
 )
 
 
@@ -86,23 +87,25 @@ class EndpointViewSet(viewsets.ModelViewSet):
         if limited is not None and fields.get("application") is None:
             fields["application"] = limited  # a limited key's endpoints are its application's
         try:
-            endpoint, secret = endpoint_create(**fields)
+            endpoint, secret = endpoint_create(actor=str(request.user), **fields)
         except DjangoValidationError as exc:
             raise from_django_validation(exc) from exc
         data = EndpointSerializer(endpoint).data
-        data["secret"] = secret
+        data.update(credentials(secret))
         return Response(data, status=status.HTTP_201_CREATED)
 
     def perform_update(self, serializer: EndpointSerializer) -> None:
         try:
             serializer.instance = endpoint_update(
-                endpoint=serializer.instance, **serializer.validated_data
+                endpoint=serializer.instance,
+                actor=str(self.request.user),
+                **serializer.validated_data,
             )
         except DjangoValidationError as exc:
             raise from_django_validation(exc) from exc
 
     def perform_destroy(self, instance) -> None:  # type: ignore[no-untyped-def]
-        endpoint_delete(endpoint=instance)
+        endpoint_delete(endpoint=instance, actor=str(self.request.user))
 
     @extend_schema(request=EndpointEnableSerializer, responses=EndpointEnabledSerializer)
     @action(detail=True, methods=["post"])
@@ -144,10 +147,12 @@ class EndpointViewSet(viewsets.ModelViewSet):
         options = SecretRotateSerializer(data=request.data or {})
         options.is_valid(raise_exception=True)
         rotated = endpoint_secret_rotate(
-            endpoint=endpoint, grace_seconds=options.validated_data.get("grace_seconds")
+            endpoint=endpoint,
+            actor=str(request.user),
+            grace_seconds=options.validated_data.get("grace_seconds"),
         )
         return Response(
             SecretRotatedSerializer(
-                {"secret": rotated.secret, "previous_expire_at": rotated.previous_expire_at}
+                {**credentials(rotated.secret), "previous_expire_at": rotated.previous_expire_at}
             ).data
         )

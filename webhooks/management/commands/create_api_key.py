@@ -52,6 +52,7 @@ class Command(BaseCommand):
                 scopes=scopes,
                 application=application,
                 expires_at=timezone.now() + timedelta(days=days) if days is not None else None,
+                actor="cli:create_api_key",
             )
         except ValidationError as exc:
             raise CommandError("; ".join(exc.messages)) from exc

@@ -36,6 +36,7 @@ class Command(BaseCommand):
             name=options["name"],
             require_signature=not options["unsigned"],
             application=application,
+            actor="cli:create_source",
         )
         self.stderr.write(
             f"Created source {created.source.id} ({created.source.name}). Store both now: "

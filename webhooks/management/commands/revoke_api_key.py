@@ -19,7 +19,7 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         prefix = options["prefix"].split(".", 1)[0]
         try:
-            api_key = api_key_revoke(prefix=prefix)
+            api_key = api_key_revoke(prefix=prefix, actor="cli:revoke_api_key")
         except ApiKey.DoesNotExist as exc:
             raise CommandError(f"no API key with prefix {prefix!r}") from exc
         self.stdout.write(f"revoked API key {api_key.prefix!r} ({api_key.name})")
