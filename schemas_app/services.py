@@ -21,9 +21,11 @@ def _checked(schema: Any) -> Any:
 
 
 @transaction.atomic
-def event_type_create(*, name: str, schema: Any, description: str = "") -> EventType:
+def event_type_create(
+    *, name: str, schema: Any, description: str = "", archived: bool = False
+) -> EventType:
     """Create an event type with version 1 of its schema."""
-    event_type = EventType(name=name, description=description)
+    event_type = EventType(name=name, description=description, archived=archived)
     event_type.full_clean()
     _checked(schema)
     event_type.save()
