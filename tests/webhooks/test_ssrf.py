@@ -5,10 +5,21 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import ssl
+import threading
 import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from functools import partial
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from django.db import connection
 from rest_framework.test import APIClient
 
@@ -174,3 +185,71 @@ def test_a_redirect_to_an_internal_address_is_not_followed(sink: Sink) -> None:
     # it is an unsuccessful attempt like any other non-2xx (retried per the schedule)
     verdict = decide(status_code=302, attempts_made=1, schedule=[5], jitter=0, now=0).verdict
     assert verdict is Verdict.RETRY
+
+
+@pytest.fixture
+def tls_sink(tmp_path: Any) -> Iterator[tuple[int, list[str], Path]]:
+    """An HTTPS server on 127.0.0.1 whose certificate names only `hook.test`; it records the
+    TLS server name each client asked for."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "hook.test")])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("hook.test")]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file = tmp_path / "cert.pem"
+    key_file = tmp_path / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    names: list[str] = []
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert_file, key_file)
+    context.sni_callback = lambda sock, server_name, ctx: names.append(server_name) and None
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802
+            self.rfile.read(int(self.headers["content-length"]))
+            names.append("host=" + self.headers["host"])
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server.server_address[1], names, cert_file
+    server.shutdown()
+
+
+def test_a_pinned_https_request_keeps_the_server_name_and_checks_the_certificate(
+    tls_sink: tuple[int, list[str], Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    port, names, cert_file = tls_sink
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert_file))  # trust the test certificate
+    monkeypatch.setattr(transport, "_pool", ProcessLocal(transport._new_pool))
+    post = partial(transport.post, timeout=5, connect_timeout=2, max_response_bytes=100)
+    # sent to the checked address, named hook.test: SNI, certificate check and Host use the name
+    ok = post(f"https://hook.test:{port}/x", b"{}", {}, address="127.0.0.1")
+    assert ok.status_code == 204, ok.error
+    assert names == ["hook.test", f"host=hook.test:{port}"]
+    # a URL whose name the certificate does not cover fails as a TLS error, address or not
+    wrong = post(f"https://other.test:{port}/x", b"{}", {}, address="127.0.0.1")
+    assert wrong.status_code is None
+    assert wrong.error_class == "tls"
