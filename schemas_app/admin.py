@@ -10,8 +10,8 @@ from .models import EventType, SchemaVersion
 
 class SchemaVersionInline(admin.TabularInline):
     model = SchemaVersion
-    fields = ["version", "schema", "created_at"]
-    readonly_fields = ["version", "schema", "created_at"]
+    fields = ["version", "schema", "created_at", "created_by", "changes"]
+    readonly_fields = fields
     extra = 0
     can_delete = False
 

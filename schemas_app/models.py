@@ -18,6 +18,9 @@ class EventType(models.Model):
     name = models.CharField(max_length=200, unique=True, validators=[event_type_name_validator])
     description = models.TextField(blank=True, default="")
     archived = models.BooleanField(default=False)
+    example = models.JSONField(
+        null=True, blank=True, help_text="an example `data`, valid against the current schema"
+    )
     created_at = models.DateTimeField(default=timezone.now, editable=False)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -35,6 +38,9 @@ class SchemaVersion(models.Model):
     version = models.PositiveIntegerField()
     schema = models.JSONField()
     created_at = models.DateTimeField(default=timezone.now, editable=False)
+    created_by = models.CharField(max_length=200, blank=True, default="")
+    # breaking changes against the previous version, saved with `allow_breaking` (else empty)
+    changes = models.JSONField(default=list, blank=True)
 
     class Meta:
         ordering = ["event_type", "-version"]

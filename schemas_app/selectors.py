@@ -13,7 +13,7 @@ def event_type_list() -> QuerySet[EventType]:
     return EventType.objects.annotate(
         current_version=Subquery(latest.values("version")[:1]),
         current_schema=Subquery(latest.values("schema")[:1]),
-    )
+    ).prefetch_related("versions")
 
 
 def schema_version_current(*, name: str) -> SchemaVersion | None:

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.db.models import Max
 
+from .compatibility import Change, breaking_changes
 from .models import EventType, SchemaVersion
-from .validation import InvalidSchema, check_schema
+from .validation import InvalidSchema, check_schema, validate
 
 
 def _checked(schema: Any) -> Any:
@@ -20,17 +22,49 @@ def _checked(schema: Any) -> Any:
     return schema
 
 
+def _example_checked(example: Any, schema: Any) -> None:
+    if example is None:
+        return
+    problems = validate(example, schema, cache_key=("example", id(schema)), use_cache=False)
+    if problems:
+        raise ValidationError({"example": [f"{p.pointer or '/'}: {p.detail}" for p in problems]})
+
+
+class BreakingSchemaChange(Exception):
+    """A new schema version breaks what the previous one accepted; pass allow_breaking."""
+
+    def __init__(self, changes: list[Change]) -> None:
+        super().__init__(f"{len(changes)} breaking changes")
+        self.changes = changes
+
+
 @transaction.atomic
 def event_type_create(
-    *, name: str, schema: Any, description: str = "", archived: bool = False
+    *,
+    name: str,
+    schema: Any,
+    description: str = "",
+    archived: bool = False,
+    example: Any = None,
+    actor: str = "system",
 ) -> EventType:
     """Create an event type with version 1 of its schema."""
-    event_type = EventType(name=name, description=description, archived=archived)
+    event_type = EventType(name=name, description=description, archived=archived, example=example)
     event_type.full_clean()
     _checked(schema)
+    _example_checked(example, schema)
     event_type.save()
-    SchemaVersion.objects.create(event_type=event_type, version=1, schema=schema)
+    SchemaVersion.objects.create(
+        event_type=event_type, version=1, schema=schema, created_by=actor[:200]
+    )
     return event_type
+
+
+@dataclass(frozen=True)
+class EventTypeUpdate:
+    event_type: EventType
+    new_version: SchemaVersion | None  # None when the schema did not change
+    changes: list[Change]  # the breaking changes accepted with allow_breaking
 
 
 @transaction.atomic
@@ -40,18 +74,57 @@ def event_type_update(
     description: str | None = None,
     archived: bool | None = None,
     schema: Any = None,
-) -> EventType:
-    """Update an event type; a schema different from the current one becomes a new version."""
+    example: Any = None,
+    allow_breaking: bool = False,
+    actor: str = "system",
+) -> EventTypeUpdate:
+    """Update an event type; a schema different from the current one becomes a new version.
+
+    A new version with breaking changes against the current one (schemas_app/compatibility.py)
+    is refused with BreakingSchemaChange unless `allow_breaking`; then the changes are kept on
+    the version.
+    """
     locked = EventType.objects.select_for_update().get(pk=event_type.pk)
+    current = locked.versions.order_by("-version").first()
     if description is not None:
         locked.description = description
     if archived is not None:
         locked.archived = archived
-    locked.save()
+    new_version = None
+    changes: list[Change] = []
+    effective = current.schema if current is not None else {}
     if schema is not None:
         _checked(schema)
-        current = locked.versions.order_by("-version").first()
         if current is None or current.schema != schema:
+            changes = breaking_changes(current.schema, schema) if current is not None else []
+            if changes and not allow_breaking:
+                raise BreakingSchemaChange(changes)
             latest = locked.versions.aggregate(v=Max("version"))["v"] or 0
-            SchemaVersion.objects.create(event_type=locked, version=latest + 1, schema=schema)
-    return locked
+            new_version = SchemaVersion.objects.create(
+                event_type=locked,
+                version=latest + 1,
+                schema=schema,
+                created_by=actor[:200],
+                changes=[c.as_dict() for c in changes],
+            )
+            effective = schema
+    if example is not None:
+        locked.example = example
+    _example_checked(locked.example, effective)
+    locked.save()
+    return EventTypeUpdate(event_type=locked, new_version=new_version, changes=changes)
+
+
+def outbound_schema(name: str, data_schema: Any) -> dict[str, Any]:
+    """The JSON Schema of the body a consumer receives for event type `name`."""
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": f"{name} webhook",
+        "type": "object",
+        "required": ["type", "timestamp", "data"],
+        "properties": {
+            "type": {"const": name},
+            "timestamp": {"type": "string", "format": "date-time"},
+            "data": data_schema if data_schema is not None else {},
+        },
+    }

@@ -78,10 +78,23 @@ validators = _ValidatorCache(_CACHE_SIZE)
 
 
 def validate(
-    instance: Any, schema: Any, *, cache_key: tuple[str, int], limit: int = MAX_ERRORS
+    instance: Any,
+    schema: Any,
+    *,
+    cache_key: tuple[str, int],
+    limit: int = MAX_ERRORS,
+    use_cache: bool = True,
 ) -> list[SchemaViolation]:
-    """Return every violation of `schema` by `instance` (at most `limit`), in document order."""
-    validator = validators.get(cache_key, schema)
+    """Return every violation of `schema` by `instance` (at most `limit`), in document order.
+
+    `cache_key` names one immutable schema: versions are never edited, so a new version is a new
+    key, and no process can use a stale validator.
+    """
+    validator = (
+        validators.get(cache_key, schema)
+        if use_cache
+        else Draft202012Validator(schema, format_checker=Draft202012Validator.FORMAT_CHECKER)
+    )
     violations: list[SchemaViolation] = []
     for error in sorted(
         validator.iter_errors(instance), key=lambda e: [str(p) for p in e.absolute_path]

@@ -65,3 +65,19 @@ class BodyLimitMiddleware:
         request.META["CONTENT_LENGTH"] = str(len(body))
         request._stream = LimitedStream(io.BytesIO(body), len(body))  # type: ignore[attr-defined]
         return None
+
+
+class NulCharacterMiddleware:
+    """Refuse NUL characters in the path and query with 400: PostgreSQL cannot store or compare
+    text containing them, so a filter like `?endpoint=%00` would otherwise end as a 500."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        if "\x00" in request.path or any(
+            "\x00" in key or any("\x00" in value for value in values)
+            for key, values in request.GET.lists()
+        ):
+            return _error(400, "bad_request", "NUL characters are not allowed in the URL.")
+        return self.get_response(request)

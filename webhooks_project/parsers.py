@@ -35,7 +35,26 @@ class LimitedJSONParser(JSONParser):
         depth_limit = settings.WEBHOOKS_MAX_JSON_DEPTH
         if json_depth(document, depth_limit) > depth_limit:
             raise exceptions.ParseError(f"JSON is nested deeper than {depth_limit} levels.")
+        if b"\\u0000" in raw and _has_nul(document):  # cheap test first; exact one if needed
+            raise exceptions.ParseError(
+                "JSON text may not contain NUL (\\u0000): PostgreSQL cannot store it."
+            )
         return document
+
+
+def _has_nul(document: Any) -> bool:
+    pending = [document]
+    while pending:
+        value = pending.pop()
+        if isinstance(value, str):
+            if "\x00" in value:
+                return True
+        elif isinstance(value, dict):
+            pending.extend(value.keys())
+            pending.extend(value.values())
+        elif isinstance(value, list):
+            pending.extend(value)
+    return False
 
 
 def json_depth(document: Any, stop_after: int) -> int:

@@ -75,6 +75,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "webhooks_project.middleware.BodyLimitMiddleware",
+    "webhooks_project.middleware.NulCharacterMiddleware",
     "webhooks.replay.ReplayWindowMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",

@@ -6,7 +6,14 @@ from typing import Any
 
 from rest_framework import serializers
 
-from schemas_app.models import EventType, event_type_name_validator
+from schemas_app.models import EventType, SchemaVersion, event_type_name_validator
+
+
+class SchemaVersionSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = SchemaVersion
+        fields = ["version", "schema", "created_at", "created_by", "changes"]
+        read_only_fields = fields
 
 
 class EventTypeSerializer(serializers.ModelSerializer):
@@ -17,6 +24,16 @@ class EventTypeSerializer(serializers.ModelSerializer):
         help_text="JSON Schema (Draft 2020-12) that every event's `data` must match."
     )
     version = serializers.IntegerField(read_only=True, source="current_version")
+    example = serializers.JSONField(
+        required=False, allow_null=True, help_text="An example `data`; checked against the schema."
+    )
+    allow_breaking = serializers.BooleanField(
+        required=False,
+        default=False,
+        write_only=True,
+        help_text="Save a new schema version even if it breaks what the current one accepted.",
+    )
+    versions = SchemaVersionSerializer(many=True, read_only=True)
 
     class Meta:
         model = EventType
@@ -25,7 +42,10 @@ class EventTypeSerializer(serializers.ModelSerializer):
             "description",
             "schema",
             "version",
+            "example",
             "archived",
+            "allow_breaking",
+            "versions",
             "created_at",
             "updated_at",
         ]

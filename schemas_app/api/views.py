@@ -3,16 +3,24 @@
 from __future__ import annotations
 
 from django.core.exceptions import ValidationError as DjangoValidationError
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema
 from rest_framework import mixins, status, viewsets
+from rest_framework.decorators import action
 from rest_framework.exceptions import ValidationError
 from rest_framework.request import Request
 from rest_framework.response import Response
 
 from schemas_app.models import EventType
 from schemas_app.selectors import event_type_list
-from schemas_app.services import event_type_create, event_type_update
+from schemas_app.services import (
+    BreakingSchemaChange,
+    event_type_create,
+    event_type_update,
+    outbound_schema,
+)
 from webhooks.scoping import refuse_if_limited
-from webhooks_project.errors import from_django_validation
+from webhooks_project.errors import UnprocessableEntity, from_django_validation
 
 from .serializers import EventTypeSerializer
 
@@ -40,8 +48,10 @@ class EventTypeViewSet(
         serializer.is_valid(raise_exception=True)
         if EventType.objects.filter(name=serializer.validated_data["name"]).exists():
             raise ValidationError({"name": ["An event type with this name already exists."]})
+        fields = dict(serializer.validated_data)
+        fields.pop("allow_breaking", None)
         try:
-            event_type = event_type_create(**serializer.validated_data)
+            event_type = event_type_create(actor=str(request.user), **fields)
         except DjangoValidationError as exc:
             raise from_django_validation(exc) from exc
         out = self.get_serializer(self.get_queryset().get(pk=event_type.pk))
@@ -53,7 +63,31 @@ class EventTypeViewSet(
         serializer = self.get_serializer(instance, data=request.data, partial=True)
         serializer.is_valid(raise_exception=True)
         try:
-            event_type_update(event_type=instance, **serializer.validated_data)
+            result = event_type_update(
+                event_type=instance, actor=str(request.user), **serializer.validated_data
+            )
         except DjangoValidationError as exc:
             raise from_django_validation(exc) from exc
-        return Response(self.get_serializer(self.get_queryset().get(pk=instance.pk)).data)
+        except BreakingSchemaChange as exc:
+            raise UnprocessableEntity(
+                [
+                    {
+                        "pointer": "/schema" + change.pointer,
+                        "detail": f"breaking change: {change.detail}; "
+                        'send "allow_breaking": true to save it anyway',
+                        "keyword": change.kind,
+                    }
+                    for change in exc.changes
+                ]
+            ) from exc
+        data = self.get_serializer(self.get_queryset().get(pk=instance.pk)).data
+        data["breaking_changes"] = [c.as_dict() for c in result.changes]
+        return Response(data)
+
+    @extend_schema(responses={200: OpenApiTypes.OBJECT})
+    @action(detail=True, methods=["get"], url_path="schema")
+    def payload_schema(self, request: Request, name: str | None = None) -> Response:
+        """The JSON Schema of the webhook payloads this event type sends: the envelope with the
+        current schema as `data`, for consumers to validate what they receive."""
+        event_type = self.get_object()
+        return Response(outbound_schema(event_type.name, event_type.current_schema))

@@ -119,3 +119,20 @@ def test_a_chunked_body_over_the_limit_is_413_and_nothing_stored(
     assert status == 413
     assert body["error"] == "payload_too_large"
     assert not Event.objects.exists()
+
+
+def test_nul_characters_are_400_not_500(typed: APIClient) -> None:
+    # PostgreSQL cannot store or compare text with NUL: in a filter, a path or a JSON string
+    assert typed.get("/api/v1/deliveries/", {"endpoint": "ep\x00x"}).status_code == 400
+    assert typed.get("/api/v1/endpoints/ep%00x/").status_code == 400
+    body = b'{"type": "order.created", "data": {"name": "a\\u0000b"}}'
+    response = typed.post("/api/v1/events/", body, content_type="application/json")
+    assert response.status_code == 400
+    assert "NUL" in response.json()["detail"]
+    assert not Event.objects.exists()
+    # the six characters \u0000 as text (an escaped backslash) are fine
+    literal = b'{"type": "order.created", "data": {"name": "a\\\\u0000b"}}'
+    assert (
+        typed.post("/api/v1/events/", literal, content_type="application/json").status_code == 202
+    )
+    assert Event.objects.get().data == {"name": "a\\u0000b"}
