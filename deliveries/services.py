@@ -21,6 +21,7 @@ from django.utils import timezone
 from kombu.exceptions import KombuError
 from redis.exceptions import RedisError
 
+from schemas_app import payloads
 from schemas_app.models import EventType, SchemaVersion
 from schemas_app.selectors import schema_version_current
 from schemas_app.validation import validate
@@ -307,6 +308,9 @@ class Claim:
     timeout: float | None
     schedule: list[int] | None
     keys: list[signing.SigningKey]  # of every secret still valid, newest first
+    type_mapping: str | None = None  # JSON text: the event type's transformation
+    endpoint_mapping: str | None = None  # JSON text: this endpoint's mapping for the type
+    output_schema: str | None = None  # JSON text: what the payload must match
 
 
 _D = Delivery._meta.db_table
@@ -314,6 +318,7 @@ _E = Event._meta.db_table
 _P = Endpoint._meta.db_table
 
 _S = EndpointSecret._meta.db_table
+_T = EventType._meta.db_table
 
 # One statement, one round trip, in autocommit. Rows are locked in id order and locked ones
 # skipped, so two claims over overlapping ids never deadlock and never both win a row. Returns
@@ -334,13 +339,14 @@ due AS (
 UPDATE {_D} AS d
    SET status = 'in_flight', attempt_count = d.attempt_count + 1,
        lease_expires_at = %(lease)s, last_attempt_at = %(now)s
-  FROM cfg, due, {_E} AS e, {_P} AS p
- WHERE d.id = due.id AND e.id = d.event_id AND p.id = d.endpoint_id
+  FROM cfg, due, {_E} AS e, {_P} AS p, {_T} AS t
+ WHERE d.id = due.id AND e.id = d.event_id AND p.id = d.endpoint_id AND t.name = e.type
 RETURNING d.id, d.attempt_count, d.retry_base, e.id, e.type, e.occurred_at, e.data::text,
           p.id, p.url, p.enabled, p.headers::text, p.timeout_seconds, p.retry_schedule,
           ARRAY(SELECT s.secret FROM {_S} AS s
                  WHERE s.endpoint_id = p.id AND (s.expires_at IS NULL OR s.expires_at > %(now)s)
-                 ORDER BY s.created_at DESC)
+                 ORDER BY s.created_at DESC),
+          t.transform::text, (p.transforms -> e.type)::text, t.output_schema::text
 """  # noqa: S608 - table names are ours, every value is a parameter
 
 
@@ -373,6 +379,9 @@ def deliveries_claim(
             schedule=r[12],
             keys=keys.get(r[7])
             or keys.setdefault(r[7], [signing.signing_key(crypto.decrypt(x)) for x in r[13]]),
+            type_mapping=r[14],
+            endpoint_mapping=r[15],
+            output_schema=r[16],
         )
         for r in rows
     ]
@@ -513,10 +522,21 @@ def deliveries_dispatch(*, delivery_ids: Sequence[int]) -> int:
         if isinstance(target, BlockedTarget):
             sender.finish(_refused(job, "ssrf_blocked", str(target)))
             continue
+        try:
+            payload = payloads.shape(
+                event_type=claim.event_type,
+                data=claim.data,
+                type_mapping=claim.type_mapping,
+                endpoint_mapping=claim.endpoint_mapping,
+                output_schema=claim.output_schema,
+            )
+        except payloads.PayloadRefused as exc:
+            sender.finish(_refused(job, "payload_invalid", str(exc)))
+            continue
         job.url = claim.url
         job.address = target.address
         job.body = build_body(
-            event_type=claim.event_type, occurred_at=claim.occurred_at, data=claim.data
+            event_type=claim.event_type, occurred_at=claim.occurred_at, data=payload
         )
         job.headers["webhook-signature"] = signing.signature_header(
             claim.keys, claim.event_id, timestamp, job.body

@@ -21,6 +21,14 @@ class EventType(models.Model):
     example = models.JSONField(
         null=True, blank=True, help_text="an example `data`, valid against the current schema"
     )
+    transform = models.JSONField(
+        null=True,
+        blank=True,
+        help_text="mapping from an event's data to the payload sent (schemas_app/transform.py)",
+    )
+    output_schema = models.JSONField(
+        null=True, blank=True, help_text="JSON Schema every payload must match before it is sent"
+    )
     created_at = models.DateTimeField(default=timezone.now, editable=False)
     updated_at = models.DateTimeField(auto_now=True)
 

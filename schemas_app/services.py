@@ -5,12 +5,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.db.models import Max
+from django.utils import timezone
 
 from .compatibility import Change, breaking_changes
 from .models import EventType, SchemaVersion
+from .payloads import PayloadRefused, check_mapping, shape
+from .transform import TransformError
 from .validation import InvalidSchema, check_schema, validate
 
 
@@ -20,6 +24,19 @@ def _checked(schema: Any) -> Any:
     except InvalidSchema as exc:
         raise ValidationError({"schema": str(exc)}) from exc
     return schema
+
+
+def _transform_checked(transform: Any, output_schema: Any) -> None:
+    if transform is not None:
+        try:
+            check_mapping(transform)
+        except TransformError as exc:
+            raise ValidationError({"transform": f"{exc.pointer}: {exc.message}"}) from exc
+    if output_schema is not None:
+        try:
+            check_schema(output_schema)
+        except InvalidSchema as exc:
+            raise ValidationError({"output_schema": str(exc)}) from exc
 
 
 def _example_checked(example: Any, schema: Any) -> None:
@@ -46,18 +63,31 @@ def event_type_create(
     description: str = "",
     archived: bool = False,
     example: Any = None,
+    transform: Any = None,
+    output_schema: Any = None,
     actor: str = "system",
 ) -> EventType:
     """Create an event type with version 1 of its schema."""
-    event_type = EventType(name=name, description=description, archived=archived, example=example)
+    event_type = EventType(
+        name=name,
+        description=description,
+        archived=archived,
+        example=example,
+        transform=transform,
+        output_schema=output_schema,
+    )
     event_type.full_clean()
     _checked(schema)
     _example_checked(example, schema)
+    _transform_checked(transform, output_schema)
     event_type.save()
     SchemaVersion.objects.create(
         event_type=event_type, version=1, schema=schema, created_by=actor[:200]
     )
     return event_type
+
+
+_UNSET: Any = object()
 
 
 @dataclass(frozen=True)
@@ -75,6 +105,8 @@ def event_type_update(
     archived: bool | None = None,
     schema: Any = None,
     example: Any = None,
+    transform: Any = _UNSET,
+    output_schema: Any = _UNSET,
     allow_breaking: bool = False,
     actor: str = "system",
 ) -> EventTypeUpdate:
@@ -110,7 +142,12 @@ def event_type_update(
             effective = schema
     if example is not None:
         locked.example = example
+    if transform is not _UNSET:
+        locked.transform = transform  # None removes it
+    if output_schema is not _UNSET:
+        locked.output_schema = output_schema
     _example_checked(locked.example, effective)
+    _transform_checked(locked.transform, locked.output_schema)
     locked.save()
     return EventTypeUpdate(event_type=locked, new_version=new_version, changes=changes)
 
@@ -128,3 +165,45 @@ def outbound_schema(name: str, data_schema: Any) -> dict[str, Any]:
             "data": data_schema if data_schema is not None else {},
         },
     }
+
+
+class PreviewRejected(Exception):
+    """The sample does not pass; `errors` are API error entries with pointers."""
+
+    def __init__(self, errors: list[dict[str, str]]) -> None:
+        super().__init__(f"{len(errors)} problems")
+        self.errors = errors
+
+
+def event_type_preview(*, event_type: EventType, data: Any, endpoint: Any = None) -> dict[str, Any]:
+    """What an event with `data` would be sent as (to `endpoint`): {"payload", "body"}.
+
+    The same steps as a delivery, in the same order: validate against the current schema,
+    transform, check the output schema, serialize once. Nothing is stored.
+    """
+    from deliveries.services import build_body  # deliveries depends on this app
+
+    version = event_type.versions.order_by("-version").first()
+    schema = version.schema if version is not None else {}
+    problems = validate(data, schema, cache_key=(event_type.name, version.pk if version else 0))
+    if problems:
+        raise PreviewRejected(
+            [
+                {"pointer": "/data" + p.pointer, "detail": p.detail, "keyword": p.keyword}
+                for p in problems
+            ]
+        )
+    overrides = (endpoint.transforms or {}) if endpoint is not None else {}
+    dumps = lambda value: None if value is None else orjson.dumps(value).decode()  # noqa: E731
+    try:
+        payload = shape(
+            event_type=event_type.name,
+            data=data,
+            type_mapping=dumps(event_type.transform),
+            endpoint_mapping=dumps(overrides.get(event_type.name)),
+            output_schema=dumps(event_type.output_schema),
+        )
+    except PayloadRefused as exc:
+        raise PreviewRejected([{"pointer": "/data", "detail": str(exc)}]) from exc
+    body = build_body(event_type=event_type.name, occurred_at=timezone.now(), data=payload)
+    return {"payload": payload, "body": body.decode()}

@@ -40,6 +40,7 @@ def endpoint_snapshot(endpoint: Endpoint) -> dict[str, Any]:
         "timeout_seconds": endpoint.timeout_seconds,
         "rate_limit_per_second": endpoint.rate_limit_per_second,
         "signature_scheme": endpoint.signature_scheme,
+        "transforms": endpoint.transforms,
     }
 
 

@@ -64,6 +64,11 @@ class Endpoint(models.Model):
     signature_scheme = models.CharField(
         max_length=20, choices=SignatureScheme.choices, default=SignatureScheme.HMAC
     )
+    transforms = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="per event type name, a mapping used instead of the type's for this endpoint",
+    )
     created_at = models.DateTimeField(default=timezone.now, editable=False)
     updated_at = models.DateTimeField(auto_now=True)
 

@@ -13,6 +13,10 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from schemas_app.models import EventType
+from schemas_app.payloads import check_mapping
+from schemas_app.transform import TransformError
+
 from . import audit, crypto
 from .models import ApiKey, Application, Endpoint, EndpointSecret, Source
 from .signing import generate_secret, new_secret
@@ -29,6 +33,7 @@ ENDPOINT_FIELDS = (
     "retry_schedule",
     "timeout_seconds",
     "signature_scheme",
+    "transforms",
 )
 
 
@@ -41,6 +46,22 @@ def check_target(url: str, *, resolve_host: bool = True) -> Target:
         https_only=settings.WEBHOOKS_HTTPS_ONLY,
         resolve_host=resolve_host,
     )
+
+
+def _transforms_checked(transforms: Any) -> None:
+    """An endpoint's per-type mappings: known event types, each mapping compiles."""
+    if not isinstance(transforms, dict):
+        raise ValidationError({"transforms": "Give an object of event type name -> mapping."})
+    known = set(EventType.objects.filter(name__in=list(transforms)).values_list("name", flat=True))
+    for name, mapping in transforms.items():
+        if name not in known:
+            raise ValidationError({"transforms": f"Unknown event type {name!r}."})
+        try:
+            check_mapping(mapping)
+        except TransformError as exc:
+            raise ValidationError(
+                {"transforms": f"/{name}{exc.pointer if exc.pointer != '/' else ''}: {exc.message}"}
+            ) from exc
 
 
 def _check_target(url: str) -> None:
@@ -66,6 +87,9 @@ def endpoint_create(*, actor: str = "system", **fields: Any) -> tuple[Endpoint, 
     if unknown:
         raise TypeError(f"unknown endpoint fields: {sorted(unknown)}")
     _check_target(fields["url"])
+    if "transforms" in fields:
+        fields["transforms"] = fields["transforms"] or {}  # null means none
+        _transforms_checked(fields["transforms"])
     endpoint = Endpoint(**fields)
     endpoint.full_clean()
     endpoint.save()
@@ -130,6 +154,9 @@ def endpoint_update(*, endpoint: Endpoint, actor: str = "system", **fields: Any)
     before = audit.endpoint_snapshot(Endpoint.objects.get(pk=endpoint.pk))
     if "url" in fields and fields["url"] != endpoint.url:
         _check_target(fields["url"])
+    if "transforms" in fields:
+        _transforms_checked(fields["transforms"] or {})
+        fields["transforms"] = fields["transforms"] or {}
     if fields.get("signature_scheme", endpoint.signature_scheme) != endpoint.signature_scheme:
         raise ValidationError(
             {

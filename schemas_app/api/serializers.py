@@ -34,6 +34,17 @@ class EventTypeSerializer(serializers.ModelSerializer):
         help_text="Save a new schema version even if it breaks what the current one accepted.",
     )
     versions = SchemaVersionSerializer(many=True, read_only=True)
+    transform = serializers.JSONField(
+        required=False,
+        allow_null=True,
+        help_text="Mapping from an event's data to the payload sent: leaves are JMESPath "
+        'expressions over `data`, or {"$literal": value}.',
+    )
+    output_schema = serializers.JSONField(
+        required=False,
+        allow_null=True,
+        help_text="JSON Schema every payload must match after the transformation.",
+    )
 
     class Meta:
         model = EventType
@@ -43,6 +54,8 @@ class EventTypeSerializer(serializers.ModelSerializer):
             "schema",
             "version",
             "example",
+            "transform",
+            "output_schema",
             "archived",
             "allow_breaking",
             "versions",
@@ -62,3 +75,15 @@ class EventTypeSerializer(serializers.ModelSerializer):
             fields["name"].read_only = True  # the name is the public key
             fields["schema"].required = False
         return fields
+
+
+class PreviewSerializer(serializers.Serializer):
+    data = serializers.JSONField(help_text="A sample event's data.")
+    endpoint = serializers.CharField(
+        required=False, allow_null=True, help_text="Preview what this endpoint would receive."
+    )
+
+
+class PreviewResultSerializer(serializers.Serializer):
+    payload = serializers.JSONField(help_text="The payload after transformation.")
+    body = serializers.CharField(help_text="Exactly the bytes that would be sent (and signed).")

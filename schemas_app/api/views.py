@@ -15,14 +15,17 @@ from schemas_app.models import EventType
 from schemas_app.selectors import event_type_list
 from schemas_app.services import (
     BreakingSchemaChange,
+    PreviewRejected,
     event_type_create,
+    event_type_preview,
     event_type_update,
     outbound_schema,
 )
-from webhooks.scoping import refuse_if_limited
+from webhooks.models import Endpoint
+from webhooks.scoping import for_key, refuse_if_limited
 from webhooks_project.errors import UnprocessableEntity, from_django_validation
 
-from .serializers import EventTypeSerializer
+from .serializers import EventTypeSerializer, PreviewResultSerializer, PreviewSerializer
 
 
 class EventTypeViewSet(
@@ -38,6 +41,7 @@ class EventTypeViewSet(
     lookup_field = "name"
     lookup_value_regex = r"[^/]+"
     write_scope = "event-types:manage"
+    scope_for_action = {"preview": "read"}  # a POST that changes nothing
 
     def get_queryset(self):  # type: ignore[no-untyped-def]
         return event_type_list()
@@ -83,6 +87,32 @@ class EventTypeViewSet(
         data = self.get_serializer(self.get_queryset().get(pk=instance.pk)).data
         data["breaking_changes"] = [c.as_dict() for c in result.changes]
         return Response(data)
+
+    @extend_schema(request=PreviewSerializer, responses={200: PreviewResultSerializer})
+    @action(detail=True, methods=["post"])
+    def preview(self, request: Request, name: str | None = None) -> Response:
+        """Exactly the body an event with this `data` would be sent with (to `endpoint`, if
+        given): validated against the schema, transformed, checked against the output schema.
+        Nothing is stored or sent."""
+        event_type = self.get_object()
+        options = PreviewSerializer(data=request.data)
+        options.is_valid(raise_exception=True)
+        endpoint = None
+        if options.validated_data.get("endpoint"):
+            endpoint = (
+                for_key(request, Endpoint.objects.all(), "application_id")
+                .filter(pk=options.validated_data["endpoint"])
+                .first()
+            )
+            if endpoint is None:
+                raise ValidationError({"endpoint": ["No such endpoint."]})
+        try:
+            result = event_type_preview(
+                event_type=event_type, data=options.validated_data["data"], endpoint=endpoint
+            )
+        except PreviewRejected as exc:
+            raise UnprocessableEntity(exc.errors) from exc
+        return Response(result)
 
     @extend_schema(responses={200: OpenApiTypes.OBJECT})
     @action(detail=True, methods=["get"], url_path="schema")

@@ -63,6 +63,12 @@ class EndpointSerializer(serializers.ModelSerializer):
         min_value=1, max_value=MAX_TIMEOUT_SECONDS, required=False, allow_null=True
     )
     rate_limit_per_second = serializers.IntegerField(min_value=1, required=False, allow_null=True)
+    transforms = serializers.DictField(
+        child=serializers.JSONField(),
+        required=False,
+        allow_null=True,
+        help_text="Per event type name, a mapping used instead of the type's for this endpoint.",
+    )
 
     class Meta:
         model = Endpoint
@@ -81,6 +87,7 @@ class EndpointSerializer(serializers.ModelSerializer):
             "retry_schedule",
             "timeout_seconds",
             "signature_scheme",
+            "transforms",
             "created_at",
             "updated_at",
         ]
