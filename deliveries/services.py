@@ -7,7 +7,7 @@ import math
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any
@@ -171,11 +171,13 @@ def _store(
         if key is not None and key in stored:
             plan.append((stored[key], False))
             continue
+        sensitive = versions[item.type].event_type.sensitive_fields
         event = Event(
             event_type_id=item.type,
             schema_version=versions[item.type],
             application=app,
-            data=item.data,
+            # sensitive fields are stored encrypted: no dump, log or admin page shows them
+            data=payloads.seal(item.data, sensitive, crypto.encrypt) if sensitive else item.data,
             idempotency_key=item.idempotency_key,
             occurred_at=item.occurred_at or now,
             created_at=now,
@@ -311,6 +313,10 @@ class Claim:
     type_mapping: str | None = None  # JSON text: the event type's transformation
     endpoint_mapping: str | None = None  # JSON text: this endpoint's mapping for the type
     output_schema: str | None = None  # JSON text: what the payload must match
+    type_masking: str | None = None  # JSON text: the type's masking rules
+    endpoint_masking: str | None = None  # JSON text: this endpoint's rules for the type
+    encryption_key: str | None = None  # JSON text: the endpoint's public JWK
+    sensitive_fields: list[str] = field(default_factory=list)  # stored encrypted in `data`
 
 
 _D = Delivery._meta.db_table
@@ -346,7 +352,9 @@ RETURNING d.id, d.attempt_count, d.retry_base, e.id, e.type, e.occurred_at, e.da
           ARRAY(SELECT s.secret FROM {_S} AS s
                  WHERE s.endpoint_id = p.id AND (s.expires_at IS NULL OR s.expires_at > %(now)s)
                  ORDER BY s.created_at DESC),
-          t.transform::text, (p.transforms -> e.type)::text, t.output_schema::text
+          t.transform::text, (p.transforms -> e.type)::text, t.output_schema::text,
+          t.masking::text, (p.masking -> e.type)::text, p.encryption_key::text,
+          t.sensitive_fields::text
 """  # noqa: S608 - table names are ours, every value is a parameter
 
 
@@ -382,6 +390,10 @@ def deliveries_claim(
             type_mapping=r[14],
             endpoint_mapping=r[15],
             output_schema=r[16],
+            type_masking=r[17],
+            endpoint_masking=r[18],
+            encryption_key=r[19],
+            sensitive_fields=orjson.loads(r[20]) if r[20] else [],
         )
         for r in rows
     ]
@@ -525,12 +537,16 @@ def deliveries_dispatch(*, delivery_ids: Sequence[int]) -> int:
         try:
             payload = payloads.shape(
                 event_type=claim.event_type,
-                data=claim.data,
+                data=payloads.unseal(claim.data, claim.sensitive_fields, crypto.decrypt),
                 type_mapping=claim.type_mapping,
                 endpoint_mapping=claim.endpoint_mapping,
                 output_schema=claim.output_schema,
+                type_masking=claim.type_masking,
+                endpoint_masking=claim.endpoint_masking,
+                encryption_key=claim.encryption_key,
+                hash_key=settings.WEBHOOKS_HASH_KEY,
             )
-        except payloads.PayloadRefused as exc:
+        except (payloads.PayloadRefused, crypto.SecretUnreadable) as exc:
             sender.finish(_refused(job, "payload_invalid", str(exc)))
             continue
         job.url = claim.url

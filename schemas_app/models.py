@@ -29,6 +29,16 @@ class EventType(models.Model):
     output_schema = models.JSONField(
         null=True, blank=True, help_text="JSON Schema every payload must match before it is sent"
     )
+    masking = models.JSONField(
+        null=True,
+        blank=True,
+        help_text="rules applied to every payload after transformation (schemas_app/masking.py)",
+    )
+    sensitive_fields = models.JSONField(
+        default=list,
+        blank=True,
+        help_text="JSON pointers into an event's data whose values are stored encrypted",
+    )
     created_at = models.DateTimeField(default=timezone.now, editable=False)
     updated_at = models.DateTimeField(auto_now=True)
 

@@ -1,8 +1,10 @@
 """From an event's `data` to the payload one endpoint receives. Pure; no ORM.
 
 The order is fixed: (validated at ingestion) -> transform (the endpoint's mapping for this type
-if it has one, else the type's) -> check against the type's output schema. A payload that fails
-is never sent, in part or in whole: the delivery fails with the reason.
+if it has one, else the type's) -> check against the type's output schema -> mask and encrypt
+(the endpoint's rules for this type if it has them, else the type's) -> serialize once -> sign.
+A payload that fails any step is never sent, in part or in whole: the delivery fails with the
+reason.
 
 Compiled mappings and output validators are cached per process by their JSON text, so a changed
 mapping or schema is simply a new entry; nothing stale can be used.
@@ -16,6 +18,7 @@ from typing import Any
 
 import orjson
 
+from . import masking
 from .transform import Mapping, TransformError, compile_mapping
 from .validation import MAX_ERRORS, validate
 
@@ -29,6 +32,20 @@ def _mapping(text: str) -> Mapping:
     return compile_mapping(orjson.loads(text))
 
 
+@functools.lru_cache(maxsize=1024)
+def _rules(text: str) -> list[masking.Rule]:
+    return masking.parse_rules(orjson.loads(text))
+
+
+@functools.lru_cache(maxsize=256)
+def _encrypter(text: str) -> Any:
+    return masking.encrypter(orjson.loads(text))
+
+
+def _given(*texts: str | None) -> str | None:
+    return next((t for t in texts if t and t != "null"), None)
+
+
 def shape(
     *,
     event_type: str,
@@ -36,10 +53,15 @@ def shape(
     type_mapping: str | None,
     endpoint_mapping: str | None,
     output_schema: str | None,
+    type_masking: str | None = None,
+    endpoint_masking: str | None = None,
+    encryption_key: str | None = None,
+    hash_key: bytes = b"",
 ) -> Any:
-    """The payload `data` becomes for one endpoint; the mappings and schema come as JSON text
-    (as the claim query returns them). Raises PayloadRefused saying why."""
-    text = next((t for t in (endpoint_mapping, type_mapping) if t and t != "null"), None)
+    """The payload `data` becomes for one endpoint; mappings, schema, rules and key come as JSON
+    text (as the claim query returns them). Raises PayloadRefused saying why; the reason never
+    carries a value from the payload (it is stored with the attempt)."""
+    text = _given(endpoint_mapping, type_mapping)
     payload = data
     if text:
         try:
@@ -54,11 +76,64 @@ def shape(
             limit=MAX_ERRORS,
         )
         if problems:
-            listed = "; ".join(f"{p.pointer or '/'}: {p.detail}" for p in problems[:5])
+            listed = "; ".join(f"{p.pointer or '/'} fails '{p.keyword}'" for p in problems[:5])
             raise PayloadRefused(f"payload fails the output schema: {listed}")
+    rules_text = _given(endpoint_masking, type_masking)
+    if rules_text:
+        key_text = _given(encryption_key)
+        try:
+            payload = masking.apply(
+                payload,
+                _rules(rules_text),
+                hash_key=hash_key,
+                encrypt=_encrypter(key_text) if key_text else None,
+            )
+        except masking.MaskingError as exc:
+            raise PayloadRefused(f"masking failed at {exc}") from exc
     return payload
 
 
 def check_mapping(document: Any) -> None:
     """Raise TransformError unless `document` compiles as a mapping."""
     compile_mapping(document)
+
+
+# --- sensitive input fields, encrypted at rest ----------------------------------------------------
+
+SEALED = "$encrypted"
+
+
+def _path_rules(paths: list[str]) -> list[masking.Rule]:
+    return masking.parse_rules([{"path": p, "action": "encrypt"} for p in paths])
+
+
+def check_sensitive_fields(paths: Any) -> None:
+    """Raise MaskingError unless `paths` is a list of JSON pointers."""
+    if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
+        raise masking.MaskingError("/: give a list of JSON pointers like /customer/email")
+    _path_rules(paths)
+
+
+def seal(data: Any, paths: list[str], encrypt: Any) -> Any:
+    """`data` with the value at each path replaced by {"$encrypted": encrypt(its JSON)}."""
+    if not paths:
+        return data
+    return masking.apply(
+        data,
+        _path_rules(paths),
+        hash_key=b"",
+        encrypt=lambda value: {SEALED: encrypt(orjson.dumps(value).decode())},
+    )
+
+
+def unseal(data: Any, paths: list[str], decrypt: Any) -> Any:
+    """The inverse of `seal`, for sending."""
+    if not paths:
+        return data
+
+    def opened(value: Any) -> Any:
+        if isinstance(value, dict) and set(value) == {SEALED}:
+            return orjson.loads(decrypt(value[SEALED]))
+        return value
+
+    return masking.apply(data, _path_rules(paths), hash_key=b"", encrypt=opened)

@@ -6,14 +6,16 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.db.models import Max
 from django.utils import timezone
 
+from . import masking
 from .compatibility import Change, breaking_changes
 from .models import EventType, SchemaVersion
-from .payloads import PayloadRefused, check_mapping, shape
+from .payloads import PayloadRefused, check_mapping, check_sensitive_fields, shape
 from .transform import TransformError
 from .validation import InvalidSchema, check_schema, validate
 
@@ -24,6 +26,17 @@ def _checked(schema: Any) -> Any:
     except InvalidSchema as exc:
         raise ValidationError({"schema": str(exc)}) from exc
     return schema
+
+
+def _masking_checked(masking_rules: Any, sensitive_fields: Any) -> None:
+    try:
+        masking.parse_rules(masking_rules)
+    except masking.MaskingError as exc:
+        raise ValidationError({"masking": str(exc)}) from exc
+    try:
+        check_sensitive_fields(sensitive_fields)
+    except masking.MaskingError as exc:
+        raise ValidationError({"sensitive_fields": str(exc)}) from exc
 
 
 def _transform_checked(transform: Any, output_schema: Any) -> None:
@@ -65,6 +78,8 @@ def event_type_create(
     example: Any = None,
     transform: Any = None,
     output_schema: Any = None,
+    masking: Any = None,
+    sensitive_fields: Any = None,
     actor: str = "system",
 ) -> EventType:
     """Create an event type with version 1 of its schema."""
@@ -75,11 +90,14 @@ def event_type_create(
         example=example,
         transform=transform,
         output_schema=output_schema,
+        masking=masking,
+        sensitive_fields=sensitive_fields or [],
     )
     event_type.full_clean()
     _checked(schema)
     _example_checked(example, schema)
     _transform_checked(transform, output_schema)
+    _masking_checked(masking, event_type.sensitive_fields)
     event_type.save()
     SchemaVersion.objects.create(
         event_type=event_type, version=1, schema=schema, created_by=actor[:200]
@@ -107,6 +125,8 @@ def event_type_update(
     example: Any = None,
     transform: Any = _UNSET,
     output_schema: Any = _UNSET,
+    masking: Any = _UNSET,
+    sensitive_fields: Any = _UNSET,
     allow_breaking: bool = False,
     actor: str = "system",
 ) -> EventTypeUpdate:
@@ -147,7 +167,12 @@ def event_type_update(
     if output_schema is not _UNSET:
         locked.output_schema = output_schema
     _example_checked(locked.example, effective)
+    if masking is not _UNSET:
+        locked.masking = masking
+    if sensitive_fields is not _UNSET:
+        locked.sensitive_fields = sensitive_fields or []  # applies to events accepted from now
     _transform_checked(locked.transform, locked.output_schema)
+    _masking_checked(locked.masking, locked.sensitive_fields)
     locked.save()
     return EventTypeUpdate(event_type=locked, new_version=new_version, changes=changes)
 
@@ -194,6 +219,7 @@ def event_type_preview(*, event_type: EventType, data: Any, endpoint: Any = None
             ]
         )
     overrides = (endpoint.transforms or {}) if endpoint is not None else {}
+    rules = (endpoint.masking or {}) if endpoint is not None else {}
     dumps = lambda value: None if value is None else orjson.dumps(value).decode()  # noqa: E731
     try:
         payload = shape(
@@ -202,6 +228,10 @@ def event_type_preview(*, event_type: EventType, data: Any, endpoint: Any = None
             type_mapping=dumps(event_type.transform),
             endpoint_mapping=dumps(overrides.get(event_type.name)),
             output_schema=dumps(event_type.output_schema),
+            type_masking=dumps(event_type.masking),
+            endpoint_masking=dumps(rules.get(event_type.name)),
+            encryption_key=dumps(endpoint.encryption_key) if endpoint is not None else None,
+            hash_key=settings.WEBHOOKS_HASH_KEY,
         )
     except PayloadRefused as exc:
         raise PreviewRejected([{"pointer": "/data", "detail": str(exc)}]) from exc

@@ -84,3 +84,25 @@ def test_replay_selected_dead_letters_from_the_admin(
     assert dead_letter.replayed_by == "admin:admin"
     record.refresh_from_db()
     assert record.status == "pending"
+
+
+def test_the_event_type_preview_in_the_admin_shows_the_body_or_why_not(
+    admin_client: Client, db: None
+) -> None:
+    from schemas_app.services import event_type_create
+
+    event_type = event_type_create(
+        name="card.charged",
+        schema={"type": "object", "required": ["card"]},
+        transform={"card": "card", "id": "id"},
+        masking=[{"path": "/card", "action": "mask", "keep": 4}],
+    )
+    url = f"/admin/schemas_app/eventtype/{event_type.pk}/preview/"
+    assert admin_client.get(url).status_code == 200
+    shown = admin_client.post(url, {"data": '{"card": "4111111111111111", "id": "c-1"}'})
+    assert shown.status_code == 200
+    assert "************1111" in shown.content.decode()
+    assert "4111111111111111" not in shown.content.decode().split("preview-body")[1]
+    refused = admin_client.post(url, {"data": '{"id": "c-1"}'})
+    assert "Refused" in refused.content.decode()
+    assert "card" in refused.content.decode()

@@ -41,6 +41,8 @@ def endpoint_snapshot(endpoint: Endpoint) -> dict[str, Any]:
         "rate_limit_per_second": endpoint.rate_limit_per_second,
         "signature_scheme": endpoint.signature_scheme,
         "transforms": endpoint.transforms,
+        "masking": endpoint.masking,
+        "encryption_key": endpoint.encryption_key,  # public: safe to record
     }
 
 

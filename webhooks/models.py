@@ -69,6 +69,14 @@ class Endpoint(models.Model):
         blank=True,
         help_text="per event type name, a mapping used instead of the type's for this endpoint",
     )
+    masking = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="per event type name, masking rules used instead of the type's",
+    )
+    encryption_key = models.JSONField(
+        null=True, blank=True, help_text="public JWK that `encrypt` masking encrypts for"
+    )
     created_at = models.DateTimeField(default=timezone.now, editable=False)
     updated_at = models.DateTimeField(auto_now=True)
 

@@ -13,6 +13,7 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from schemas_app import masking
 from schemas_app.models import EventType
 from schemas_app.payloads import check_mapping
 from schemas_app.transform import TransformError
@@ -34,6 +35,8 @@ ENDPOINT_FIELDS = (
     "timeout_seconds",
     "signature_scheme",
     "transforms",
+    "masking",
+    "encryption_key",
 )
 
 
@@ -64,6 +67,21 @@ def _transforms_checked(transforms: Any) -> None:
             ) from exc
 
 
+def _masking_checked(rules: Any, encryption_key: Any) -> None:
+    if not isinstance(rules, dict):
+        raise ValidationError({"masking": "Give an object of event type name -> rules."})
+    for name, document in rules.items():
+        try:
+            masking.parse_rules(document)
+        except masking.MaskingError as exc:
+            raise ValidationError({"masking": f"/{name}{exc}"}) from exc
+    if encryption_key is not None:
+        try:
+            masking.check_public_jwk(encryption_key)
+        except masking.MaskingError as exc:
+            raise ValidationError({"encryption_key": str(exc)}) from exc
+
+
 def _check_target(url: str) -> None:
     try:
         check_target(url)
@@ -90,6 +108,9 @@ def endpoint_create(*, actor: str = "system", **fields: Any) -> tuple[Endpoint, 
     if "transforms" in fields:
         fields["transforms"] = fields["transforms"] or {}  # null means none
         _transforms_checked(fields["transforms"])
+    if "masking" in fields:
+        fields["masking"] = fields["masking"] or {}
+    _masking_checked(fields.get("masking") or {}, fields.get("encryption_key"))
     endpoint = Endpoint(**fields)
     endpoint.full_clean()
     endpoint.save()
@@ -157,6 +178,9 @@ def endpoint_update(*, endpoint: Endpoint, actor: str = "system", **fields: Any)
     if "transforms" in fields:
         _transforms_checked(fields["transforms"] or {})
         fields["transforms"] = fields["transforms"] or {}
+    if "masking" in fields or "encryption_key" in fields:
+        fields["masking"] = fields.get("masking", endpoint.masking) or {}
+        _masking_checked(fields["masking"], fields.get("encryption_key", endpoint.encryption_key))
     if fields.get("signature_scheme", endpoint.signature_scheme) != endpoint.signature_scheme:
         raise ValidationError(
             {

@@ -6,6 +6,7 @@ a throwaway secret key, loopback targets allowed. Anything else is treated as pr
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -320,6 +321,12 @@ WEBHOOKS_RETRY_SCHEDULE = env_int_list(
 WEBHOOKS_RETRY_JITTER = env_float("WEBHOOKS_RETRY_JITTER", 0.1)
 WEBHOOKS_DISABLE_AFTER = env_int("WEBHOOKS_DISABLE_AFTER", 5 * 24 * 3600, minimum=1)
 WEBHOOKS_MAX_PAYLOAD_BYTES = env_int("WEBHOOKS_MAX_PAYLOAD_BYTES", 1024 * 1024, minimum=1024)
+# The key of `hash` masking (HMAC-SHA256): consumers can join on hashed values without seeing
+# them. Derived from SECRET_KEY unless set; changing it changes every hashed value.
+WEBHOOKS_HASH_KEY = (
+    env_str("WEBHOOKS_HASH_KEY", "")
+    or hashlib.sha256(b"webhooks-hash:" + SECRET_KEY.encode()).hexdigest()
+).encode()
 # After a secret rotation the old secret keeps signing beside the new one this long (seconds).
 WEBHOOKS_SECRET_ROTATION_GRACE = env_int("WEBHOOKS_SECRET_ROTATION_GRACE", 24 * 3600, minimum=0)
 # Arrays and objects nested deeper than this are refused (400) before any schema sees them.

@@ -45,6 +45,18 @@ class EventTypeSerializer(serializers.ModelSerializer):
         allow_null=True,
         help_text="JSON Schema every payload must match after the transformation.",
     )
+    masking = serializers.JSONField(
+        required=False,
+        allow_null=True,
+        help_text='Rules applied after the transformation: [{"path": "/card", "action": "mask", '
+        '"keep": 4}]; actions redact, mask, hash, drop, encrypt.',
+    )
+    sensitive_fields = serializers.ListField(
+        child=serializers.CharField(max_length=500),
+        required=False,
+        allow_null=True,
+        help_text="JSON pointers into `data` whose values are stored encrypted.",
+    )
 
     class Meta:
         model = EventType
@@ -56,6 +68,8 @@ class EventTypeSerializer(serializers.ModelSerializer):
             "example",
             "transform",
             "output_schema",
+            "masking",
+            "sensitive_fields",
             "archived",
             "allow_breaking",
             "versions",

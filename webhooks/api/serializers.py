@@ -69,6 +69,17 @@ class EndpointSerializer(serializers.ModelSerializer):
         allow_null=True,
         help_text="Per event type name, a mapping used instead of the type's for this endpoint.",
     )
+    masking = serializers.DictField(
+        child=serializers.JSONField(),
+        required=False,
+        allow_null=True,
+        help_text="Per event type name, masking rules used instead of the type's.",
+    )
+    encryption_key = serializers.JSONField(
+        required=False,
+        allow_null=True,
+        help_text="Public JWK (RSA 2048+ or EC) that `encrypt` masking encrypts for.",
+    )
 
     class Meta:
         model = Endpoint
@@ -88,6 +99,8 @@ class EndpointSerializer(serializers.ModelSerializer):
             "timeout_seconds",
             "signature_scheme",
             "transforms",
+            "masking",
+            "encryption_key",
             "created_at",
             "updated_at",
         ]
