@@ -177,8 +177,22 @@ def event_type_update(
     return EventTypeUpdate(event_type=locked, new_version=new_version, changes=changes)
 
 
-def outbound_schema(name: str, data_schema: Any) -> dict[str, Any]:
-    """The JSON Schema of the body a consumer receives for event type `name`."""
+def outbound_schema(event_type: EventType) -> dict[str, Any]:
+    """The JSON Schema of the body a consumer receives for this event type.
+
+    `data` is described by the output schema when there is one. Without one, a transformed
+    payload has no declared shape (`{}`: anything), and an untransformed one is the event's data
+    as validated at ingestion, so the current input schema describes it. Masking can change a
+    field's type (a masked number becomes a string); the output schema is checked before it.
+    """
+    name = event_type.name
+    if event_type.output_schema is not None:
+        data_schema = event_type.output_schema
+    elif event_type.transform is not None:
+        data_schema = {}
+    else:
+        current = event_type.versions.order_by("-version").first()
+        data_schema = current.schema if current is not None else {}
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "title": f"{name} webhook",
@@ -187,7 +201,7 @@ def outbound_schema(name: str, data_schema: Any) -> dict[str, Any]:
         "properties": {
             "type": {"const": name},
             "timestamp": {"type": "string", "format": "date-time"},
-            "data": data_schema if data_schema is not None else {},
+            "data": data_schema,
         },
     }
 

@@ -117,7 +117,8 @@ class EventTypeViewSet(
     @extend_schema(responses={200: OpenApiTypes.OBJECT})
     @action(detail=True, methods=["get"], url_path="schema")
     def payload_schema(self, request: Request, name: str | None = None) -> Response:
-        """The JSON Schema of the webhook payloads this event type sends: the envelope with the
-        current schema as `data`, for consumers to validate what they receive."""
+        """The JSON Schema of the webhook payloads this event type sends, for consumers to
+        validate what they receive: the envelope, with `data` described by the output schema
+        (or, without a transformation, by the current input schema)."""
         event_type = self.get_object()
-        return Response(outbound_schema(event_type.name, event_type.current_schema))
+        return Response(outbound_schema(event_type))

@@ -164,3 +164,13 @@ def test_each_endpoint_gets_its_shape_and_a_payload_failing_the_output_schema_is
     assert {standard["id"], partner["id"]} == set(
         Delivery.objects.filter(status="succeeded").values_list("endpoint_id", flat=True)
     )
+
+
+@pytest.mark.django_db
+def test_the_served_payload_schema_follows_the_output_schema(api: APIClient) -> None:
+    _order_type(api, transform=MAPPING, output_schema=OUTPUT_SCHEMA)
+    served = api.get("/api/v1/event-types/order.created/schema/").json()
+    assert served["properties"]["data"] == OUTPUT_SCHEMA
+    api.patch("/api/v1/event-types/order.created/", {"output_schema": None}, format="json")
+    served = api.get("/api/v1/event-types/order.created/schema/").json()
+    assert served["properties"]["data"] == {}  # transformed, with no declared shape
