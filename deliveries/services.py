@@ -32,6 +32,9 @@ from webhooks.operational import (
     ENDPOINT_DISABLED_DESCRIPTION,
     ENDPOINT_DISABLED_SCHEMA,
     OPERATIONAL_EVENT_TYPES,
+    WEBHOOK_TEST,
+    WEBHOOK_TEST_DESCRIPTION,
+    WEBHOOK_TEST_SCHEMA,
 )
 from webhooks.selectors import endpoint_ids_for_event
 from webhooks.services import check_target, endpoint_disable
@@ -813,6 +816,61 @@ def _iso(value: datetime | None) -> str | None:
     return value.astimezone(UTC).isoformat().replace("+00:00", "Z") if value else None
 
 
+def _operational_type(name: str, schema: dict[str, Any], description: str) -> SchemaVersion:
+    """The current version of an operational event type (its migration registers it; this
+    covers a database flushed since)."""
+    event_type, created = EventType.objects.get_or_create(
+        name=name, defaults={"description": description}
+    )
+    if created:
+        SchemaVersion.objects.create(event_type=event_type, version=1, schema=schema)
+    version = event_type.versions.order_by("-version").first()
+    assert version is not None
+    return version
+
+
+@dataclass(frozen=True)
+class TestSent:
+    event_id: str
+    delivery_id: int
+
+
+class EndpointNotSendable(Exception):
+    """The endpoint cannot receive a test event now (it is disabled)."""
+
+
+def endpoint_send_test(*, endpoint_id: str, actor: str) -> TestSent:
+    """Send the operational `webhook.test` event to this one endpoint, like any delivery
+    (signed, retried, recorded), without fanning it out to anyone else."""
+    endpoint = Endpoint.objects.select_related("application").get(pk=endpoint_id)
+    if not endpoint.enabled:
+        raise EndpointNotSendable("the endpoint is disabled; enable it first")
+    now = timezone.now()
+    with transaction.atomic():
+        version = _operational_type(WEBHOOK_TEST, WEBHOOK_TEST_SCHEMA, WEBHOOK_TEST_DESCRIPTION)
+        event = Event.objects.create(
+            event_type_id=WEBHOOK_TEST,
+            schema_version=version,
+            application=endpoint.application,
+            data={
+                "endpoint_id": endpoint.pk,
+                "message": "A test event from the webhook delivery service.",
+                "sent_by": actor[:200],
+                "sent_at": _iso(now),
+            },
+            occurred_at=now,
+            created_at=now,
+        )
+        (delivery_id,) = _deliveries_insert(
+            event_ids=[event.pk], endpoint_ids=[endpoint.pk], now=now
+        )
+        transaction.on_commit(
+            partial(deliveries_enqueue, delivery_ids=[delivery_id], queue=FRESH_QUEUE),
+            robust=True,
+        )
+    return TestSent(event_id=event.pk, delivery_id=delivery_id)
+
+
 def _emit_endpoint_disabled(*, endpoint_id: str) -> None:
     """Ingest the operational event `endpoint.disabled` for the endpoint's application."""
     row = (
@@ -820,13 +878,7 @@ def _emit_endpoint_disabled(*, endpoint_id: str) -> None:
         .values("id", "url", "application__uid", "disabled_reason", "disabled_at", "failing_since")
         .get()
     )
-    event_type, created = EventType.objects.get_or_create(
-        name=ENDPOINT_DISABLED, defaults={"description": ENDPOINT_DISABLED_DESCRIPTION}
-    )
-    if created:  # the migration registers it; this covers a database flushed since
-        SchemaVersion.objects.create(
-            event_type=event_type, version=1, schema=ENDPOINT_DISABLED_SCHEMA
-        )
+    _operational_type(ENDPOINT_DISABLED, ENDPOINT_DISABLED_SCHEMA, ENDPOINT_DISABLED_DESCRIPTION)
     data = {
         "endpoint_id": row["id"],
         "url": row["url"],

@@ -63,7 +63,24 @@ class EndpointAdmin(admin.ModelAdmin):
     formfield_overrides = {
         models.URLField: {"form_class": forms.URLField, "assume_scheme": "https"},
     }
-    actions = ["enable", "enable_and_replay_missed", "replay_dead_letters"]
+    actions = ["enable", "enable_and_replay_missed", "replay_dead_letters", "send_test_event"]
+
+    @admin.action(description="Send a test event to selected endpoints")
+    def send_test_event(self, request: HttpRequest, queryset: QuerySet[Endpoint]) -> None:
+        from deliveries.services import EndpointNotSendable, endpoint_send_test
+
+        sent, skipped = [], []
+        for endpoint in queryset:
+            try:
+                sent.append(
+                    endpoint_send_test(endpoint_id=endpoint.pk, actor=f"admin:{request.user}")
+                )
+            except EndpointNotSendable:
+                skipped.append(endpoint.pk)
+        message = f"Queued {len(sent)} webhook.test events; see each endpoint's deliveries."
+        if skipped:
+            message += f" Skipped {len(skipped)} disabled endpoints."
+        self.message_user(request, message, messages.SUCCESS)
 
     # Changes made here are audited like the API's (who: admin:<user>).
     def save_model(self, request: HttpRequest, obj: Endpoint, form: Any, change: bool) -> None:

@@ -323,6 +323,20 @@ def run() -> int:
     services = start_services(RUN_DIR, fast=False, persist=True)
     try:
         user, password, api_key = _dev_setup()
+        # for `manage.py` commands in another terminal: `set -a; . .run/env; set +a`
+        env_file = RUN_DIR / "env"
+        env_file.write_text(
+            "".join(
+                f"{name}={os.environ[name]}\n"
+                for name in (
+                    "WEBHOOKS_ENV",
+                    "WEBHOOKS_ALLOW_PRIVATE_TARGETS",
+                    "DATABASE_URL",
+                    "REDIS_URL",
+                )
+            )
+        )
+        env_file.chmod(0o600)
         python = sys.executable
         celery = [python, "-m", "celery", "-A", "webhooks_project"]
         manager = Manager()
@@ -352,6 +366,7 @@ def run() -> int:
             f"  API key    {api_key}   (also in .run/dev-api-key)\n"
             f"  PostgreSQL {os.environ['DATABASE_URL']}\n"
             f"  Redis      {os.environ['REDIS_URL']}\n"
+            "  Commands   set -a; . .run/env; set +a; .venv/bin/python manage.py seed_demo\n"
             "  Ctrl-C stops everything.\n",
             flush=True,
         )

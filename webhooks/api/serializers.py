@@ -202,3 +202,8 @@ class EndpointEnabledSerializer(serializers.Serializer):
     backfilled = serializers.IntegerField(
         help_text="Deliveries created for events missed while disabled; the sweeper sends them."
     )
+
+
+class TestSentSerializer(serializers.Serializer):
+    event = serializers.CharField(help_text="the webhook.test event's id (its webhook-id)")
+    delivery = serializers.IntegerField(help_text="the delivery to follow in deliveries/")

@@ -32,6 +32,7 @@ from .serializers import (
     EndpointSerializer,
     SecretRotatedSerializer,
     SecretRotateSerializer,
+    TestSentSerializer,
     credentials,
 )
 
@@ -137,6 +138,25 @@ class EndpointViewSet(viewsets.ModelViewSet):
         endpoint = self.get_object()
         secrets = endpoint_active_secrets(endpoint_id=endpoint.pk)
         return Response(EndpointSecretSerializer(secrets[0] if secrets else None).data)
+
+    @extend_schema(request=None, responses={202: TestSentSerializer})
+    @action(detail=True, methods=["post"])
+    def test(self, request: Request, pk: str | None = None) -> Response:
+        """Send this endpoint a signed `webhook.test` event, delivered like any other."""
+        from deliveries.services import EndpointNotSendable, endpoint_send_test
+
+        endpoint = self.get_object()
+        try:
+            sent = endpoint_send_test(endpoint_id=endpoint.pk, actor=str(request.user))
+        except EndpointNotSendable as exc:
+            return Response(
+                {"error": "conflict", "detail": f"Not sent: {exc}."},
+                status=status.HTTP_409_CONFLICT,
+            )
+        return Response(
+            {"event": sent.event_id, "delivery": sent.delivery_id},
+            status=status.HTTP_202_ACCEPTED,
+        )
 
     @extend_schema(request=SecretRotateSerializer, responses=SecretRotatedSerializer)
     @action(detail=True, methods=["post"], url_path="rotate-secret")

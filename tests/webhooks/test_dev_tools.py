@@ -1,0 +1,135 @@
+"""Developer tools: a test event sent to one endpoint, and the local `listen` consumer."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+from django.core.management import CommandError, call_command
+from rest_framework.test import APIClient
+from standardwebhooks import Webhook
+
+from deliveries.models import Delivery
+from tests.conftest import BASE_DIR, WorkerProcess, terminate, wait_until, worker_env
+from tests.sink import Sink
+from webhooks import signing, transport
+from webhooks.management.commands.listen import check
+from webhooks_project.localstack import free_port
+
+
+@pytest.mark.integration
+@pytest.mark.django_db(transaction=True)
+def test_a_test_event_reaches_only_its_endpoint_signed(
+    api: APIClient, sink: Sink, celery_worker: WorkerProcess
+) -> None:
+    target = api.post("/api/v1/endpoints/", {"url": sink.url("target")}, format="json").json()
+    api.post("/api/v1/endpoints/", {"url": sink.url("bystander")}, format="json")
+    answer = api.post(f"/api/v1/endpoints/{target['id']}/test/")
+    assert answer.status_code == 202
+    (request,) = sink.wait_for(1, "target")
+    payload = Webhook(target["secret"]).verify(request.body, request.headers)
+    assert payload["type"] == "webhook.test"
+    assert payload["data"]["endpoint_id"] == target["id"]
+    assert request.headers["webhook-id"] == answer.json()["event"]
+    wait_until(lambda: Delivery.objects.filter(status="succeeded").count() == 1)
+    time.sleep(0.3)
+    assert sink.requests("bystander") == []
+    # the command does the same; a disabled endpoint is refused, not queued
+    out = io.StringIO()
+    call_command("send_test_event", target["id"], stdout=out)
+    assert "queued webhook.test event" in out.getvalue()
+    api.patch(f"/api/v1/endpoints/{target['id']}/", {"enabled": False}, format="json")
+    refused = api.post(f"/api/v1/endpoints/{target['id']}/test/")
+    assert refused.status_code == 409
+    assert "disabled" in refused.json()["detail"]
+    with pytest.raises(CommandError, match="no endpoint"):
+        call_command("send_test_event", "ep_nope")
+
+
+def test_the_listener_prints_each_delivery_and_whether_it_verifies() -> None:
+    secret = signing.generate_secret()
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "manage.py", "listen", "--port", str(port), "--secret", secret],
+        cwd=BASE_DIR,
+        env=worker_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    lines: list[str] = []
+
+    def pump() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+
+    threading.Thread(target=pump, daemon=True).start()
+    try:
+        wait_until(lambda: any("listening on" in line for line in lines), timeout=30)
+        url = f"http://127.0.0.1:{port}/hook"
+        body = b'{"type": "order.created", "data": {"id": "o-1"}}'
+
+        def send(key_secret: str, msg_id: str) -> int | None:
+            ts = int(time.time())
+            headers = {
+                "webhook-id": msg_id,
+                "webhook-timestamp": str(ts),
+                "webhook-signature": signing.sign(signing.secret_key(key_secret), msg_id, ts, body),
+                "content-type": "application/json",
+            }
+            result = transport.post(
+                url, body, headers, timeout=5, connect_timeout=2, max_response_bytes=100
+            )
+            return result.status_code
+
+        assert send(secret, "msg_good") == 204
+        assert send(signing.generate_secret(), "msg_forged") == 401
+        wait_until(lambda: sum("-->" in line for line in lines) == 2)
+        text = "".join(lines)
+        assert "msg_good  OK" in text
+        assert "msg_forged  INVALID: no signature matches" in text
+        assert '"id": "o-1"' in text
+    finally:
+        terminate(proc)
+
+
+def test_the_listener_checks_ed25519_endpoints_too() -> None:
+    secret = signing.generate_ed25519_secret()
+    ts = int(time.time())
+    body = b"{}"
+    header = signing.signature_header([signing.signing_key(secret)], "msg_1", ts, body)
+    headers = {"webhook-id": "msg_1", "webhook-timestamp": str(ts), "webhook-signature": header}
+    assert check([secret], headers, body, time.time()) == "OK"
+    assert check([secret], headers, b"{ }", time.time()) == "INVALID: no signature matches"
+    stale = check([secret], headers, body, time.time() + 600)
+    assert stale == "INVALID: webhook-timestamp is outside the allowed tolerance"
+
+
+@pytest.mark.django_db
+def test_seed_demo_registers_a_type_and_a_listener_endpoint_once(api: APIClient) -> None:
+    out = io.StringIO()
+    call_command("seed_demo", stdout=out)
+    call_command("seed_demo", stdout=io.StringIO())  # again: nothing doubled
+    from schemas_app.models import EventType
+    from webhooks.models import Endpoint
+
+    assert EventType.objects.filter(name="demo.order.created").count() == 1
+    (endpoint,) = Endpoint.objects.filter(url="http://127.0.0.1:9000/demo")
+    assert f"listen --port 9000 --endpoint {endpoint.pk}" in out.getvalue()
+    preview = api.post(
+        "/api/v1/event-types/demo.order.created/preview/",
+        {
+            "data": {
+                "order": {"id": "o-1", "total_cents": 1, "currency": "EUR"},
+                "customer": {"email": "ada@example.com"},
+            }
+        },
+        format="json",
+    ).json()
+    assert preview["payload"]["customer_email"] == "****example.com"
