@@ -17,7 +17,9 @@ from enum import StrEnum
 _RNG = random.Random()  # noqa: S311 - jitter, not cryptography; seeding one per call was costly
 RETRYABLE_4XX = frozenset({408, 409, 425, 429})
 RETRY_AFTER_STATUSES = frozenset({429, 503})
-RETRYABLE_ERRORS = frozenset({"timeout", "connection", "tls", "protocol"})
+# `secret_unreadable`: the endpoint's secret is under an encryption key no longer configured;
+# retried on the schedule, so restoring the key lets the delivery through.
+RETRYABLE_ERRORS = frozenset({"timeout", "connection", "tls", "protocol", "secret_unreadable"})
 
 
 class Verdict(StrEnum):

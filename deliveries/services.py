@@ -312,7 +312,8 @@ class Claim:
     headers: dict[str, str]
     timeout: float | None
     schedule: list[int] | None
-    keys: list[signing.SigningKey]  # of every secret still valid, newest first
+    keys: list[signing.SigningKey] | None  # of every secret still valid, newest first;
+    # None when the stored secret cannot be decrypted (its encryption key is gone)
     type_mapping: str | None = None  # JSON text: the event type's transformation
     endpoint_mapping: str | None = None  # JSON text: this endpoint's mapping for the type
     output_schema: str | None = None  # JSON text: what the payload must match
@@ -372,7 +373,18 @@ def deliveries_claim(
             {"ids": list(delivery_ids), "now": now, "lease": lease, "skip": list(skip_endpoints)},
         )
         rows = cursor.fetchall()
-    keys: dict[str, list[bytes]] = {}  # decoded once per endpoint
+    keys: dict[str, list[signing.SigningKey] | None] = {}  # decoded once per endpoint
+
+    def signing_keys(endpoint_id: str, stored: list[str]) -> list[signing.SigningKey] | None:
+        if endpoint_id not in keys:
+            try:
+                keys[endpoint_id] = [signing.signing_key(crypto.decrypt(x)) for x in stored]
+            except crypto.SecretUnreadable:
+                # claimed already: the attempt must end recorded, never stuck in flight
+                logger.error("endpoint %s: no configured key decrypts its secret", endpoint_id)
+                keys[endpoint_id] = None
+        return keys[endpoint_id]
+
     return [
         Claim(
             delivery_id=r[0],
@@ -388,8 +400,7 @@ def deliveries_claim(
             headers=orjson.loads(r[10]) if r[10] else {},
             timeout=float(r[11]) if r[11] else None,
             schedule=r[12],
-            keys=keys.get(r[7])
-            or keys.setdefault(r[7], [signing.signing_key(crypto.decrypt(x)) for x in r[13]]),
+            keys=signing_keys(r[7], r[13]),
             type_mapping=r[14],
             endpoint_mapping=r[15],
             output_schema=r[16],
@@ -536,6 +547,15 @@ def deliveries_dispatch(*, delivery_ids: Sequence[int]) -> int:
         target = checked[claim.url]
         if isinstance(target, BlockedTarget):
             sender.finish(_refused(job, "ssrf_blocked", str(target)))
+            continue
+        if claim.keys is None:
+            sender.finish(
+                _refused(
+                    job,
+                    "secret_unreadable",
+                    "no key in WEBHOOKS_ENCRYPTION_KEYS decrypts this endpoint's secret",
+                )
+            )
             continue
         try:
             payload = payloads.shape(
@@ -830,7 +850,7 @@ def _operational_type(name: str, schema: dict[str, Any], description: str) -> Sc
 
 
 @dataclass(frozen=True)
-class TestSent:
+class SentTestEvent:
     event_id: str
     delivery_id: int
 
@@ -839,7 +859,7 @@ class EndpointNotSendable(Exception):
     """The endpoint cannot receive a test event now (it is disabled)."""
 
 
-def endpoint_send_test(*, endpoint_id: str, actor: str) -> TestSent:
+def endpoint_send_test(*, endpoint_id: str, actor: str) -> SentTestEvent:
     """Send the operational `webhook.test` event to this one endpoint, like any delivery
     (signed, retried, recorded), without fanning it out to anyone else."""
     endpoint = Endpoint.objects.select_related("application").get(pk=endpoint_id)
@@ -868,7 +888,7 @@ def endpoint_send_test(*, endpoint_id: str, actor: str) -> TestSent:
             partial(deliveries_enqueue, delivery_ids=[delivery_id], queue=FRESH_QUEUE),
             robust=True,
         )
-    return TestSent(event_id=event.pk, delivery_id=delivery_id)
+    return SentTestEvent(event_id=event.pk, delivery_id=delivery_id)
 
 
 def _emit_endpoint_disabled(*, endpoint_id: str) -> None:

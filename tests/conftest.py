@@ -217,3 +217,25 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     if report.failed and isinstance(worker, WorkerProcess):
         report.sections.append(("celery worker output", "".join(worker.output[-80:])))
     return report
+
+
+@pytest.fixture
+def local_sender(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`deliveries_dispatch` in this process sends and records on a sender of its own, whose
+    recorder lets go of its database connection after each batch (so the test database can be
+    dropped at the end)."""
+    from django.db import connection
+
+    from deliveries import services
+    from webhooks_project.process_local import ProcessLocal
+
+    recorded = services.attempts_record
+
+    def record(jobs: Any) -> None:
+        try:
+            recorded(jobs)
+        finally:
+            connection.close()
+
+    monkeypatch.setattr(services, "attempts_record", record)
+    monkeypatch.setattr(services, "_senders", ProcessLocal(services._new_sender))

@@ -6,12 +6,14 @@ import time
 from typing import Any
 
 import pytest
+from cryptography.fernet import Fernet
 from django.utils import timezone
 
 from deliveries.models import Delivery, DeliveryAttempt, Event
 from deliveries.sender import Job
-from deliveries.services import attempts_record, deliveries_claim
+from deliveries.services import attempts_record, deliveries_claim, deliveries_dispatch
 from schemas_app.services import event_type_create
+from tests.conftest import wait_until
 from webhooks import transport
 from webhooks.services import application_create, endpoint_create
 
@@ -66,3 +68,21 @@ def test_a_batch_recorded_twice_keeps_one_attempt_row_per_try() -> None:
 
     # then each try still has exactly one attempt row
     assert DeliveryAttempt.objects.count() == 2
+
+
+def test_a_secret_no_key_decrypts_ends_as_a_retried_attempt_not_a_stuck_claim(
+    settings: Any, local_sender: None
+) -> None:
+    # given a delivery whose endpoint secret is under a key that is no longer configured
+    event_type_create(name="order.created", schema={"type": "object"})
+    endpoint, _ = endpoint_create(url="http://127.0.0.1:9/x")
+    event = Event.objects.create(event_type_id="order.created", data={})
+    delivery = Delivery.objects.create(event=event, endpoint=endpoint)
+    settings.WEBHOOKS_ENCRYPTION_KEYS = [Fernet.generate_key().decode()]
+    # when it is dispatched
+    deliveries_dispatch(delivery_ids=[delivery.pk])
+    # then the attempt is recorded with the reason and the delivery waits for its retry
+    wait_until(lambda: DeliveryAttempt.objects.filter(delivery=delivery).exists())
+    attempt = DeliveryAttempt.objects.get(delivery=delivery)
+    assert attempt.error_class == "secret_unreadable"
+    wait_until(lambda: Delivery.objects.get(pk=delivery.pk).status == "pending")

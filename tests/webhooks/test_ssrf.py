@@ -20,10 +20,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from django.db import connection
 from rest_framework.test import APIClient
 
-from deliveries import services
 from deliveries.backoff import Verdict, decide
 from deliveries.models import Delivery, DeliveryAttempt, Event
 from deliveries.services import deliveries_dispatch
@@ -110,19 +108,8 @@ def test_registration_refuses_an_internal_url(api: APIClient, settings: Any) -> 
 
 @pytest.mark.django_db(transaction=True)
 def test_an_internal_target_at_send_time_fails_once_as_ssrf_blocked(
-    settings: Any, monkeypatch: pytest.MonkeyPatch
+    settings: Any, local_sender: None
 ) -> None:
-    # this process sends and records (a sender of its own, whose recorder lets go of its
-    # database connection so the test database can be dropped)
-    def record(jobs: Any) -> None:
-        try:
-            recorded(jobs)
-        finally:
-            connection.close()
-
-    recorded = services.attempts_record
-    monkeypatch.setattr(services, "attempts_record", record)
-    monkeypatch.setattr(services, "_senders", ProcessLocal(services._new_sender))
     # given an endpoint registered while private targets were allowed
     event_type_create(name="order.created", schema={})
     endpoint, _ = endpoint_create(url="http://127.0.0.1:9/internal")

@@ -204,6 +204,6 @@ class EndpointEnabledSerializer(serializers.Serializer):
     )
 
 
-class TestSentSerializer(serializers.Serializer):
+class SentTestEventSerializer(serializers.Serializer):
     event = serializers.CharField(help_text="the webhook.test event's id (its webhook-id)")
     delivery = serializers.IntegerField(help_text="the delivery to follow in deliveries/")

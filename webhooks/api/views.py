@@ -32,7 +32,7 @@ from .serializers import (
     EndpointSerializer,
     SecretRotatedSerializer,
     SecretRotateSerializer,
-    TestSentSerializer,
+    SentTestEventSerializer,
     credentials,
 )
 
@@ -139,7 +139,7 @@ class EndpointViewSet(viewsets.ModelViewSet):
         secrets = endpoint_active_secrets(endpoint_id=endpoint.pk)
         return Response(EndpointSecretSerializer(secrets[0] if secrets else None).data)
 
-    @extend_schema(request=None, responses={202: TestSentSerializer})
+    @extend_schema(request=None, responses={202: SentTestEventSerializer})
     @action(detail=True, methods=["post"])
     def test(self, request: Request, pk: str | None = None) -> Response:
         """Send this endpoint a signed `webhook.test` event, delivered like any other."""
