@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 from datetime import timedelta
 
@@ -77,11 +78,19 @@ def _verify_source_signature(request: Request, source: Source) -> None:
     The id is reserved in the cache for twice the tolerance; `ReplayWindowMiddleware` releases
     it when the request is not accepted (4xx/5xx), so the source may send that message again.
     """
+    from webhooks_project.errors import ServiceUnavailable  # it imports DRF's views
+
     django_request = request._request
     meta = django_request.META
     try:
+        secret = crypto.decrypt(source.secret)
+    except crypto.SecretUnreadable as exc:
+        raise ServiceUnavailable(
+            "The source's secret cannot be read (encryption keys); nothing was stored."
+        ) from exc
+    try:
         signing.verify(
-            [signing.secret_key(crypto.decrypt(source.secret))],
+            [signing.secret_key(secret)],
             msg_id=meta.get("HTTP_WEBHOOK_ID"),
             timestamp=meta.get("HTTP_WEBHOOK_TIMESTAMP"),
             signature=meta.get("HTTP_WEBHOOK_SIGNATURE"),
@@ -90,12 +99,11 @@ def _verify_source_signature(request: Request, source: Source) -> None:
         )
     except signing.SignatureError as exc:
         raise exceptions.AuthenticationFailed(f"Signature check failed: {exc}.") from exc
-    key = f"replay:{source.pk}:{meta['HTTP_WEBHOOK_ID']}"
+    digest = hashlib.sha256(meta["HTTP_WEBHOOK_ID"].encode("utf-8", "replace")).hexdigest()
+    key = f"replay:{source.pk}:{digest}"  # any header value becomes a well-formed cache key
     try:
         fresh = cache.add(key, 1, timeout=2 * signing.DEFAULT_TOLERANCE_SECONDS)
     except Exception as exc:  # noqa: BLE001 - refuse rather than accept a possible replay
-        from webhooks_project.errors import ServiceUnavailable  # it imports DRF's views
-
         raise ServiceUnavailable(
             "Replay protection is unavailable; nothing was stored. Retry later."
         ) from exc
