@@ -239,3 +239,24 @@ def local_sender(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(services, "attempts_record", record)
     monkeypatch.setattr(services, "_senders", ProcessLocal(services._new_sender))
+
+
+def pg_dump() -> str:
+    """The whole test database as `pg_dump` prints it (what a leaked backup would hold)."""
+    from webhooks_project.localstack import LocalPostgres
+
+    db = settings.DATABASES["default"]
+    return subprocess.run(
+        [
+            str(LocalPostgres.bin_dir() / "pg_dump"),
+            "-h",
+            db["HOST"],
+            "-p",
+            str(db["PORT"]),
+            "-U",
+            db["USER"],
+            db["NAME"],
+        ],
+        check=True,
+        capture_output=True,
+    ).stdout.decode()

@@ -15,6 +15,40 @@ from . import audit
 from .models import ApiKey, Application, AuditRecord, Endpoint, EndpointSecret, Source
 from .services import endpoint_delete
 
+
+class AuditedAdmin(admin.ModelAdmin):
+    """Saves made in the admin are audited like the API's (actor `admin:<user>`): subclasses
+    name the object type and how to snapshot its non-secret fields."""
+
+    audit_type = ""
+
+    @staticmethod
+    def audit_snapshot(obj: Any) -> dict[str, Any]:
+        raise NotImplementedError
+
+    @staticmethod
+    def audit_object_id(obj: Any) -> str:
+        return str(obj.pk)
+
+    def audit_action(self, before: dict[str, Any] | None, after: dict[str, Any]) -> str:
+        return f"{self.audit_type}.{'updated' if before is not None else 'created'}"
+
+    def save_model(self, request: HttpRequest, obj: Any, form: Any, change: bool) -> None:
+        model = type(obj)
+        before = self.audit_snapshot(model.objects.get(pk=obj.pk)) if change else None
+        super().save_model(request, obj, form, change)
+        after = self.audit_snapshot(obj)
+        if after != before:
+            audit.record(
+                actor=f"admin:{request.user}",
+                action=self.audit_action(before, after),
+                object_type=self.audit_type,
+                object_id=self.audit_object_id(obj),
+                before=before,
+                after=after,
+            )
+
+
 # The library registers its own concrete key model; ours (with scopes) replaces it.
 if admin.site.is_registered(LibraryAPIKey):
     admin.site.unregister(LibraryAPIKey)
@@ -38,7 +72,7 @@ class EndpointSecretInline(admin.TabularInline):
 
 
 @admin.register(Endpoint)
-class EndpointAdmin(admin.ModelAdmin):
+class EndpointAdmin(AuditedAdmin):
     list_display = [
         "id",
         "url",
@@ -82,20 +116,11 @@ class EndpointAdmin(admin.ModelAdmin):
             message += f" Skipped {len(skipped)} disabled endpoints."
         self.message_user(request, message, messages.SUCCESS)
 
-    # Changes made here are audited like the API's (who: admin:<user>).
-    def save_model(self, request: HttpRequest, obj: Endpoint, form: Any, change: bool) -> None:
-        before = audit.endpoint_snapshot(Endpoint.objects.get(pk=obj.pk)) if change else None
-        super().save_model(request, obj, form, change)
-        after = audit.endpoint_snapshot(obj)
-        if after != before:
-            audit.record(
-                actor=f"admin:{request.user}",
-                action="endpoint.updated" if change else "endpoint.created",
-                object_type="endpoint",
-                object_id=obj.pk,
-                before=before,
-                after=after,
-            )
+    audit_type = "endpoint"
+
+    @staticmethod
+    def audit_snapshot(obj: Endpoint) -> dict[str, Any]:
+        return audit.endpoint_snapshot(obj)
 
     def delete_model(self, request: HttpRequest, obj: Endpoint) -> None:
         endpoint_delete(endpoint=obj, actor=f"admin:{request.user}")
@@ -140,7 +165,7 @@ class EndpointAdmin(admin.ModelAdmin):
 
 
 @admin.register(ApiKey)
-class ApiKeyAdmin(admin.ModelAdmin):
+class ApiKeyAdmin(AuditedAdmin):
     list_display = [
         "name",
         "prefix",
@@ -174,20 +199,21 @@ class ApiKeyAdmin(admin.ModelAdmin):
     def get_queryset(self, request: HttpRequest) -> QuerySet[ApiKey]:
         return super().get_queryset(request).select_related("application", "source")
 
-    def save_model(self, request: HttpRequest, obj: ApiKey, form: Any, change: bool) -> None:
-        before = audit.api_key_snapshot(ApiKey.objects.get(pk=obj.pk)) if change else None
-        super().save_model(request, obj, form, change)
-        after = audit.api_key_snapshot(obj)
-        if after != before:
-            revoked = bool(before) and not before["revoked"] and after["revoked"]
-            audit.record(
-                actor=f"admin:{request.user}",
-                action="api_key.revoked" if revoked else "api_key.updated",
-                object_type="api_key",
-                object_id=obj.prefix,
-                before=before,
-                after=after,
-            )
+    audit_type = "api_key"
+
+    @staticmethod
+    def audit_snapshot(obj: ApiKey) -> dict[str, Any]:
+        return audit.api_key_snapshot(obj)
+
+    @staticmethod
+    def audit_object_id(obj: ApiKey) -> str:
+        return obj.prefix
+
+    @staticmethod
+    def audit_action(before: dict[str, Any] | None, after: dict[str, Any]) -> str:
+        if before is not None and not before["revoked"] and after["revoked"]:
+            return "api_key.revoked"
+        return "api_key.updated" if before is not None else "api_key.created"
 
     def delete_model(self, request: HttpRequest, obj: ApiKey) -> None:
         self.delete_queryset(request, ApiKey.objects.filter(pk=obj.pk))

@@ -60,6 +60,12 @@ class BodyLimitMiddleware:
             chunks.append(chunk)
             size += len(chunk)
         if size > limit:
+            # Read on (and discard) up to the limit again before answering, so a client that is
+            # still sending a body a little too large gets the 413 rather than a reset
+            # connection; a larger one is cut off when the server closes.
+            drained = 0
+            while drained < limit and source.read(min(64 * 1024, limit - drained + 1)):
+                drained += 64 * 1024
             return _error(413, "payload_too_large", f"Request body exceeds {limit} bytes.")
         body = b"".join(chunks)
         request.META["CONTENT_LENGTH"] = str(len(body))

@@ -5,7 +5,6 @@ consumer who owns the key decrypts."""
 from __future__ import annotations
 
 import json
-import subprocess
 from typing import Any
 
 import pytest
@@ -16,33 +15,14 @@ from rest_framework.test import APIClient
 
 from deliveries.models import Delivery
 from schemas_app.masking import REDACTED, hash_value
-from tests.conftest import WorkerProcess, wait_until
+from tests.conftest import WorkerProcess, pg_dump, wait_until
 from tests.sink import Sink
-from webhooks_project.localstack import LocalPostgres
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
 CANARY = "CANARY-7f3a9c"
 CARD = f"4111-{CANARY}-9999"
 EMAIL = f"{CANARY.lower()}@example.com"
-
-
-def _dump() -> str:
-    db = django_settings.DATABASES["default"]
-    return subprocess.run(
-        [
-            str(LocalPostgres.bin_dir() / "pg_dump"),
-            "-h",
-            db["HOST"],
-            "-p",
-            str(db["PORT"]),
-            "-U",
-            db["USER"],
-            db["NAME"],
-        ],
-        check=True,
-        capture_output=True,
-    ).stdout.decode()
 
 
 def test_a_canary_in_masked_fields_leaks_nowhere(
@@ -133,7 +113,7 @@ def test_a_canary_in_masked_fields_leaks_nowhere(
         assert CANARY.lower().encode() not in answer
 
     # the database dump, and the logs of this process and of the worker
-    dump = _dump()
+    dump = pg_dump()
     assert CANARY not in dump
     assert CANARY.lower() not in dump
     logs = caplog.text + "".join(celery_worker.output)

@@ -12,19 +12,17 @@ import pytest
 from cryptography.exceptions import InvalidSignature
 from cryptography.fernet import Fernet
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from django.conf import settings as django_settings
 from django.core.management import CommandError, call_command
 from rest_framework.test import APIClient
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
 from deliveries.models import Delivery
-from tests.conftest import BASE_DIR, WorkerProcess, wait_until
+from tests.conftest import BASE_DIR, WorkerProcess, pg_dump, wait_until
 from tests.sink import Sink
 from webhooks import crypto
 from webhooks.models import EndpointSecret
 from webhooks.selectors import endpoint_active_secrets
-from webhooks_project.localstack import LocalPostgres
 
 
 def _endpoint(api: APIClient, url: str) -> dict[str, Any]:
@@ -40,21 +38,7 @@ def test_a_database_dump_holds_no_secret_in_plaintext(api: APIClient) -> None:
     rotated = api.post(f"/api/v1/endpoints/{endpoints[0]['id']}/rotate-secret/").json()
     secrets = [e["secret"] for e in endpoints] + [rotated["secret"]]
     # when the whole database is dumped
-    db = django_settings.DATABASES["default"]
-    dump = subprocess.run(
-        [
-            str(LocalPostgres.bin_dir() / "pg_dump"),
-            "-h",
-            db["HOST"],
-            "-p",
-            str(db["PORT"]),
-            "-U",
-            db["USER"],
-            db["NAME"],
-        ],
-        check=True,
-        capture_output=True,
-    ).stdout.decode()
+    dump = pg_dump()
     # then no secret, and no whsec_ prefix at all, is in it; yet the API still reads them
     assert "whsec_" not in dump
     for secret in secrets:

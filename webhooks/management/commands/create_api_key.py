@@ -9,7 +9,8 @@ from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils import timezone
 
-from webhooks.models import ApiKey, Application
+from webhooks.management.arguments import application_option
+from webhooks.models import ApiKey
 from webhooks.services import api_key_create
 
 
@@ -37,12 +38,7 @@ class Command(BaseCommand):
             if options["scopes"] is not None
             else list(ApiKey.Scope.values)
         )
-        application = None
-        if options["application"]:
-            try:
-                application = Application.objects.get(uid=options["application"])
-            except Application.DoesNotExist as exc:
-                raise CommandError(f"no application {options['application']!r}") from exc
+        application = application_option(options["application"])
         try:
             days = options["expires_in_days"]
             if days is not None and days <= 0:

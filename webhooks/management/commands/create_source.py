@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import BaseCommand, CommandParser
 
-from webhooks.models import Application
+from webhooks.management.arguments import application_option
 from webhooks.services import source_create
 
 
@@ -26,12 +26,7 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
-        application = None
-        if options["application"]:
-            try:
-                application = Application.objects.get(uid=options["application"])
-            except Application.DoesNotExist as exc:
-                raise CommandError(f"no application {options['application']!r}") from exc
+        application = application_option(options["application"])
         created = source_create(
             name=options["name"],
             require_signature=not options["unsigned"],
