@@ -11,6 +11,7 @@ database is stopped and started again. Then:
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -180,3 +181,4 @@ def test_postgres_restarted_under_load_loses_nothing(sink: Sink) -> None:
             proc.stop()
         rd.stop()
         pg.stop()
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -7,6 +7,7 @@ never by changing defaults) against the test database and the local sink.
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -95,6 +96,7 @@ def stack(sink: Sink) -> Iterator[Stack]:
     s.web = WebServer(env).start()
     yield s
     s.stop()
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _all_succeeded(count: int) -> bool:
