@@ -42,6 +42,12 @@ def _encrypter(text: str) -> Any:
     return masking.encrypter(orjson.loads(text))
 
 
+@functools.lru_cache(maxsize=1024)
+def _output_schema(text: str) -> tuple[tuple[str, int], Any]:
+    """(validator cache key, parsed schema) of an output schema's JSON text."""
+    return (f"output:{hashlib.sha256(text.encode()).hexdigest()}", 0), orjson.loads(text)
+
+
 def _given(*texts: str | None) -> str | None:
     return next((t for t in texts if t and t != "null"), None)
 
@@ -68,13 +74,10 @@ def shape(
             payload = _mapping(text).apply(data)
         except TransformError as exc:
             raise PayloadRefused(f"transformation failed at {exc.pointer}: {exc.message}") from exc
-    if output_schema and output_schema != "null":
-        problems = validate(
-            payload,
-            orjson.loads(output_schema),
-            cache_key=(f"output:{hashlib.sha256(output_schema.encode()).hexdigest()}", 0),
-            limit=MAX_ERRORS,
-        )
+    schema_text = _given(output_schema)
+    if schema_text:
+        cache_key, schema = _output_schema(schema_text)
+        problems = validate(payload, schema, cache_key=cache_key, limit=MAX_ERRORS)
         if problems:
             listed = "; ".join(f"{p.pointer or '/'} fails '{p.keyword}'" for p in problems[:5])
             raise PayloadRefused(f"payload fails the output schema: {listed}")
@@ -103,7 +106,8 @@ def check_mapping(document: Any) -> None:
 SEALED = "$encrypted"
 
 
-def _path_rules(paths: list[str]) -> list[masking.Rule]:
+@functools.lru_cache(maxsize=1024)
+def _path_rules(paths: tuple[str, ...]) -> list[masking.Rule]:
     return masking.parse_rules([{"path": p, "action": "encrypt"} for p in paths])
 
 
@@ -111,7 +115,7 @@ def check_sensitive_fields(paths: Any) -> None:
     """Raise MaskingError unless `paths` is a list of JSON pointers."""
     if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
         raise masking.MaskingError("/: give a list of JSON pointers like /customer/email")
-    _path_rules(paths)
+    _path_rules(tuple(paths))
 
 
 def seal(data: Any, paths: list[str], encrypt: Any) -> Any:
@@ -120,7 +124,7 @@ def seal(data: Any, paths: list[str], encrypt: Any) -> Any:
         return data
     return masking.apply(
         data,
-        _path_rules(paths),
+        _path_rules(tuple(paths)),
         hash_key=b"",
         encrypt=lambda value: {SEALED: encrypt(orjson.dumps(value).decode())},
     )
@@ -136,4 +140,4 @@ def unseal(data: Any, paths: list[str], decrypt: Any) -> Any:
             return orjson.loads(decrypt(value[SEALED]))
         return value
 
-    return masking.apply(data, _path_rules(paths), hash_key=b"", encrypt=opened)
+    return masking.apply(data, _path_rules(tuple(paths)), hash_key=b"", encrypt=opened)
