@@ -6,6 +6,7 @@ A Delivery moves pending -> in_flight -> succeeded, or back to pending with `nex
 
 from __future__ import annotations
 
+from django.contrib.postgres.fields import ArrayField
 from django.db import models
 from django.db.models import Q
 from django.utils import timezone
@@ -174,3 +175,61 @@ class DeadLetter(models.Model):
 
     def __str__(self) -> str:
         return f"dead letter of delivery {self.delivery_id}: {self.reason}"
+
+
+class _Counters(models.Model):
+    """What the metrics are made of: finished deliveries by outcome, attempts, and two
+    histograms (bucket counts over `deliveries.metrics.BOUNDS_MS`)."""
+
+    succeeded = models.BigIntegerField(default=0)
+    failed = models.BigIntegerField(default=0)  # ended without retry (4xx, 410, refusals)
+    dead = models.BigIntegerField(default=0)  # every attempt used up
+    dead_lettered = models.BigIntegerField(default=0)
+    attempts = models.BigIntegerField(default=0)  # HTTP requests made
+    retried = models.BigIntegerField(default=0)  # failed attempts followed by another one
+    attempt_ms_sum = models.FloatField(default=0.0)
+    attempt_hist = ArrayField(models.BigIntegerField(), default=list)
+    latency_ms_sum = models.FloatField(default=0.0)  # event accepted -> consumer's 2xx
+    latency_hist = ArrayField(models.BigIntegerField(), default=list)
+
+    class Meta:
+        abstract = True
+
+
+class DeliveryStat(_Counters):
+    """One minute of one endpoint and event type: the rollup the metrics are read from.
+
+    Written by the delivery path in the transaction that records the outcome, so it is exact;
+    kept after `prune` deletes the attempts (WEBHOOKS_METRICS_RETENTION_DAYS). Endpoint ids are
+    plain strings: the history outlives a deleted endpoint.
+    """
+
+    bucket = models.DateTimeField()
+    endpoint_id = models.CharField(max_length=40)
+    event_type = models.CharField(max_length=200)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["bucket", "endpoint_id", "event_type"], name="delivery_stat_key"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.bucket:%Y-%m-%d %H:%M} {self.endpoint_id} {self.event_type}"
+
+
+class DeliveryTotal(_Counters):
+    """All-time counters per endpoint and event type, for Prometheus (counters never go down,
+    so they cannot be read from a pruned rollup)."""
+
+    endpoint_id = models.CharField(max_length=40)
+    event_type = models.CharField(max_length=200)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["endpoint_id", "event_type"], name="delivery_total_key")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.endpoint_id} {self.event_type}"

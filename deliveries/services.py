@@ -41,6 +41,7 @@ from webhooks.services import check_target, endpoint_disable
 from webhooks.ssrf import BlockedTarget, Target
 from webhooks_project.process_local import ProcessLocal
 
+from . import metrics
 from .backoff import Decision, Verdict, decide
 from .models import DeadLetter, Delivery, DeliveryAttempt, Event
 from .sender import Job, Sender
@@ -321,6 +322,7 @@ class Claim:
     endpoint_masking: str | None = None  # JSON text: this endpoint's rules for the type
     encryption_key: str | None = None  # JSON text: the endpoint's public JWK
     sensitive_fields: list[str] = field(default_factory=list)  # stored encrypted in `data`
+    accepted_at: datetime | None = None  # when the event was accepted (latency is from here)
 
 
 _D = Delivery._meta.db_table
@@ -358,7 +360,7 @@ RETURNING d.id, d.attempt_count, d.retry_base, e.id, e.type, e.occurred_at, e.da
                  ORDER BY s.created_at DESC),
           t.transform::text, (p.transforms -> e.type)::text, t.output_schema::text,
           t.masking::text, (p.masking -> e.type)::text, p.encryption_key::text,
-          t.sensitive_fields::text
+          t.sensitive_fields::text, e.created_at
 """  # noqa: S608 - table names are ours, every value is a parameter
 
 
@@ -408,6 +410,7 @@ def deliveries_claim(
             endpoint_masking=r[18],
             encryption_key=r[19],
             sensitive_fields=orjson.loads(r[20]) if r[20] else [],
+            accepted_at=r[21],
         )
         for r in rows
     ]
@@ -484,6 +487,10 @@ _senders = ProcessLocal(_new_sender)
 def current_sender() -> Sender | None:
     """This process's sender, if it has sent anything."""
     return _senders.current()
+
+
+# Refusals of our own: no request was made, so they are not counted as HTTP attempts.
+NOT_SENT = frozenset({"endpoint_disabled", "ssrf_blocked", "secret_unreadable", "payload_invalid"})
 
 
 def _refused(job: Job, error_class: str, error: str) -> Job:
@@ -786,6 +793,7 @@ def _attempts_write(jobs: Sequence[Job], *, copy: bool) -> None:
             and decision.verdict in (Verdict.FAILED, Verdict.DEAD)
         )
         _endpoint_health_note(decided=decided, advanced=advanced)
+        metrics.stats_add(_stats_of(decided, advanced), at=now)
         for endpoint_id, reason in {
             job.claim.endpoint_id: decision.reason
             for job, decision in decided
@@ -799,6 +807,37 @@ def _attempts_write(jobs: Sequence[Job], *, copy: bool) -> None:
                     partial(deliveries_enqueue, delivery_ids=due_ids, countdown=countdown),
                     robust=True,
                 )
+
+
+def _stats_of(decided: Sequence[tuple[Job, Decision]], advanced: set[int]) -> metrics.Deltas:
+    """The rollup counts of a recorded batch. Outcomes count only where this attempt moved
+    its delivery (a lease taken back changes nothing); every request made counts as an attempt."""
+    deltas = metrics.Deltas()
+    for job, decision in decided:
+        claim, result = job.claim, job.result
+        assert result is not None
+        sent = result.error_class not in NOT_SENT
+        moved = claim.delivery_id in advanced
+        if not (sent or moved):
+            continue
+        delta = deltas.of(claim.endpoint_id, claim.event_type)
+        if sent:
+            delta.attempt(result.duration_ms)
+        if not moved:
+            continue
+        if decision.verdict is Verdict.SUCCEEDED:
+            answered = job.started_at + result.duration_ms / 1000
+            accepted = claim.accepted_at.timestamp() if claim.accepted_at else job.started_at
+            delta.success((answered - accepted) * 1000)
+        elif decision.verdict is Verdict.RETRY:
+            delta.retried += 1
+        else:
+            delta.dead_lettered += 1
+            if decision.verdict is Verdict.DEAD:
+                delta.dead += 1
+            else:
+                delta.failed += 1
+    return deltas
 
 
 # --- Endpoint health -----------------------------------------------------------------------------
@@ -1060,6 +1099,12 @@ def deliveries_fail_for_endpoint(*, endpoint_id: str, reason: str) -> int:
             )
             for delivery_id, event_type, status_code in rows
         )
+        deltas = metrics.Deltas()
+        for _, event_type, _ in rows:
+            delta = deltas.of(endpoint_id, event_type)
+            delta.failed += 1
+            delta.dead_lettered += 1
+        metrics.stats_add(deltas, at=now)
     return len(rows)
 
 

@@ -155,3 +155,64 @@ class ReplayResultSerializer(serializers.Serializer):
     skipped_disabled = serializers.IntegerField(
         help_text="Dead letters of disabled endpoints, left waiting: re-enable the endpoint first."
     )
+
+
+class MetricsQuerySerializer(serializers.Serializer):
+    window = serializers.ChoiceField(choices=["1h", "24h", "7d"], default="24h")
+    endpoint = serializers.CharField(required=False, help_text="An endpoint id.")
+    event_type = serializers.CharField(required=False, help_text="An event type name.")
+
+
+class _DeliveryCountsSerializer(serializers.Serializer):
+    finished = serializers.IntegerField()
+    succeeded = serializers.IntegerField()
+    failed = serializers.IntegerField(help_text="Ended without retry: 4xx, 410, refusals.")
+    dead = serializers.IntegerField(help_text="Every attempt of the schedule failed.")
+    success_rate = serializers.FloatField(
+        allow_null=True, help_text="succeeded / finished; null when nothing finished."
+    )
+
+
+class _DistributionSerializer(serializers.Serializer):
+    count = serializers.IntegerField()
+    mean = serializers.FloatField(allow_null=True, help_text="Exact.")
+    p50 = serializers.FloatField(allow_null=True, help_text="From histogram buckets.")
+    p95 = serializers.FloatField(allow_null=True)
+    p99 = serializers.FloatField(allow_null=True)
+
+
+class _RetriesSerializer(serializers.Serializer):
+    failed_attempts_retried = serializers.IntegerField()
+    dead_letters = serializers.IntegerField()
+
+
+class _PointSerializer(serializers.Serializer):
+    start = serializers.DateTimeField()
+    succeeded = serializers.IntegerField()
+    failed = serializers.IntegerField()
+    dead = serializers.IntegerField()
+    success_rate = serializers.FloatField(allow_null=True)
+    latency_ms_mean = serializers.FloatField(allow_null=True)
+    latency_ms_p95 = serializers.FloatField(allow_null=True)
+    failed_attempts_retried = serializers.IntegerField()
+    dead_letters = serializers.IntegerField()
+
+
+class _SeriesSerializer(serializers.Serializer):
+    step_seconds = serializers.IntegerField()
+    points = _PointSerializer(many=True)
+
+
+class MetricsSerializer(serializers.Serializer):
+    """Delivery success rate, latency to the consumer and failed retries over a window."""
+
+    window = serializers.CharField()
+    since = serializers.DateTimeField()
+    until = serializers.DateTimeField()
+    deliveries = _DeliveryCountsSerializer()
+    latency_ms = _DistributionSerializer(
+        help_text="Event accepted -> the consumer's 2xx, over the deliveries that succeeded."
+    )
+    attempt_duration_ms = _DistributionSerializer(help_text="Each HTTP attempt's duration.")
+    retries = _RetriesSerializer()
+    series = _SeriesSerializer()

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from django.urls import path
 from rest_framework.routers import SimpleRouter
 
-from .views import DeadLetterViewSet, DeliveryViewSet, EventViewSet
+from .views import DeadLetterViewSet, DeliveryViewSet, EventViewSet, MetricsView
 
 router = SimpleRouter()
 router.register("events", EventViewSet, basename="event")
 router.register("deliveries", DeliveryViewSet, basename="delivery")
 router.register("dead-letters", DeadLetterViewSet, basename="dead-letter")
-urlpatterns = router.urls
+urlpatterns = [*router.urls, path("metrics/", MetricsView.as_view(), name="metrics")]

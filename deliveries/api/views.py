@@ -12,10 +12,14 @@ from rest_framework.decorators import action
 from rest_framework.exceptions import ValidationError
 from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.views import APIView
 
+from deliveries import metrics
 from deliveries.models import DeadLetter, Delivery, Event
 from deliveries.selectors import attempt_list, dead_letter_list, delivery_list, event_list
 from deliveries.services import EventInput, IngestRejected, dead_letters_replay, events_ingest
+from schemas_app.models import EventType
+from webhooks.models import Endpoint
 from webhooks.scoping import for_key, key_application
 from webhooks_project.errors import UnprocessableEntity
 
@@ -29,6 +33,8 @@ from .serializers import (
     EventCreateSerializer,
     EventDetailSerializer,
     EventSerializer,
+    MetricsQuerySerializer,
+    MetricsSerializer,
     ReplayResultSerializer,
 )
 
@@ -221,3 +227,32 @@ class DeadLetterViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewse
             raise ValidationError({"non_field_errors": ["Send a JSON object of filters."]})
         result = dead_letters_replay(dead_letters=self.get_queryset(), actor=_actor(request))
         return Response(ReplayResultSerializer(result).data, status=status.HTTP_202_ACCEPTED)
+
+
+class MetricsView(APIView):
+    """The three delivery metrics over the last hour, day or week."""
+
+    @extend_schema(parameters=[MetricsQuerySerializer], responses=MetricsSerializer)
+    def get(self, request: Request) -> Response:
+        """Success rate, latency to the consumer (mean, p50, p95, p99), attempt durations,
+        failed attempts retried and dead letters, in total and as a time series. Filter by
+        `endpoint` and `event_type`; a key limited to an application sees its own endpoints."""
+        query = MetricsQuerySerializer(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        params = query.validated_data
+        endpoints = for_key(request, Endpoint.objects.all(), "application_id")
+        endpoint_ids: list[str] | None = None
+        if "endpoint" in params:
+            if not endpoints.filter(pk=params["endpoint"]).exists():
+                raise ValidationError({"endpoint": [f"No endpoint {params['endpoint']!r}."]})
+            endpoint_ids = [params["endpoint"]]
+        elif key_application(request) is not None:
+            endpoint_ids = list(endpoints.values_list("pk", flat=True))
+        event_type = params.get("event_type")
+        if event_type is not None and not EventType.objects.filter(name=event_type).exists():
+            raise ValidationError({"event_type": [f"No event type {event_type!r}."]})
+        scope = metrics.window_scope(
+            params["window"], endpoint_ids=endpoint_ids, event_type=event_type
+        )
+        report = metrics.report(scope, window=params["window"])
+        return Response(MetricsSerializer(report).data)

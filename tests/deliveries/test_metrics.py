@@ -1,0 +1,224 @@
+"""The three metrics: the rollup written by the delivery path, and the API that reads it."""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from rest_framework.test import APIClient
+
+from deliveries import metrics
+from deliveries.models import DeadLetter, Delivery, DeliveryAttempt, DeliveryStat, DeliveryTotal
+from deliveries.services import deliveries_fail_for_endpoint
+from tests.conftest import WorkerProcess, wait_until
+from tests.sink import Sink
+
+SCHEMA = {"type": "object", "properties": {"id": {"type": "string"}}}
+
+
+# --- Pure: histogram buckets and percentiles ---------------------------------------------------
+
+
+def test_a_value_on_a_bound_falls_in_that_bucket_and_anything_past_the_last_in_the_open_one():
+    assert metrics.bucket_index(0) == 0
+    assert metrics.bucket_index(5) == 0
+    assert metrics.bucket_index(5.01) == 1
+    assert metrics.bucket_index(10**12) == len(metrics.BOUNDS_MS)
+    assert len(metrics.BOUNDS_MS) + 1 == metrics.BUCKETS
+
+
+def test_percentiles_interpolate_inside_the_bucket_holding_the_rank():
+    hist = [0] * metrics.BUCKETS
+    assert metrics.percentile(hist, 0.5) is None
+    hist[metrics.bucket_index(40)] = 100  # 100 values in (25, 50]
+    assert metrics.percentile(hist, 0.5) == pytest.approx(37.5)
+    assert metrics.percentile(hist, 1.0) == pytest.approx(50)
+    hist[metrics.bucket_index(10**9)] = 100  # and 100 in the open bucket
+    assert metrics.percentile(hist, 0.99) == metrics.BOUNDS_MS[-1]
+    assert metrics.percentile(hist, 0.25) == pytest.approx(37.5)
+
+
+def test_histograms_of_different_lengths_add_up_by_position():
+    assert metrics.add_hists([1, 2], [3, 4, 5]) == [4, 6, 5]
+    assert metrics.add_hists(None, [1]) == [1]
+
+
+# --- The rollup in PostgreSQL ------------------------------------------------------------------
+
+
+def _delta(**counts: Any) -> metrics.Delta:
+    delta = metrics.Delta()
+    for name, value in counts.items():
+        setattr(delta, name, value)
+    return delta
+
+
+@pytest.mark.django_db
+def test_adding_twice_to_one_minute_sums_counters_and_histograms_in_one_row():
+    at = datetime(2026, 1, 1, 12, 30, 15, tzinfo=UTC)
+    for latency in (20.0, 40.0):
+        deltas = metrics.Deltas()
+        d = deltas.of("ep_1", "order.created")
+        d.attempt(latency / 2)
+        d.success(latency)
+        metrics.stats_add(deltas, at=at)
+    (row,) = DeliveryStat.objects.all()
+    assert row.bucket == datetime(2026, 1, 1, 12, 30, tzinfo=UTC)
+    assert (row.succeeded, row.attempts, row.latency_ms_sum) == (2, 2, 60.0)
+    assert row.latency_hist[metrics.bucket_index(20)] == 1
+    assert row.latency_hist[metrics.bucket_index(40)] == 1
+    assert sum(row.attempt_hist) == 2
+    (total,) = DeliveryTotal.objects.all()
+    assert (total.succeeded, total.latency_hist) == (2, row.latency_hist)
+
+
+@pytest.mark.django_db
+def test_a_window_sums_only_its_minutes_and_the_series_has_every_step():
+    now = datetime(2026, 1, 1, 12, 0, 30, tzinfo=UTC)
+    for minutes_ago, succeeded, failed in ((0, 3, 1), (10, 5, 0), (59, 1, 1), (61, 100, 100)):
+        deltas = metrics.Deltas()
+        deltas["ep_1", "a"] = _delta(succeeded=succeeded, failed=failed)
+        deltas["ep_2", "b"] = _delta(dead=1, dead_lettered=1)
+        metrics.stats_add(deltas, at=now - timedelta(minutes=minutes_ago))
+    scope = metrics.window_scope("1h", now=now)
+    s = metrics.summary(scope)
+    assert (s.succeeded, s.failed, s.dead, s.dead_lettered) == (9, 2, 3, 3)
+    assert s.success_rate == pytest.approx(9 / 14)
+    only_one = metrics.summary(metrics.window_scope("1h", now=now, endpoint_ids=["ep_1"]))
+    assert (only_one.succeeded, only_one.dead) == (9, 0)
+    by_type = metrics.summary(metrics.window_scope("1h", now=now, event_type="b"))
+    assert (by_type.succeeded, by_type.dead) == (0, 3)
+    points = metrics.series(scope, metrics.STEPS["1h"])
+    assert len(points) == 61  # the partial minute at each end included
+    assert sum(p.succeeded for _, p in points) == 9
+    assert points[-1][1].succeeded == 3
+    assert points[-1][0] == datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+    per_endpoint = metrics.by_endpoint(scope)
+    assert per_endpoint["ep_2"].success_rate == 0.0
+
+
+# --- Written by the real delivery path ---------------------------------------------------------
+
+
+def _endpoint(api: APIClient, url: str, **fields: Any) -> dict[str, Any]:
+    response = api.post("/api/v1/endpoints/", {"url": url, **fields}, format="json")
+    assert response.status_code == 201, response.content
+    return response.json()
+
+
+def _post(api: APIClient, count: int, event_type: str = "order.created") -> None:
+    for i in range(count):
+        body = {"type": event_type, "data": {"id": f"o-{i}"}}
+        assert api.post("/api/v1/events/", body, format="json").status_code == 202
+
+
+@pytest.mark.integration
+@pytest.mark.django_db(transaction=True)
+def test_the_metrics_api_reports_what_the_worker_recorded(
+    api: APIClient,
+    make_api_client: Callable[..., APIClient],
+    sink: Sink,
+    celery_worker: WorkerProcess,
+) -> None:
+    # given an endpoint that answers 200, one that fails once then answers, and one that
+    # answers 400 (failed, no retry), for two event types
+    for name in ("order.created", "user.created"):
+        assert (
+            api.post("/api/v1/event-types/", {"name": name, "schema": SCHEMA}, format="json")
+        ).status_code == 201
+    sink.plan("flaky", 500, 200)
+    _endpoint(api, sink.url("ok"))
+    flaky = _endpoint(api, sink.url("flaky"), event_types=["order.created"], retry_schedule=[0])
+    bad = _endpoint(api, sink.url("bad"), event_types=["user.created"], retry_schedule=[0])
+    sink.plan("bad", 400)
+    # when events go through the real worker
+    _post(api, 6, "order.created")
+    _post(api, 3, "user.created")
+    finished = ("succeeded", "failed", "dead")
+    wait_until(lambda: Delivery.objects.filter(status__in=finished).count() == 6 + 6 + 3 + 3)
+    # then the API counts exactly what the database holds
+    body = api.get("/api/v1/metrics/?window=1h").json()
+    assert body["window"] == "1h"
+    assert body["deliveries"] == {
+        "finished": 18,
+        "succeeded": 15,
+        "failed": 3,
+        "dead": 0,
+        "success_rate": round(15 / 18, 6),
+    }
+    assert body["retries"] == {"failed_attempts_retried": 1, "dead_letters": 3}
+    assert body["attempt_duration_ms"]["count"] == DeliveryAttempt.objects.count() == 19
+    # the latency is from acceptance to the consumer's 2xx, per successful delivery
+    latencies = [
+        (a.started_at - a.delivery.event.created_at).total_seconds() * 1000 + a.duration_ms
+        for a in DeliveryAttempt.objects.filter(outcome="succeeded").select_related(
+            "delivery__event"
+        )
+    ]
+    assert body["latency_ms"]["count"] == 15
+    assert body["latency_ms"]["mean"] == pytest.approx(statistics.mean(latencies), abs=0.5)
+    assert body["latency_ms"]["p50"] <= body["latency_ms"]["p95"] <= body["latency_ms"]["p99"]
+    assert max(latencies) <= body["latency_ms"]["p99"] * 2.5  # within its histogram bucket
+    points = body["series"]["points"]
+    assert body["series"]["step_seconds"] == 60
+    assert len(points) in (60, 61)
+    assert sum(p["succeeded"] for p in points) == 15
+    # and the filters narrow it
+    one = api.get(f"/api/v1/metrics/?window=1h&endpoint={flaky['id']}").json()
+    assert one["deliveries"]["succeeded"] == 6
+    assert one["retries"]["failed_attempts_retried"] == 1
+    users = api.get("/api/v1/metrics/?window=24h&event_type=user.created").json()
+    assert users["deliveries"]["finished"] == 6
+    assert users["deliveries"]["failed"] == 3
+    assert api.get(f"/api/v1/metrics/?endpoint={bad['id']}").json()["deliveries"]["failed"] == 3
+
+
+@pytest.mark.django_db
+def test_disabling_an_endpoint_counts_its_ended_deliveries_and_dead_letters(
+    api: APIClient, sink: Sink
+) -> None:
+    api.post("/api/v1/event-types/", {"name": "order.created", "schema": SCHEMA}, format="json")
+    endpoint = _endpoint(api, sink.url("x"))
+    _post(api, 4)
+    assert deliveries_fail_for_endpoint(endpoint_id=endpoint["id"], reason="410 Gone") == 4
+    assert DeadLetter.objects.count() == 4
+    body = api.get("/api/v1/metrics/?window=1h").json()
+    assert body["deliveries"]["failed"] == 4
+    assert body["retries"]["dead_letters"] == 4
+    assert body["attempt_duration_ms"]["count"] == 0
+
+
+@pytest.mark.django_db
+def test_bad_filters_are_clear_errors_and_a_limited_key_sees_its_own_endpoints_only(
+    api: APIClient, make_api_client: Callable[..., APIClient]
+) -> None:
+    assert api.get("/api/v1/metrics/?window=2h").status_code == 400
+    response = api.get("/api/v1/metrics/?endpoint=ep_nope")
+    assert response.status_code == 400
+    assert "ep_nope" in response.content.decode()
+    assert api.get("/api/v1/metrics/?event_type=nope.nope").status_code == 400
+    empty = api.get("/api/v1/metrics/").json()
+    assert empty["window"] == "24h"
+    assert empty["deliveries"]["success_rate"] is None
+    assert empty["latency_ms"] == {"count": 0, "mean": None, "p50": None, "p95": None, "p99": None}
+    assert len(empty["series"]["points"]) in (96, 97)
+    # a key limited to one application counts only that application's endpoints
+    from webhooks.models import Application, Endpoint
+    from webhooks.services import api_key_create
+
+    mine, theirs = Application.objects.create(uid="mine"), Application.objects.create(uid="x")
+    my_ep = Endpoint.objects.create(application=mine, url="https://example.com/a")
+    their_ep = Endpoint.objects.create(application=theirs, url="https://example.com/b")
+    deltas = metrics.Deltas()
+    deltas[my_ep.pk, "t"] = _delta(succeeded=2)
+    deltas[their_ep.pk, "t"] = _delta(succeeded=5)
+    metrics.stats_add(deltas, at=datetime.now(UTC))
+    _, key = api_key_create(name="limited", scopes=["read"], application=mine)
+    limited = APIClient()
+    limited.credentials(HTTP_AUTHORIZATION=f"Bearer {key}")
+    assert limited.get("/api/v1/metrics/").json()["deliveries"]["succeeded"] == 2
+    assert limited.get(f"/api/v1/metrics/?endpoint={their_ep.pk}").status_code == 400
+    assert api.get("/api/v1/metrics/").json()["deliveries"]["succeeded"] == 7
