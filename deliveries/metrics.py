@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from django.conf import settings
 from django.db import connection
 from django.utils import timezone
 
@@ -188,6 +189,25 @@ def stats_add(deltas: Deltas, *, at: datetime) -> None:
     with connection.cursor() as cursor:
         cursor.executemany(_STAT_SQL, [(bucket, e, t, *v) for e, t, v in rows])
         cursor.executemany(_TOTAL_SQL, [(e, t, *v) for e, t, v in rows])
+
+
+def stats_prune(*, batch_size: int = 10_000, max_batches: int = 100) -> int:
+    """Delete rollup minutes older than WEBHOOKS_METRICS_RETENTION_DAYS, in batches; the
+    all-time totals stay. Returns how many rows were deleted."""
+    cutoff = timezone.now() - timedelta(days=settings.WEBHOOKS_METRICS_RETENTION_DAYS)
+    table = DeliveryStat._meta.db_table
+    deleted = 0
+    for _ in range(max_batches):
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"DELETE FROM {table} WHERE id IN "  # noqa: S608 - the name is ours
+                f"(SELECT id FROM {table} WHERE bucket < %s LIMIT %s)",
+                [cutoff, batch_size],
+            )
+            deleted += cursor.rowcount
+            if cursor.rowcount < batch_size:
+                break
+    return deleted
 
 
 # --- Reading -------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from celery.signals import worker_process_shutdown
 from django.conf import settings
 from django.db import InterfaceError, OperationalError
 
+from .metrics import stats_prune
 from .services import (
     current_sender,
     deliveries_dispatch,
@@ -55,8 +56,11 @@ def disable_failing_endpoints() -> list[str]:
 
 @shared_task(acks_late=True, ignore_result=True)
 def prune() -> int:
-    """Beat job: delete fully delivered events older than WEBHOOKS_RETENTION_DAYS, in batches."""
-    return events_prune()
+    """Beat job: delete fully delivered events older than WEBHOOKS_RETENTION_DAYS, and metrics
+    minutes older than WEBHOOKS_METRICS_RETENTION_DAYS, in batches."""
+    deleted = events_prune()
+    stats_prune()
+    return deleted
 
 
 @worker_process_shutdown.connect

@@ -287,6 +287,15 @@ try:
     WEBHOOKS_ALLOWED_TARGET_NETWORKS = parse_cidrs(WEBHOOKS_ALLOWED_TARGET_CIDRS)
 except ValueError as exc:
     raise ImproperlyConfigured(f"WEBHOOKS_ALLOWED_TARGET_CIDRS: {exc}") from exc
+# `/metrics` (Prometheus): answered to these networks, or to `Authorization: Bearer <token>`.
+WEBHOOKS_METRICS_TOKEN = env_str("WEBHOOKS_METRICS_TOKEN", "") or ""
+WEBHOOKS_METRICS_ALLOW = env_list("WEBHOOKS_METRICS_ALLOW", ["127.0.0.1/32", "::1/128"])
+try:
+    WEBHOOKS_METRICS_NETWORKS = parse_cidrs(WEBHOOKS_METRICS_ALLOW)
+except ValueError as exc:
+    raise ImproperlyConfigured(f"WEBHOOKS_METRICS_ALLOW: {exc}") from exc
+# The rollup behind the metrics is kept this long (days); it must cover the 7-day window.
+WEBHOOKS_METRICS_RETENTION_DAYS = env_int("WEBHOOKS_METRICS_RETENTION_DAYS", 90, minimum=8)
 # Endpoints must use https (registration refuses http; a stored http URL fails as ssrf_blocked).
 WEBHOOKS_HTTPS_ONLY = env_bool("WEBHOOKS_HTTPS_ONLY", not DEV)
 WEBHOOKS_LEASE_SECONDS = env_int("WEBHOOKS_LEASE_SECONDS", 60, minimum=1)

@@ -1,10 +1,12 @@
-"""URL routes: the admin, the API under /api/v1/, OpenAPI, and /healthz."""
+"""URL routes: the admin, the API under /api/v1/, OpenAPI, /healthz and /metrics."""
 
 from __future__ import annotations
 
 from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+from deliveries.prometheus import metrics_view
 
 from .health import healthz
 
@@ -20,4 +22,5 @@ urlpatterns = [
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
     path("healthz", healthz, name="healthz"),
+    path("metrics", metrics_view, name="prometheus-metrics"),
 ]

@@ -222,3 +222,18 @@ def test_bad_filters_are_clear_errors_and_a_limited_key_sees_its_own_endpoints_o
     assert limited.get("/api/v1/metrics/").json()["deliveries"]["succeeded"] == 2
     assert limited.get(f"/api/v1/metrics/?endpoint={their_ep.pk}").status_code == 400
     assert api.get("/api/v1/metrics/").json()["deliveries"]["succeeded"] == 7
+
+
+@pytest.mark.django_db
+def test_the_prune_job_drops_old_minutes_but_keeps_the_totals(settings) -> None:  # noqa: ANN001
+    from deliveries.tasks import prune
+
+    now = datetime.now(UTC)
+    for days_ago in (0, 10, 100):
+        deltas = metrics.Deltas()
+        deltas["ep_1", "t"] = _delta(succeeded=1)
+        metrics.stats_add(deltas, at=now - timedelta(days=days_ago))
+    settings.WEBHOOKS_METRICS_RETENTION_DAYS = 30
+    prune()
+    assert sorted((now - r.bucket).days for r in DeliveryStat.objects.all()) == [0, 10]
+    assert DeliveryTotal.objects.get().succeeded == 3
