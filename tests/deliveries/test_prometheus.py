@@ -112,3 +112,25 @@ def test_only_the_allowed_networks_or_the_token_may_scrape(settings) -> None:  #
     )
     assert good.status_code == 200
     assert Client().post("/metrics").status_code == 405
+
+
+def test_the_grafana_dashboard_names_only_metrics_the_exporter_serves() -> None:
+    import json
+    import re
+    from pathlib import Path
+
+    deltas = metrics.Deltas()
+    deltas.of("ep_1", "t").success(10)
+    metrics.stats_add(deltas, at=datetime.now(UTC))
+    served = {name for name, _ in _scrape(Client())}
+    dashboard = json.loads(
+        (Path(settings.BASE_DIR) / "docs" / "grafana-dashboard.json").read_text()
+    )
+    named = {
+        name
+        for panel in dashboard["panels"]
+        for target in panel["targets"]
+        for name in re.findall(r"\bwebhooks_[a-z_]+", target["expr"])
+    }
+    assert named
+    assert named <= served, named - served
