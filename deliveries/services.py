@@ -47,6 +47,7 @@ from .models import DeadLetter, Delivery, DeliveryAttempt, Event
 from .sender import Job, Sender
 
 logger = logging.getLogger(__name__)
+attempt_logger = logging.getLogger("deliveries.attempts")  # one record per attempt
 
 REDACTED = "[redacted]"
 
@@ -807,6 +808,44 @@ def _attempts_write(jobs: Sequence[Job], *, copy: bool) -> None:
                     partial(deliveries_enqueue, delivery_ids=due_ids, countdown=countdown),
                     robust=True,
                 )
+    if attempt_logger.isEnabledFor(logging.INFO):
+        _attempts_log(decided, advanced)
+
+
+def _attempts_log(decided: Sequence[tuple[Job, Decision]], advanced: set[int]) -> None:
+    """One log record per recorded attempt, with structured fields (a JSON line each under
+    WEBHOOKS_LOG_FORMAT=json): ids, outcome, status, duration, error class. Never the body,
+    the headers or the error text (which may quote the response)."""
+    for job, decision in decided:
+        claim, result = job.claim, job.result
+        assert result is not None
+        fields = {
+            "event_id": claim.event_id,
+            "event_type": claim.event_type,
+            "endpoint_id": claim.endpoint_id,
+            "delivery_id": claim.delivery_id,
+            "attempt": claim.number,
+            "outcome": _OUTCOMES[decision.verdict],
+            "status_code": result.status_code,
+            "duration_ms": round(result.duration_ms, 1),
+            "error_class": result.error_class or None,
+            "next_attempt_in_s": (
+                round(decision.delay or 0.0, 1) if decision.verdict is Verdict.RETRY else None
+            ),
+            "stale": claim.delivery_id not in advanced,  # its lease was taken back meanwhile
+        }
+        attempt_logger.info(
+            "attempt %s %s of delivery %s (event %s, endpoint %s): %s in %.1f ms%s",
+            claim.number,
+            fields["outcome"],
+            claim.delivery_id,
+            claim.event_id,
+            claim.endpoint_id,
+            result.status_code or result.error_class,
+            result.duration_ms,
+            f", next in {fields['next_attempt_in_s']} s" if fields["next_attempt_in_s"] else "",
+            extra={"fields": fields},
+        )
 
 
 def _stats_of(decided: Sequence[tuple[Job, Decision]], advanced: set[int]) -> metrics.Deltas:

@@ -243,6 +243,8 @@ CELERY_WORKER_CONCURRENCY = env_int(
 # Connections are still closed when broken or older than CONN_MAX_AGE (close_old_connections in
 # the delivery task), and recycled after this many tasks.
 CELERY_DB_REUSE_MAX = env_int("CELERY_DB_REUSE_MAX", 1000, minimum=1)
+# Workers log through LOGGING below (JSON or plain), not through Celery's own root handler.
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_WORKER_SEND_TASK_EVENTS = False  # Flower turns events on while it runs (enable_events)
 CELERY_TASK_SEND_SENT_EVENT = False  # one more publish per message; Flower shows received on
 # At ingest the broker may be down; give up quickly and let the rows wait in PostgreSQL.
@@ -347,12 +349,19 @@ WEBHOOKS_USER_AGENT = env_str("WEBHOOKS_USER_AGENT", "webhook-delivery/0.1")
 
 DATA_UPLOAD_MAX_MEMORY_SIZE = WEBHOOKS_MAX_PAYLOAD_BYTES
 
+# `json`: one object per line (every delivery attempt is one, see `deliveries.attempts`);
+# `plain`: readable lines for a terminal.
+WEBHOOKS_LOG_FORMAT = env_str("WEBHOOKS_LOG_FORMAT", "plain" if DEV else "json")
+if WEBHOOKS_LOG_FORMAT not in ("json", "plain"):
+    raise ImproperlyConfigured("WEBHOOKS_LOG_FORMAT must be 'json' or 'plain'")
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {
         "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        "json": {"()": "webhooks_project.logs.JsonFormatter"},
     },
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": WEBHOOKS_LOG_FORMAT}},
     "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
 }

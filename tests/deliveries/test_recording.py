@@ -86,3 +86,33 @@ def test_a_secret_no_key_decrypts_ends_as_a_retried_attempt_not_a_stuck_claim(
     attempt = DeliveryAttempt.objects.get(delivery=delivery)
     assert attempt.error_class == "secret_unreadable"
     wait_until(lambda: Delivery.objects.get(pk=delivery.pk).status == "pending")
+
+
+def test_every_recorded_attempt_is_one_structured_log_line_without_body_or_secrets(
+    caplog: Any,
+) -> None:
+    import json
+    import logging
+
+    from webhooks_project.logs import JsonFormatter
+
+    jobs = _claimed(2)
+    jobs[1].result = transport.TransportResult(
+        status_code=503, duration_ms=7.5, body="secret-looking response body"
+    )
+    jobs[1].stored_headers = {"authorization": "[redacted]"}
+    with caplog.at_level(logging.INFO, logger="deliveries.attempts"):
+        attempts_record(jobs)
+    records = [r for r in caplog.records if r.name == "deliveries.attempts"]
+    assert len(records) == 2
+    lines = [json.loads(JsonFormatter().format(r)) for r in records]
+    ok, failed = sorted(lines, key=lambda line: line["delivery_id"])
+    assert ok["event_id"] == jobs[0].claim.event_id
+    assert ok["endpoint_id"] == jobs[0].claim.endpoint_id
+    assert (ok["outcome"], ok["status_code"], ok["duration_ms"]) == ("succeeded", 200, 3.0)
+    assert (failed["outcome"], failed["status_code"]) == ("retrying", 503)
+    assert failed["next_attempt_in_s"] == pytest.approx(5, rel=0.2)
+    assert failed["level"] == "INFO"
+    assert "secret-looking" not in json.dumps(lines)
+    assert "authorization" not in json.dumps(lines)
+    assert "503" in failed["message"]

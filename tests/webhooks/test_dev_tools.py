@@ -133,3 +133,20 @@ def test_seed_demo_registers_a_type_and_a_listener_endpoint_once(api: APIClient)
         format="json",
     ).json()
     assert preview["payload"]["customer_email"] == "****example.com"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_worker_logs_json_lines_when_asked() -> None:
+    import json
+
+    worker = WorkerProcess(
+        worker_env(WEBHOOKS_LOG_FORMAT="json", CELERY_WORKER_CONCURRENCY=1),
+        extra_args=["--queues", "json-log-check"],  # consumes nothing the other tests send
+    ).start()
+    try:
+        (ready,) = [line for line in worker.output if " ready." in line]
+        record = json.loads(ready)
+        assert record["level"] == "INFO"
+        assert record["message"].endswith(" ready.")
+    finally:
+        worker.stop()
