@@ -95,3 +95,73 @@ def test_ingest_answers_202_and_keeps_rows_pending_when_the_broker_is_down(api: 
     assert status == 202
     assert body["deliveries"] == 1
     assert list(Delivery.objects.values_list("status", flat=True)) == ["pending"]
+
+
+def test_flower_gets_basic_auth_from_the_environment_or_a_password_generated_once(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from webhooks_project import localstack
+
+    monkeypatch.setattr(localstack, "RUN_DIR", tmp_path)
+    monkeypatch.delenv("FLOWER_BASIC_AUTH", raising=False)
+    generated = localstack._flower_auth()
+    user, password = generated.split(":", 1)
+    assert user == "admin"
+    assert len(password) >= 16
+    assert localstack._flower_auth() == generated  # kept under .run/ between runs
+    assert (tmp_path / "flower-auth").stat().st_mode & 0o077 == 0
+    monkeypatch.setenv("FLOWER_BASIC_AUTH", "ops:s3cret")
+    assert localstack._flower_auth() == "ops:s3cret"
+    monkeypatch.setenv("FLOWER_BASIC_AUTH", "no-password")
+    with pytest.raises(SystemExit, match="user:password"):
+        localstack._flower_auth()
+
+
+def test_flower_refuses_requests_without_its_basic_auth() -> None:
+    import base64
+    import subprocess
+    import sys
+    import time
+    import urllib.error
+
+    from tests.conftest import BASE_DIR, terminate
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "webhooks_project",
+            "flower",
+            f"--port={port}",
+            "--address=127.0.0.1",
+            "--basic-auth=ops:s3cret",
+        ],
+        cwd=BASE_DIR,
+        env=worker_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}/workers"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                urllib.request.urlopen(url, timeout=2)  # noqa: S310 - our own local Flower
+                status = 200
+            except urllib.error.HTTPError as exc:
+                status = exc.code
+            except OSError:
+                assert time.monotonic() < deadline, "flower did not start"
+                time.sleep(0.2)
+                continue
+            break
+        assert status == 401
+        token = base64.b64encode(b"ops:s3cret").decode()
+        request = urllib.request.Request(url, headers={"Authorization": f"Basic {token}"})
+        assert urllib.request.urlopen(request, timeout=10).status == 200  # noqa: S310
+    finally:
+        terminate(proc)

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import secrets
+import shlex
 import shutil
 import signal
 import socket
@@ -311,6 +313,20 @@ def _dev_setup() -> tuple[str, str, str]:
     return user, password, key_file.read_text().strip()
 
 
+def _flower_auth() -> str:
+    """Flower's `user:password`: FLOWER_BASIC_AUTH if set, else one generated once under .run/."""
+    given = os.environ.get("FLOWER_BASIC_AUTH", "").strip()
+    if given:
+        if ":" not in given:
+            raise SystemExit("FLOWER_BASIC_AUTH must be user:password")
+        return given
+    auth_file = RUN_DIR / "flower-auth"
+    if not auth_file.exists():
+        auth_file.write_text(f"admin:{secrets.token_urlsafe(12)}\n")
+        auth_file.chmod(0o600)
+    return auth_file.read_text().strip()
+
+
 def run() -> int:
     """`make run`: services, migrations, dev admin, then web + worker + beat + Flower."""
     from honcho.manager import Manager
@@ -323,6 +339,7 @@ def run() -> int:
     services = start_services(RUN_DIR, fast=False, persist=True)
     try:
         user, password, api_key = _dev_setup()
+        flower_user, flower_password = _flower_auth().split(",")[0].split(":", 1)
         # for `manage.py` commands in another terminal: `set -a; . .run/env; set +a`
         env_file = RUN_DIR / "env"
         env_file.write_text(
@@ -354,14 +371,24 @@ def run() -> int:
         )
         manager.add_process(
             "flower",
-            " ".join([*celery, "flower", f"--port={flower_port}", "--address=127.0.0.1"]),
+            " ".join(
+                [
+                    *celery,
+                    "flower",
+                    f"--port={flower_port}",
+                    "--address=127.0.0.1",
+                    shlex.quote(f"--basic-auth={_flower_auth()}"),
+                ]
+            ),
             cwd=str(BASE_DIR),
         )
         print(
             "\n"
             f"  API        http://127.0.0.1:{port}/api/v1/   (docs: http://127.0.0.1:{port}/api/docs/)\n"
             f"  Admin      http://127.0.0.1:{port}/admin/    user {user!r}, password {password!r}\n"
-            f"  Flower     http://127.0.0.1:{flower_port}/\n"
+            f"  Flower     http://127.0.0.1:{flower_port}/   user {flower_user!r}, "
+            f"password {flower_password!r} (FLOWER_BASIC_AUTH)\n"
+            f"  Metrics    http://127.0.0.1:{port}/metrics  and  http://127.0.0.1:{port}/admin/metrics/\n"
             f"  Health     http://127.0.0.1:{port}/healthz\n"
             f"  API key    {api_key}   (also in .run/dev-api-key)\n"
             f"  PostgreSQL {os.environ['DATABASE_URL']}\n"
