@@ -125,6 +125,10 @@ class DeliveryAttempt(models.Model):
     error = models.CharField(max_length=500, blank=True, default="")
     error_class = models.CharField(max_length=40, blank=True, default="")
     request_headers = models.JSONField(default=dict, blank=True)
+    # The body exactly as sent (after transformation and masking), up to
+    # WEBHOOKS_STORED_BODY_MAX_BYTES; `request_body_bytes` is its whole size.
+    request_body = models.TextField(blank=True, default="")
+    request_body_bytes = models.PositiveIntegerField(null=True, blank=True)
     response_headers = models.JSONField(default=dict, blank=True)
     response_body = models.TextField(blank=True, default="")
 

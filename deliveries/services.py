@@ -637,6 +637,8 @@ _ATTEMPT_COLUMNS = (
     "request_headers",
     "response_headers",
     "response_body",
+    "request_body",
+    "request_body_bytes",
 )
 _COPY_ATTEMPTS_SQL = (
     f"COPY {DeliveryAttempt._meta.db_table} ({', '.join(_ATTEMPT_COLUMNS)}) FROM STDIN"
@@ -740,6 +742,8 @@ def _attempts_write(jobs: Sequence[Job], *, copy: bool) -> None:
                 job.stored_headers,
                 result.headers,
                 result.body,
+                job.body[: settings.WEBHOOKS_STORED_BODY_MAX_BYTES].decode("utf-8", "ignore"),
+                len(job.body) if job.body else None,
             )
         )
         if decision.verdict is Verdict.RETRY:
@@ -767,7 +771,7 @@ def _attempts_write(jobs: Sequence[Job], *, copy: bool) -> None:
                             (
                                 *values[:8],
                                 *(orjson.dumps(v).decode() for v in values[8:10]),
-                                values[10],
+                                *values[10:],
                             )
                         )
             else:

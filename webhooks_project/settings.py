@@ -94,7 +94,7 @@ WSGI_APPLICATION = "webhooks_project.wsgi.application"
 TEMPLATES = [
     {
         "BACKEND": "django.template.backends.django.DjangoTemplates",
-        "DIRS": [],
+        "DIRS": [BASE_DIR / "webhooks_project" / "templates"],
         "APP_DIRS": True,
         "OPTIONS": {
             "context_processors": [
@@ -345,6 +345,8 @@ WEBHOOKS_MAX_JSON_DEPTH = env_int("WEBHOOKS_MAX_JSON_DEPTH", 32, minimum=2)
 WEBHOOKS_HTTP_TIMEOUT = env_float("WEBHOOKS_HTTP_TIMEOUT", 15.0, minimum=0.1)
 WEBHOOKS_CONNECT_TIMEOUT = env_float("WEBHOOKS_CONNECT_TIMEOUT", 5.0, minimum=0.1)
 WEBHOOKS_RESPONSE_MAX_BYTES = env_int("WEBHOOKS_RESPONSE_MAX_BYTES", 4096, minimum=0)
+# Each attempt keeps the body it sent, up to this many bytes, for the admin and the API.
+WEBHOOKS_STORED_BODY_MAX_BYTES = env_int("WEBHOOKS_STORED_BODY_MAX_BYTES", 65536, minimum=0)
 WEBHOOKS_USER_AGENT = env_str("WEBHOOKS_USER_AGENT", "webhook-delivery/0.1")
 
 DATA_UPLOAD_MAX_MEMORY_SIZE = WEBHOOKS_MAX_PAYLOAD_BYTES

@@ -118,6 +118,8 @@ class AttemptSerializer(serializers.ModelSerializer):
             "error",
             "error_class",
             "request_headers",
+            "request_body",
+            "request_body_bytes",
             "response_headers",
             "response_body",
         ]

@@ -77,6 +77,10 @@ def test_one_event_reaches_three_endpoints_once_each_correctly_signed(
     assert attempts[0]["outcome"] == "succeeded"
     assert attempts[0]["response_body"] == '{"ok": true}'
     assert attempts[0]["request_headers"]["webhook-id"] == event["id"]
+    # the body the attempt recorded is byte for byte what the consumer got
+    (received,) = sink.requests("ep0")
+    assert attempts[0]["request_body"] == received.body.decode()
+    assert attempts[0]["request_body_bytes"] == len(received.body)
 
 
 def test_a_failing_endpoint_is_retried_until_it_succeeds(
