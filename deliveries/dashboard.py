@@ -1,0 +1,158 @@
+"""The admin dashboard (`/admin/metrics/`): the three metrics with charts, the endpoints that fail
+most, the most overdue delivery and the dead letters waiting. Read from the metrics rollup, so it
+answers in milliseconds however many attempts there are."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.contrib import admin
+from django.http import HttpRequest, HttpResponse
+from django.template.response import TemplateResponse
+from django.urls import reverse
+from django.utils import timezone
+from django.utils.safestring import SafeString
+
+from webhooks.models import Endpoint
+
+from . import charts, metrics
+from .models import DeadLetter, Delivery
+
+TABLE_ROWS = 50
+
+
+@dataclass
+class EndpointRow:
+    endpoint_id: str
+    url: str
+    enabled: bool
+    disabled_reason: str
+    summary: metrics.Summary
+
+    @property
+    def failures(self) -> int:
+        return self.summary.failed + self.summary.dead
+
+    @property
+    def latency_p95(self) -> float | None:
+        return metrics.percentile(self.summary.latency_hist, 0.95)
+
+    @property
+    def latency_mean(self) -> float | None:
+        s = self.summary
+        return s.latency_ms_sum / s.succeeded if s.succeeded else None
+
+
+def endpoint_rows(scope: metrics.Scope) -> list[EndpointRow]:
+    """Endpoints with deliveries finished in the window, the most failing first."""
+    summaries = metrics.by_endpoint(scope)
+    known = {
+        e["id"]: e
+        for e in Endpoint.objects.filter(pk__in=summaries).values(
+            "id", "url", "enabled", "disabled_reason"
+        )
+    }
+    rows = [
+        EndpointRow(
+            endpoint_id=endpoint_id,
+            url=known.get(endpoint_id, {}).get("url", "(deleted)"),
+            enabled=known.get(endpoint_id, {}).get("enabled", False),
+            disabled_reason=known.get(endpoint_id, {}).get("disabled_reason", ""),
+            summary=summary,
+        )
+        for endpoint_id, summary in summaries.items()
+    ]
+    rows.sort(
+        key=lambda r: (
+            -(r.failures + r.summary.retried),
+            r.summary.success_rate if r.summary.success_rate is not None else 1.0,
+            r.endpoint_id,
+        )
+    )
+    return rows
+
+
+def _label(at: datetime, window: str) -> str:
+    local = timezone.localtime(at)
+    return local.strftime("%H:%M" if window != "7d" else "%a %H:%M")
+
+
+def _charts(scope: metrics.Scope, window: str) -> dict[str, SafeString]:
+    points = metrics.series(scope, metrics.STEPS[window])
+    labels = [_label(start, window) for start, _ in points]
+    summaries = [s for _, s in points]
+    success = charts.line_chart(
+        [charts.Line("success rate", [s.success_rate for s in summaries], "#2e7d32")],
+        labels,
+        unit="%",
+        y_max=1.0,
+        title="Delivery success rate",
+    )
+    latency = charts.line_chart(
+        [
+            charts.Line(
+                "mean",
+                [s.latency_ms_sum / s.succeeded if s.succeeded else None for s in summaries],
+                "#1565c0",
+            ),
+            charts.Line(
+                "p95", [metrics.percentile(s.latency_hist, 0.95) for s in summaries], "#ef6c00"
+            ),
+        ],
+        labels,
+        unit="ms",
+        title="Latency to consumer",
+    )
+    volume = charts.line_chart(
+        [
+            charts.Line("succeeded", [float(s.succeeded) for s in summaries], "#2e7d32"),
+            charts.Line("failed or dead", [float(s.failed + s.dead) for s in summaries], "#c62828"),
+            charts.Line("retried attempts", [float(s.retried) for s in summaries], "#f9a825"),
+        ],
+        labels,
+        title="Deliveries finished and retries",
+    )
+    return {"success": success, "latency": latency, "volume": volume}
+
+
+def _most_overdue(now: datetime) -> dict[str, Any] | None:
+    delivery = (
+        Delivery.objects.filter(status=Delivery.Status.PENDING, next_attempt_at__lte=now)
+        .order_by("next_attempt_at")
+        .values("id", "endpoint_id", "event_id", "attempt_count", "next_attempt_at")
+        .first()
+    )
+    if delivery is None:
+        return None
+    delivery["overdue"] = now - delivery["next_attempt_at"]
+    delivery["url"] = reverse("admin:deliveries_delivery_change", args=[delivery["id"]])
+    return delivery
+
+
+def dashboard_view(request: HttpRequest) -> HttpResponse:
+    window = request.GET.get("window", "24h")
+    if window not in metrics.WINDOWS:
+        window = "24h"
+    now = timezone.now()
+    scope = metrics.window_scope(window, now=now)
+    summary = metrics.summary(scope)
+    context = {
+        **admin.site.each_context(request),
+        "title": "Delivery dashboard",
+        "window": window,
+        "windows": list(metrics.WINDOWS),
+        "summary": summary,
+        "numbers": summary.as_dict(),
+        "charts": _charts(scope, window),
+        "endpoints": endpoint_rows(scope)[:TABLE_ROWS],
+        "overdue": _most_overdue(now),
+        "lease_expired": Delivery.objects.filter(
+            status=Delivery.Status.IN_FLIGHT, lease_expires_at__lt=now - timedelta(seconds=1)
+        ).count(),
+        "dead_letters_waiting": DeadLetter.objects.filter(replayed_at__isnull=True).count(),
+        "disabled_endpoints": Endpoint.objects.filter(enabled=False).count(),
+        "pending": Delivery.objects.filter(status=Delivery.Status.PENDING).count(),
+    }
+    return TemplateResponse(request, "admin/deliveries/dashboard.html", context)
