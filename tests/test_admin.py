@@ -106,3 +106,62 @@ def test_the_event_type_preview_in_the_admin_shows_the_body_or_why_not(
     refused = admin_client.post(url, {"data": '{"id": "c-1"}'})
     assert "Refused" in refused.content.decode()
     assert "card" in refused.content.decode()
+
+
+def test_the_endpoint_list_shows_health_and_filters_by_it(
+    admin_client: Client, record: Delivery
+) -> None:
+    from deliveries import metrics
+
+    deltas = metrics.Deltas()
+    for _ in range(9):
+        deltas.of(record.endpoint_id, "order.created").success(10)
+    deltas.of(record.endpoint_id, "order.created").dead = 1
+    metrics.stats_add(deltas, at=timezone.now())
+    page = admin_client.get("/admin/webhooks/endpoint/").content.decode()
+    assert "90.0%" in page  # 9 of 10 in the last day
+    assert 'title="9 of 10 deliveries"' in page
+    failing = admin_client.get("/admin/webhooks/endpoint/?health=failing").content.decode()
+    assert record.endpoint_id not in failing  # failing_since is not set
+    healthy = admin_client.get("/admin/webhooks/endpoint/?health=healthy").content.decode()
+    assert record.endpoint_id in healthy
+
+
+def test_rotating_a_secret_in_the_admin_shows_the_new_one_once_and_keeps_the_old_signing(
+    admin_client: Client, record: Delivery
+) -> None:
+    from webhooks.models import AuditRecord, EndpointSecret
+
+    response = admin_client.post(
+        "/admin/webhooks/endpoint/",
+        {"action": "rotate_secret", "_selected_action": [record.endpoint_id]},
+    )
+    assert response.status_code == 200
+    assert "no-store" in response["Cache-Control"]
+    html = response.content.decode()
+    shown = html.split('class="new-secret">')[1].split("<")[0]
+    assert shown.startswith("whsec_")
+    secrets = EndpointSecret.objects.filter(endpoint_id=record.endpoint_id)
+    assert secrets.count() == 2
+    assert secrets.filter(expires_at__isnull=False).count() == 1  # the old one, for the grace
+    assert AuditRecord.objects.filter(action="endpoint.secret_rotated").exists()
+    # never again: the endpoint page does not show it
+    page = admin_client.get(f"/admin/webhooks/endpoint/{record.endpoint_id}/change/")
+    assert shown not in page.content.decode()
+
+
+def test_disabling_endpoints_in_the_admin_records_who_did_it(
+    admin_client: Client, record: Delivery
+) -> None:
+    from webhooks.models import AuditRecord, Endpoint
+
+    response = admin_client.post(
+        "/admin/webhooks/endpoint/",
+        {"action": "disable", "_selected_action": [record.endpoint_id]},
+        follow=True,
+    )
+    assert b"Disabled 1 endpoints" in response.content
+    endpoint = Endpoint.objects.get(pk=record.endpoint_id)
+    assert not endpoint.enabled
+    assert endpoint.disabled_reason == "disabled by admin:admin"
+    assert AuditRecord.objects.filter(action="endpoint.disabled", actor="admin:admin").exists()

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
 from django.db import models, transaction
-from django.db.models import QuerySet
-from django.http import HttpRequest
+from django.db.models import F, OuterRef, Q, QuerySet, Subquery, Sum
+from django.http import HttpRequest, HttpResponse
+from django.template.response import TemplateResponse
+from django.utils import timezone
+from django.utils.html import format_html
 from rest_framework_api_key.models import APIKey as LibraryAPIKey
 
-from . import audit
+from . import audit, signing
 from .models import ApiKey, Application, AuditRecord, Endpoint, EndpointSecret, Source
-from .services import endpoint_delete
+from .services import endpoint_delete, endpoint_disable, endpoint_secret_rotate
 
 
 class AuditedAdmin(admin.ModelAdmin):
@@ -71,6 +75,53 @@ class EndpointSecretInline(admin.TabularInline):
         return False
 
 
+class HealthFilter(admin.SimpleListFilter):
+    title = "health"
+    parameter_name = "health"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [
+            ("failing", "Failing now"),
+            ("healthy", "Healthy"),
+            ("disabled", "Disabled"),
+        ]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Endpoint]) -> QuerySet[Endpoint]:
+        if self.value() == "failing":
+            return queryset.filter(enabled=True, failing_since__isnull=False)
+        if self.value() == "healthy":
+            return queryset.filter(enabled=True, failing_since__isnull=True)
+        if self.value() == "disabled":
+            return queryset.filter(enabled=False)
+        return queryset
+
+
+HEALTH_WINDOW = timedelta(hours=24)
+
+
+def _with_health(queryset: QuerySet[Endpoint]) -> QuerySet[Endpoint]:
+    """Annotate the last day's finished and succeeded deliveries, and the last minute with a
+    failure in the last week, from the metrics rollup (one indexed subquery each)."""
+    from deliveries.models import DeliveryStat  # deliveries depends on this app
+
+    now = timezone.now()
+    recent = DeliveryStat.objects.filter(
+        endpoint_id=OuterRef("pk"), bucket__gte=now - HEALTH_WINDOW
+    ).values("endpoint_id")
+
+    def total(expression: Any) -> Subquery:
+        return Subquery(recent.annotate(v=Sum(expression)).values("v")[:1])
+
+    failures = DeliveryStat.objects.filter(
+        endpoint_id=OuterRef("pk"), bucket__gte=now - timedelta(days=7)
+    ).filter(Q(failed__gt=0) | Q(dead__gt=0) | Q(retried__gt=0))
+    return queryset.annotate(
+        recent_succeeded=total(F("succeeded")),
+        recent_finished=total(F("succeeded") + F("failed") + F("dead")),
+        last_failure=Subquery(failures.order_by("-bucket").values("bucket")[:1]),
+    )
+
+
 @admin.register(Endpoint)
 class EndpointAdmin(AuditedAdmin):
     list_display = [
@@ -78,12 +129,13 @@ class EndpointAdmin(AuditedAdmin):
         "url",
         "application",
         "enabled",
+        "health",
+        "last_failure",
         "disabled_reason",
         "failing_since",
         "event_types",
-        "created_at",
     ]
-    list_filter = ["enabled", "application"]
+    list_filter = ["enabled", HealthFilter, "application"]
     search_fields = ["id", "url", "description"]
     readonly_fields = [
         "id",
@@ -97,7 +149,78 @@ class EndpointAdmin(AuditedAdmin):
     formfield_overrides = {
         models.URLField: {"form_class": forms.URLField, "assume_scheme": "https"},
     }
-    actions = ["enable", "enable_and_replay_missed", "replay_dead_letters", "send_test_event"]
+    actions = [
+        "send_test_event",
+        "enable",
+        "enable_and_replay_missed",
+        "disable",
+        "rotate_secret",
+        "replay_dead_letters",
+    ]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Endpoint]:
+        return _with_health(super().get_queryset(request).select_related("application"))
+
+    @admin.display(description="success (24h)", ordering="recent_succeeded")
+    def health(self, obj: Endpoint) -> str:
+        finished = getattr(obj, "recent_finished", None)
+        if not finished:
+            return "–"
+        rate = (obj.recent_succeeded or 0) / finished
+        color = "#2e7d32" if rate >= 0.99 else "#ef6c00" if rate >= 0.9 else "#c62828"
+        return format_html(
+            '<span style="color:{}" title="{} of {} deliveries">{}%</span>',
+            color,
+            obj.recent_succeeded or 0,
+            finished,
+            f"{rate * 100:.1f}",
+        )
+
+    @admin.display(description="last failure", ordering="last_failure")
+    def last_failure(self, obj: Endpoint) -> Any:
+        return getattr(obj, "last_failure", None) or "–"
+
+    @admin.action(description="Disable selected endpoints")
+    def disable(self, request: HttpRequest, queryset: QuerySet[Endpoint]) -> None:
+        actor = f"admin:{request.user}"
+        changed = sum(
+            endpoint_disable(endpoint_id=pk, reason=f"disabled by {actor}", actor=actor)
+            for pk in queryset.values_list("id", flat=True)
+        )
+        self.message_user(
+            request,
+            f"Disabled {changed} endpoints. Their pending deliveries become dead letters when "
+            "next attempted; re-enable with replay to send them.",
+            messages.SUCCESS,
+        )
+
+    @admin.action(description="Rotate the signing secret of selected endpoints (shown once)")
+    def rotate_secret(self, request: HttpRequest, queryset: QuerySet[Endpoint]) -> HttpResponse:
+        rotated = []
+        for endpoint in queryset:
+            result = endpoint_secret_rotate(endpoint=endpoint, actor=f"admin:{request.user}")
+            public = signing.public_key(result.secret)
+            rotated.append(
+                {
+                    "endpoint": endpoint,
+                    "secret": None if public else result.secret,
+                    "public_key": public,
+                    "previous_expire_at": result.previous_expire_at,
+                }
+            )
+        # Rendered into this response only: never stored in a message, a cookie or the session.
+        response = TemplateResponse(
+            request,
+            "admin/webhooks/endpoint/rotated.html",
+            {
+                **self.admin_site.each_context(request),
+                "title": "New signing secrets",
+                "rotated": rotated,
+                "opts": self.model._meta,
+            },
+        )
+        response["Cache-Control"] = "no-store"
+        return response
 
     @admin.action(description="Send a test event to selected endpoints")
     def send_test_event(self, request: HttpRequest, queryset: QuerySet[Endpoint]) -> None:
