@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import orjson
 from django.contrib import admin, messages
 from django.db.models import QuerySet
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse
 
-from .models import DeadLetter, Delivery, DeliveryAttempt, Event
+from .models import DeadLetter, Delivery, Event
 from .services import dead_letters_replay
 
 
@@ -44,22 +47,6 @@ class DeliveryInline(ReadOnlyInline):
     show_change_link = True
 
 
-class AttemptInline(ReadOnlyInline):
-    model = DeliveryAttempt
-    fields = [
-        "number",
-        "outcome",
-        "started_at",
-        "duration_ms",
-        "status_code",
-        "error_class",
-        "error",
-        "response_body",
-        "request_headers",
-    ]
-    readonly_fields = fields
-
-
 @admin.register(Event)
 class EventAdmin(ReadOnlyAdmin):
     list_display = ["id", "event_type", "application", "created_at"]
@@ -70,11 +57,54 @@ class EventAdmin(ReadOnlyAdmin):
     list_select_related = ["application"]
 
 
+def _pretty(body: str) -> str:
+    """A JSON body indented for reading; anything else as it is."""
+    try:
+        return orjson.dumps(orjson.loads(body), option=orjson.OPT_INDENT_2).decode()
+    except orjson.JSONDecodeError:
+        return body
+
+
+def delivery_timeline(delivery: Delivery) -> list[dict[str, Any]]:
+    """The delivery's life, in order: accepted, each attempt (offset from acceptance, outcome,
+    status, duration, the body sent, the response excerpt), dead letters and replays, and
+    where it stands now."""
+    accepted = delivery.event.created_at
+    entries: list[dict[str, Any]] = [{"kind": "accepted", "at": accepted, "offset": None}]
+    for attempt in delivery.attempts.order_by("number"):
+        entries.append(
+            {
+                "kind": "attempt",
+                "at": attempt.started_at,
+                "attempt": attempt,
+                "body": _pretty(attempt.request_body) if attempt.request_body else "",
+                "truncated": (attempt.request_body_bytes or 0) > len(attempt.request_body.encode()),
+            }
+        )
+    for dead_letter in delivery.dead_letters.all():
+        entries.append({"kind": "dead_letter", "at": dead_letter.created_at, "dl": dead_letter})
+        if dead_letter.replayed_at:
+            entries.append({"kind": "replayed", "at": dead_letter.replayed_at, "dl": dead_letter})
+    entries.sort(key=lambda e: e["at"])
+    for entry in entries:
+        entry["offset"] = (entry["at"] - accepted).total_seconds()
+    if delivery.status == Delivery.Status.PENDING and delivery.next_attempt_at:
+        entries.append(
+            {
+                "kind": "next",
+                "at": delivery.next_attempt_at,
+                "offset": (delivery.next_attempt_at - accepted).total_seconds(),
+            }
+        )
+    return entries
+
+
 @admin.register(Delivery)
 class DeliveryAdmin(ReadOnlyAdmin):
     list_display = [
         "id",
         "event",
+        "event_type",
         "endpoint",
         "status",
         "attempt_count",
@@ -82,10 +112,34 @@ class DeliveryAdmin(ReadOnlyAdmin):
         "next_attempt_at",
         "completed_at",
     ]
-    list_filter = ["status", "endpoint", "created_at"]
-    search_fields = ["event__id", "endpoint__id", "endpoint__url"]
+    list_filter = [
+        "status",
+        ("event__event_type", admin.RelatedOnlyFieldListFilter),
+        "endpoint",
+        "created_at",
+    ]
+    search_fields = ["=id", "=event__id", "=endpoint__id", "endpoint__url"]
     raw_id_fields = ["event", "endpoint"]
-    inlines = [AttemptInline]
+    list_select_related = ["event", "endpoint"]
+    date_hierarchy = "created_at"
+    change_form_template = "admin/deliveries/delivery/change_form.html"
+
+    @admin.display(description="event type", ordering="event__event_type")
+    def event_type(self, obj: Delivery) -> str:
+        return obj.event.event_type_id
+
+    def change_view(
+        self,
+        request: HttpRequest,
+        object_id: str,
+        form_url: str = "",
+        extra_context: dict[str, Any] | None = None,
+    ) -> HttpResponse:
+        delivery = self.get_object(request, object_id)
+        context = dict(extra_context or {})
+        if delivery is not None:
+            context["timeline"] = delivery_timeline(delivery)
+        return super().change_view(request, object_id, form_url, extra_context=context)
 
 
 @admin.register(DeadLetter)

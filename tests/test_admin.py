@@ -165,3 +165,38 @@ def test_disabling_endpoints_in_the_admin_records_who_did_it(
     assert not endpoint.enabled
     assert endpoint.disabled_reason == "disabled by admin:admin"
     assert AuditRecord.objects.filter(action="endpoint.disabled", actor="admin:admin").exists()
+
+
+def test_the_delivery_page_is_a_timeline_with_the_body_sent_and_each_answer(
+    admin_client: Client, record: Delivery
+) -> None:
+    from datetime import timedelta
+
+    record.attempts.all().delete()
+    accepted = record.event.created_at
+    body = '{"type":"order.created","data":{"card":"************1111"}}'
+    for number, outcome, status, offset in ((1, "retrying", 503, 1), (2, "succeeded", 200, 6)):
+        DeliveryAttempt.objects.create(
+            delivery=record,
+            number=number,
+            outcome=outcome,
+            started_at=accepted + timedelta(seconds=offset),
+            duration_ms=12.5,
+            status_code=status,
+            request_body=body,
+            request_body_bytes=len(body),
+            response_body=f"answer-{status}",
+        )
+    html = admin_client.get(f"/admin/deliveries/delivery/{record.pk}/change/").content.decode()
+    import html as html_lib
+
+    timeline = html_lib.unescape(html[html.index('id="delivery-timeline"') :])
+    order = [timeline.index(s) for s in ("Event accepted", "Attempt 1", "Attempt 2")]
+    assert order == sorted(order)
+    assert "+1.000 s after acceptance" in timeline
+    assert "HTTP 503" in timeline
+    assert "answer-503" in timeline
+    assert "answer-200" in timeline
+    assert '"card": "************1111"' in timeline  # pretty-printed, as masked when sent
+    assert f"{len(body)} bytes" in timeline
+    assert "Dead letter" in timeline
