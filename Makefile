@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: run test bench bench-quick lint format clean install
+.PHONY: run test bench bench-quick screenshots lint format clean install
 
 install: $(STAMP)
 
@@ -31,6 +31,10 @@ bench: $(STAMP)
 # A small run (under two minutes); `make test` runs it as a smoke check, without thresholds.
 bench-quick: $(STAMP)
 	$(BIN)/python -m bench.run --quick
+
+# The admin screenshots in docs/screenshots/, taken by the browser test.
+screenshots: $(STAMP)
+	SCREENSHOTS_DIR=docs/screenshots $(BIN)/python -m webhooks_project.localstack test -- tests/test_browser.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

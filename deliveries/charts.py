@@ -24,7 +24,7 @@ def _fmt(value: float, unit: str) -> str:
         return f"{value * 100:.1f}%"
     if unit == "ms":
         return f"{value / 1000:.1f} s" if value >= 10_000 else f"{value:.0f} ms"
-    return f"{value:g}"
+    return f"{value:.0f}" if value >= 10 else f"{value:.3g}"
 
 
 def line_chart(

@@ -132,8 +132,6 @@ class EndpointAdmin(AuditedAdmin):
         "health",
         "last_failure",
         "disabled_reason",
-        "failing_since",
-        "event_types",
     ]
     list_filter = ["enabled", HealthFilter, "application"]
     search_fields = ["id", "url", "description"]
@@ -177,8 +175,9 @@ class EndpointAdmin(AuditedAdmin):
         )
 
     @admin.display(description="last failure", ordering="last_failure")
-    def last_failure(self, obj: Endpoint) -> Any:
-        return getattr(obj, "last_failure", None) or "–"
+    def last_failure(self, obj: Endpoint) -> str:
+        at = getattr(obj, "last_failure", None)
+        return timezone.localtime(at).strftime("%Y-%m-%d %H:%M") if at else "–"
 
     @admin.action(description="Disable selected endpoints")
     def disable(self, request: HttpRequest, queryset: QuerySet[Endpoint]) -> None:

@@ -31,6 +31,15 @@ def test_a_line_breaks_where_there_is_no_data_and_labels_are_escaped() -> None:
     assert "100.0%" in svg  # the top grid line
 
 
+def test_a_rate_just_below_one_never_reads_as_a_hundred_percent() -> None:
+    from deliveries.templatetags.delivery_metrics import percent
+
+    assert percent(2629 / 2638) == "99.66%"
+    assert percent(0.99999) == "99.99%"
+    assert percent(1.0) == "100%"
+    assert percent(None) == "–"
+
+
 def test_an_empty_chart_says_so() -> None:
     svg = str(charts.line_chart([charts.Line("x", [None, None], "#000")], ["a", "b"]))
     assert "No deliveries finished" in svg
@@ -64,7 +73,7 @@ def test_the_dashboard_shows_the_metrics_the_worst_endpoint_first_and_the_backlo
     html = response.content.decode()
     card = re.search(r'id="card-success-rate">.*?class="value">([^<]+)<', html, re.S)
     assert card
-    assert card.group(1).strip() == "77%"
+    assert card.group(1).strip() == "76.92%"
     assert "10 of 13 finished" in html
     assert re.search(r'id="card-retries">.*?class="value">12<', html, re.S)
     assert f"/admin/deliveries/delivery/{overdue.pk}/change/" in html
