@@ -27,6 +27,7 @@ test: $(STAMP)
 # Throughput and latency against the machine's own limits (see docs/BENCHMARKS.md).
 bench: $(STAMP)
 	$(BIN)/python -m bench.run --write docs/BENCHMARKS.md
+	$(BIN)/python -m bench.metrics_read --write docs/BENCHMARKS.md
 
 # A small run (under two minutes); `make test` runs it as a smoke check, without thresholds.
 bench-quick: $(STAMP)

@@ -79,8 +79,7 @@ def _label(at: datetime, window: str) -> str:
     return local.strftime("%H:%M" if window != "7d" else "%a %H:%M")
 
 
-def _charts(scope: metrics.Scope, window: str) -> dict[str, SafeString]:
-    points = metrics.series(scope, metrics.STEPS[window])
+def _charts(points: list[tuple[datetime, metrics.Summary]], window: str) -> dict[str, SafeString]:
     labels = [_label(start, window) for start, _ in points]
     summaries = [s for _, s in points]
     success = charts.line_chart(
@@ -137,7 +136,8 @@ def dashboard_view(request: HttpRequest) -> HttpResponse:
         window = "24h"
     now = timezone.now()
     scope = metrics.window_scope(window, now=now)
-    summary = metrics.summary(scope)
+    points = metrics.series(scope, metrics.STEPS[window])
+    summary = metrics.Summary.of(vars(s) for _, s in points)
     context = {
         **admin.site.each_context(request),
         "title": "Delivery dashboard",
@@ -145,7 +145,7 @@ def dashboard_view(request: HttpRequest) -> HttpResponse:
         "windows": list(metrics.WINDOWS),
         "summary": summary,
         "numbers": summary.as_dict(),
-        "charts": _charts(scope, window),
+        "charts": _charts(points, window),
         "endpoints": endpoint_rows(scope)[:TABLE_ROWS],
         "overdue": _most_overdue(now),
         "lease_expired": Delivery.objects.filter(

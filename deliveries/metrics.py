@@ -63,6 +63,12 @@ STEPS: dict[str, timedelta] = {
     "24h": timedelta(minutes=15),
     "7d": timedelta(hours=2),
 }
+# Every outcome is added at each of these spans (seconds); a window reads the coarsest span that
+# still draws its series, so a week is 168 hourly rows per endpoint and type, not 10,080.
+SPANS = (60, 900, 3600)
+WINDOW_SPANS: dict[str, int] = {"1h": 60, "24h": 900, "7d": 3600}
+# How long rows of each span are kept (days); the hourly ones for WEBHOOKS_METRICS_RETENTION_DAYS.
+SPAN_RETENTION_DAYS: dict[int, int] = {60: 2, 900: 14}
 
 
 def bucket_index(value_ms: float) -> int:
@@ -162,7 +168,9 @@ def _upsert_sql(table: str, key: Sequence[str]) -> str:
     )
 
 
-_STAT_SQL = _upsert_sql(DeliveryStat._meta.db_table, ("bucket", "endpoint_id", "event_type"))
+_STAT_SQL = _upsert_sql(
+    DeliveryStat._meta.db_table, ("span", "bucket", "endpoint_id", "event_type")
+)
 _TOTAL_SQL = _upsert_sql(DeliveryTotal._meta.db_table, ("endpoint_id", "event_type"))
 
 
@@ -170,15 +178,21 @@ def minute(at: datetime) -> datetime:
     return at.replace(second=0, microsecond=0)
 
 
+def floor_to(at: datetime, span: int) -> datetime:
+    """The start of the `span`-second bucket holding `at` (spans divide an hour)."""
+    at = minute(at)
+    return at.replace(minute=at.minute - at.minute % (span // 60)) if span > 60 else at
+
+
 def stats_add(deltas: Deltas, *, at: datetime) -> None:
-    """Add the deltas to the minute of `at` and to the totals, in the caller's transaction.
+    """Add the deltas to the buckets of `at` at every span and to the totals, in the caller's
+    transaction.
 
     Rows are written in key order so that two transactions adding to the same rows lock them
     in the same order and never deadlock.
     """
     if not deltas:
         return
-    bucket = minute(at)
     rows = []
     for (endpoint_id, event_type), d in sorted(deltas.items()):
         values = (
@@ -187,26 +201,33 @@ def stats_add(deltas: Deltas, *, at: datetime) -> None:
         )
         rows.append((endpoint_id, event_type, values))
     with connection.cursor() as cursor:
-        cursor.executemany(_STAT_SQL, [(bucket, e, t, *v) for e, t, v in rows])
+        cursor.executemany(
+            _STAT_SQL,
+            [(span, floor_to(at, span), e, t, *v) for span in SPANS for e, t, v in rows],
+        )
         cursor.executemany(_TOTAL_SQL, [(e, t, *v) for e, t, v in rows])
 
 
 def stats_prune(*, batch_size: int = 10_000, max_batches: int = 100) -> int:
-    """Delete rollup minutes older than WEBHOOKS_METRICS_RETENTION_DAYS, in batches; the
-    all-time totals stay. Returns how many rows were deleted."""
-    cutoff = timezone.now() - timedelta(days=settings.WEBHOOKS_METRICS_RETENTION_DAYS)
+    """Delete rollup rows past their span's retention (minutes after 2 days, quarters after 14,
+    hours after WEBHOOKS_METRICS_RETENTION_DAYS), in batches; the all-time totals stay.
+    Returns how many rows were deleted."""
+    now = timezone.now()
     table = DeliveryStat._meta.db_table
     deleted = 0
-    for _ in range(max_batches):
-        with connection.cursor() as cursor:
-            cursor.execute(
-                f"DELETE FROM {table} WHERE id IN "  # noqa: S608 - the name is ours
-                f"(SELECT id FROM {table} WHERE bucket < %s LIMIT %s)",
-                [cutoff, batch_size],
-            )
-            deleted += cursor.rowcount
-            if cursor.rowcount < batch_size:
-                break
+    for span in SPANS:
+        days = SPAN_RETENTION_DAYS.get(span, settings.WEBHOOKS_METRICS_RETENTION_DAYS)
+        cutoff = now - timedelta(days=days)
+        for _ in range(max_batches):
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    f"DELETE FROM {table} WHERE id IN "  # noqa: S608 - the name is ours
+                    f"(SELECT id FROM {table} WHERE span = %s AND bucket < %s LIMIT %s)",
+                    [span, cutoff, batch_size],
+                )
+                deleted += cursor.rowcount
+                if cursor.rowcount < batch_size:
+                    break
     return deleted
 
 
@@ -295,15 +316,16 @@ _SUMS = ", ".join(
 class Scope:
     """Which rows of the rollup to read."""
 
-    since: datetime
+    since: datetime  # read from the start of the bucket holding it
     until: datetime
     endpoint_ids: Sequence[str] | None = None  # None: every endpoint
     event_type: str | None = None
+    span: int = 60  # which rows: minutes, quarters or hours (SPANS)
 
 
 def _where(scope: Scope) -> tuple[str, list[Any]]:
-    clauses = ["bucket >= %s", "bucket < %s"]
-    params: list[Any] = [minute(scope.since), scope.until]
+    clauses = ["span = %s", "bucket >= %s", "bucket < %s"]
+    params: list[Any] = [scope.span, floor_to(scope.since, scope.span), scope.until]
     if scope.endpoint_ids is not None:
         clauses.append("endpoint_id = ANY(%s)")
         params.append(list(scope.endpoint_ids))
@@ -359,7 +381,7 @@ def summary(scope: Scope) -> Summary:
 def series(scope: Scope, step: timedelta) -> list[tuple[datetime, Summary]]:
     """The metrics per `step` from `scope.since`, every step present (empty ones too)."""
     seconds = int(step.total_seconds())
-    origin = minute(scope.since)
+    origin = floor_to(scope.since, scope.span)
     rows = _grouped(
         scope, "floor(extract(epoch FROM bucket - %s::timestamptz) / %s)::int", (origin, seconds)
     )
@@ -385,6 +407,7 @@ def window_scope(
         until=until,
         endpoint_ids=endpoint_ids,
         event_type=event_type,
+        span=WINDOW_SPANS[window],
     )
 
 
@@ -392,7 +415,8 @@ def report(scope: Scope, *, window: str) -> dict[str, Any]:
     """The API's answer: the window's totals and its time series."""
     step = STEPS[window]
     points = []
-    for start, s in series(scope, step):
+    steps = series(scope, step)
+    for start, s in steps:
         latency = percentile(s.latency_hist, 0.95)
         points.append(
             {
@@ -411,8 +435,8 @@ def report(scope: Scope, *, window: str) -> dict[str, Any]:
         )
     return {
         "window": window,
-        "since": scope.since,
+        "since": floor_to(scope.since, scope.span),
         "until": scope.until,
-        **summary(scope).as_dict(),
+        **Summary.of(vars(s) for _, s in steps).as_dict(),
         "series": {"step_seconds": int(step.total_seconds()), "points": points},
     }

@@ -201,13 +201,16 @@ class _Counters(models.Model):
 
 
 class DeliveryStat(_Counters):
-    """One minute of one endpoint and event type: the rollup the metrics are read from.
+    """One bucket (a minute, a quarter of an hour or an hour: `span` seconds) of one endpoint
+    and event type: the rollup the metrics are read from.
 
-    Written by the delivery path in the transaction that records the outcome, so it is exact;
-    kept after `prune` deletes the attempts (WEBHOOKS_METRICS_RETENTION_DAYS). Endpoint ids are
-    plain strings: the history outlives a deleted endpoint.
+    Written at every span by the delivery path in the transaction that records the outcome, so
+    it is exact, and each window reads the coarsest span that draws its series (a week is 168
+    hourly rows per endpoint and type). Kept after `prune` deletes the attempts. Endpoint ids
+    are plain strings: the history outlives a deleted endpoint.
     """
 
+    span = models.PositiveIntegerField()  # seconds
     bucket = models.DateTimeField()
     endpoint_id = models.CharField(max_length=40)
     event_type = models.CharField(max_length=200)
@@ -215,12 +218,16 @@ class DeliveryStat(_Counters):
     class Meta:
         constraints = [
             models.UniqueConstraint(
-                fields=["bucket", "endpoint_id", "event_type"], name="delivery_stat_key"
+                fields=["span", "bucket", "endpoint_id", "event_type"], name="delivery_stat_key"
             )
+        ]
+        # one endpoint's rows (the endpoint list's health columns, `?endpoint=`)
+        indexes = [
+            models.Index(fields=["endpoint_id", "span", "bucket"], name="delivery_stat_endpoint")
         ]
 
     def __str__(self) -> str:
-        return f"{self.bucket:%Y-%m-%d %H:%M} {self.endpoint_id} {self.event_type}"
+        return f"{self.bucket:%Y-%m-%d %H:%M}/{self.span}s {self.endpoint_id} {self.event_type}"
 
 
 class DeliveryTotal(_Counters):

@@ -100,20 +100,20 @@ HEALTH_WINDOW = timedelta(hours=24)
 
 
 def _with_health(queryset: QuerySet[Endpoint]) -> QuerySet[Endpoint]:
-    """Annotate the last day's finished and succeeded deliveries, and the last minute with a
-    failure in the last week, from the metrics rollup (one indexed subquery each)."""
+    """Annotate the last day's finished and succeeded deliveries, and the last quarter-hour
+    with a failure in the last week, from the metrics rollup's quarter-hour rows."""
     from deliveries.models import DeliveryStat  # deliveries depends on this app
 
     now = timezone.now()
     recent = DeliveryStat.objects.filter(
-        endpoint_id=OuterRef("pk"), bucket__gte=now - HEALTH_WINDOW
+        endpoint_id=OuterRef("pk"), span=900, bucket__gte=now - HEALTH_WINDOW
     ).values("endpoint_id")
 
     def total(expression: Any) -> Subquery:
         return Subquery(recent.annotate(v=Sum(expression)).values("v")[:1])
 
     failures = DeliveryStat.objects.filter(
-        endpoint_id=OuterRef("pk"), bucket__gte=now - timedelta(days=7)
+        endpoint_id=OuterRef("pk"), span=900, bucket__gte=now - timedelta(days=7)
     ).filter(Q(failed__gt=0) | Q(dead__gt=0) | Q(retried__gt=0))
     return queryset.annotate(
         recent_succeeded=total(F("succeeded")),

@@ -25,12 +25,14 @@ class Migration(migrations.Migration):
                 ('attempt_hist', django.contrib.postgres.fields.ArrayField(base_field=models.BigIntegerField(), default=list, size=None)),
                 ('latency_ms_sum', models.FloatField(default=0.0)),
                 ('latency_hist', django.contrib.postgres.fields.ArrayField(base_field=models.BigIntegerField(), default=list, size=None)),
+                ('span', models.PositiveIntegerField()),
                 ('bucket', models.DateTimeField()),
                 ('endpoint_id', models.CharField(max_length=40)),
                 ('event_type', models.CharField(max_length=200)),
             ],
             options={
-                'constraints': [models.UniqueConstraint(fields=('bucket', 'endpoint_id', 'event_type'), name='delivery_stat_key')],
+                'indexes': [models.Index(fields=['endpoint_id', 'span', 'bucket'], name='delivery_stat_endpoint')],
+                'constraints': [models.UniqueConstraint(fields=('span', 'bucket', 'endpoint_id', 'event_type'), name='delivery_stat_key')],
             },
         ),
         migrations.CreateModel(

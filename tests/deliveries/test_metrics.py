@@ -65,8 +65,14 @@ def test_adding_twice_to_one_minute_sums_counters_and_histograms_in_one_row():
         d.attempt(latency / 2)
         d.success(latency)
         metrics.stats_add(deltas, at=at)
-    (row,) = DeliveryStat.objects.all()
-    assert row.bucket == datetime(2026, 1, 1, 12, 30, tzinfo=UTC)
+    assert DeliveryStat.objects.count() == 3  # one row per span
+    buckets = dict(DeliveryStat.objects.values_list("span", "bucket"))
+    assert buckets == {
+        60: datetime(2026, 1, 1, 12, 30, tzinfo=UTC),
+        900: datetime(2026, 1, 1, 12, 30, tzinfo=UTC),
+        3600: datetime(2026, 1, 1, 12, 0, tzinfo=UTC),
+    }
+    row = DeliveryStat.objects.get(span=60)
     assert (row.succeeded, row.attempts, row.latency_ms_sum) == (2, 2, 60.0)
     assert row.latency_hist[metrics.bucket_index(20)] == 1
     assert row.latency_hist[metrics.bucket_index(40)] == 1
@@ -98,6 +104,15 @@ def test_a_window_sums_only_its_minutes_and_the_series_has_every_step():
     assert points[-1][0] == datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
     per_endpoint = metrics.by_endpoint(scope)
     assert per_endpoint["ep_2"].success_rate == 0.0
+    # the longer windows read the quarter-hour and hourly rows: the same outcomes, all four
+    for window, points_count in (("24h", 97), ("7d", 85)):
+        longer = metrics.window_scope(window, now=now)
+        assert longer.span == metrics.WINDOW_SPANS[window]
+        total = metrics.summary(longer)
+        assert (total.succeeded, total.failed, total.dead) == (109, 102, 4)
+        steps = metrics.series(longer, metrics.STEPS[window])
+        assert len(steps) == points_count
+        assert sum(p.succeeded for _, p in steps) == 109
 
 
 # --- Written by the real delivery path ---------------------------------------------------------
@@ -225,7 +240,7 @@ def test_bad_filters_are_clear_errors_and_a_limited_key_sees_its_own_endpoints_o
 
 
 @pytest.mark.django_db
-def test_the_prune_job_drops_old_minutes_but_keeps_the_totals(settings) -> None:  # noqa: ANN001
+def test_the_prune_job_keeps_each_span_for_its_time_and_the_totals_forever(settings) -> None:  # noqa: ANN001
     from deliveries.tasks import prune
 
     now = datetime.now(UTC)
@@ -235,5 +250,7 @@ def test_the_prune_job_drops_old_minutes_but_keeps_the_totals(settings) -> None:
         metrics.stats_add(deltas, at=now - timedelta(days=days_ago))
     settings.WEBHOOKS_METRICS_RETENTION_DAYS = 30
     prune()
-    assert sorted((now - r.bucket).days for r in DeliveryStat.objects.all()) == [0, 10]
+    kept = sorted((r.span, (now - r.bucket).days) for r in DeliveryStat.objects.all())
+    # minutes for 2 days, quarters for 14, hours for WEBHOOKS_METRICS_RETENTION_DAYS
+    assert kept == [(60, 0), (900, 0), (900, 10), (3600, 0), (3600, 10)]
     assert DeliveryTotal.objects.get().succeeded == 3
