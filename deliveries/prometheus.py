@@ -152,6 +152,9 @@ class DeliveryCollector:
             client.close()
 
 
+_PROXY_HEADERS = ("X-Forwarded-For", "Forwarded", "X-Real-IP")
+
+
 def _allowed(request: HttpRequest) -> tuple[bool, bool]:
     """(allowed, a token would help): by bearer token, else by the client's network."""
     token = settings.WEBHOOKS_METRICS_TOKEN
@@ -160,6 +163,9 @@ def _allowed(request: HttpRequest) -> tuple[bool, bool]:
         given = header.removeprefix("Bearer ").strip().encode()
         if hmac.compare_digest(given, token.encode()):
             return True, True
+    if any(h in request.headers for h in _PROXY_HEADERS):
+        # came through a proxy: REMOTE_ADDR is the proxy's address, not the client's
+        return False, bool(token)
     try:
         address = ipaddress.ip_address(request.META.get("REMOTE_ADDR", ""))
     except ValueError:

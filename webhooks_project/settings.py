@@ -289,9 +289,13 @@ try:
     WEBHOOKS_ALLOWED_TARGET_NETWORKS = parse_cidrs(WEBHOOKS_ALLOWED_TARGET_CIDRS)
 except ValueError as exc:
     raise ImproperlyConfigured(f"WEBHOOKS_ALLOWED_TARGET_CIDRS: {exc}") from exc
-# `/metrics` (Prometheus): answered to these networks, or to `Authorization: Bearer <token>`.
+# `/metrics` (Prometheus): answered to `Authorization: Bearer <token>`, or to clients in these
+# networks that did not come through a proxy. Loopback only in dev: behind a reverse proxy on
+# the same host every request would come from loopback, so production needs a token or a list.
 WEBHOOKS_METRICS_TOKEN = env_str("WEBHOOKS_METRICS_TOKEN", "") or ""
-WEBHOOKS_METRICS_ALLOW = env_list("WEBHOOKS_METRICS_ALLOW", ["127.0.0.1/32", "::1/128"])
+WEBHOOKS_METRICS_ALLOW = env_list(
+    "WEBHOOKS_METRICS_ALLOW", ["127.0.0.1/32", "::1/128"] if DEV else []
+)
 try:
     WEBHOOKS_METRICS_NETWORKS = parse_cidrs(WEBHOOKS_METRICS_ALLOW)
 except ValueError as exc:

@@ -98,6 +98,9 @@ def test_only_the_allowed_networks_or_the_token_may_scrape(settings) -> None:  #
 
     assert Client().get("/metrics", REMOTE_ADDR="::1").status_code == 200
     assert Client().get("/metrics", REMOTE_ADDR="::ffff:127.0.0.1").status_code == 200
+    # a proxy on loopback does not make its clients local
+    proxied = Client().get("/metrics", HTTP_X_FORWARDED_FOR="203.0.113.9")
+    assert proxied.status_code == 403
     outside = Client().get("/metrics", REMOTE_ADDR="203.0.113.9")
     assert outside.status_code == 403
     assert b"WEBHOOKS_METRICS_ALLOW" in outside.content
@@ -134,3 +137,31 @@ def test_the_grafana_dashboard_names_only_metrics_the_exporter_serves() -> None:
     }
     assert named
     assert named <= served, named - served
+
+
+def test_outside_dev_nothing_may_scrape_by_address_unless_configured() -> None:
+    import os
+    import subprocess
+    import sys
+
+    from cryptography.fernet import Fernet
+
+    from tests.conftest import BASE_DIR
+
+    env = dict(os.environ)
+    env.update(
+        WEBHOOKS_ENV="production",
+        DJANGO_SECRET_KEY="x" * 50,
+        WEBHOOKS_ENCRYPTION_KEYS=Fernet.generate_key().decode(),
+    )
+    env.pop("WEBHOOKS_METRICS_ALLOW", None)
+    code = "from django.conf import settings; print(list(settings.WEBHOOKS_METRICS_NETWORKS))"
+    result = subprocess.run(
+        [sys.executable, "manage.py", "shell", "-c", code],
+        cwd=BASE_DIR,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert result.stdout.strip().splitlines()[-1] == "[]"
