@@ -26,6 +26,8 @@ from django.conf import settings
 from django.db import connection
 from django.utils import timezone
 
+from webhooks_project.db import binding_cursor
+
 from .models import DeliveryStat, DeliveryTotal
 
 # Upper bounds of the histogram buckets, in milliseconds; the last bucket is everything above.
@@ -153,25 +155,49 @@ _COUNTERS = (
 _HISTS = ("attempt_hist", "latency_hist")
 
 
-def _upsert_sql(table: str, key: Sequence[str]) -> str:
+def _upsert(table: str, key: Sequence[str], source: str) -> str:
+    """INSERT ... SELECT from `source` (which has the key, counter and histogram columns),
+    adding to the existing row on conflict (histograms element by element)."""
     columns = (*key, *_COUNTERS, *_HISTS)
-    sums = ", ".join(f"{c} = {table}.{c} + EXCLUDED.{c}" for c in _COUNTERS)
+    sums = ", ".join(f"{c} = cur.{c} + EXCLUDED.{c}" for c in _COUNTERS)
     hists = ", ".join(
         f"{h} = ARRAY(SELECT coalesce(a, 0) + coalesce(b, 0) "  # noqa: S608 - names are ours
-        f"FROM unnest({table}.{h}, EXCLUDED.{h}) WITH ORDINALITY AS u(a, b, i) ORDER BY i)"
+        f"FROM unnest(cur.{h}, EXCLUDED.{h}) WITH ORDINALITY AS u(a, b, i) ORDER BY i)"
         for h in _HISTS
     )
     return (
-        f"INSERT INTO {table} ({', '.join(columns)}) "  # noqa: S608 - names are ours
-        f"VALUES ({', '.join(['%s'] * len(columns))}) "
+        f"INSERT INTO {table} AS cur ({', '.join(columns)}) "  # noqa: S608 - names are ours
+        f"SELECT {', '.join(columns)} FROM {source} ORDER BY {', '.join(key)} "
         f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET {sums}, {hists}"
     )
 
 
-_STAT_SQL = _upsert_sql(
-    DeliveryStat._meta.db_table, ("span", "bucket", "endpoint_id", "event_type")
+_INPUT_TYPES = {
+    "span": "int",
+    "bucket": "timestamptz",
+    "endpoint_id": "text",
+    "event_type": "text",
+    **{c: "float8" if c.endswith("_sum") else "bigint" for c in _COUNTERS},
+    **dict.fromkeys(_HISTS, "text"),  # '{1,0,...}': unnest cannot take arrays of arrays
+}
+# One statement, one round trip: every span's rows and the totals (from the minute rows).
+_STATS_SQL = (
+    "WITH v AS (SELECT span, bucket, endpoint_id, event_type, "  # noqa: S608 - names are ours
+    + ", ".join(_COUNTERS)
+    + ", "
+    + ", ".join(f"{h}::bigint[] AS {h}" for h in _HISTS)
+    + " FROM unnest("
+    + ", ".join(f"%s::{t}[]" for t in _INPUT_TYPES.values())
+    + f") AS x({', '.join(_INPUT_TYPES)})), "
+    + "stats AS ("
+    + _upsert(DeliveryStat._meta.db_table, ("span", "bucket", "endpoint_id", "event_type"), "v")
+    + " RETURNING 1) "
+    + _upsert(
+        DeliveryTotal._meta.db_table,
+        ("endpoint_id", "event_type"),
+        f"v WHERE span = {SPANS[0]}",
+    )
 )
-_TOTAL_SQL = _upsert_sql(DeliveryTotal._meta.db_table, ("endpoint_id", "event_type"))
 
 
 def minute(at: datetime) -> datetime:
@@ -188,24 +214,25 @@ def stats_add(deltas: Deltas, *, at: datetime) -> None:
     """Add the deltas to the buckets of `at` at every span and to the totals, in the caller's
     transaction.
 
-    Rows are written in key order so that two transactions adding to the same rows lock them
-    in the same order and never deadlock.
+    Rows are written in key order (the statement sorts them) so that two transactions adding to
+    the same rows lock them in the same order and never deadlock.
     """
     if not deltas:
         return
-    rows = []
-    for (endpoint_id, event_type), d in sorted(deltas.items()):
-        values = (
-            *(getattr(d, c) for c in _COUNTERS),
-            *(getattr(d, h) for h in _HISTS),
-        )
-        rows.append((endpoint_id, event_type, values))
-    with connection.cursor() as cursor:
-        cursor.executemany(
-            _STAT_SQL,
-            [(span, floor_to(at, span), e, t, *v) for span in SPANS for e, t, v in rows],
-        )
-        cursor.executemany(_TOTAL_SQL, [(e, t, *v) for e, t, v in rows])
+    columns: dict[str, list[Any]] = {name: [] for name in _INPUT_TYPES}
+    for span in SPANS:
+        bucket = floor_to(at, span)
+        for (endpoint_id, event_type), d in deltas.items():
+            columns["span"].append(span)
+            columns["bucket"].append(bucket)
+            columns["endpoint_id"].append(endpoint_id)
+            columns["event_type"].append(event_type)
+            for c in _COUNTERS:
+                columns[c].append(getattr(d, c))
+            for h in _HISTS:
+                columns[h].append("{" + ",".join(map(str, getattr(d, h))) + "}")
+    with binding_cursor() as cursor:
+        cursor.execute(_STATS_SQL, list(columns.values()))
 
 
 def stats_prune(*, batch_size: int = 10_000, max_batches: int = 100) -> int:

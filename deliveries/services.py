@@ -5,15 +5,13 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any
 
 import orjson
-import psycopg
 from django.conf import settings
 from django.db import IntegrityError, close_old_connections, connection, transaction
 from django.db.models import Exists, F, OuterRef, Q, QuerySet
@@ -39,6 +37,7 @@ from webhooks.operational import (
 from webhooks.selectors import endpoint_ids_for_event
 from webhooks.services import check_target, endpoint_disable
 from webhooks.ssrf import BlockedTarget, Target
+from webhooks_project.db import binding_cursor
 from webhooks_project.process_local import ProcessLocal
 
 from . import metrics
@@ -229,7 +228,7 @@ def _deliveries_insert(
     """
     if not event_ids:
         return []
-    with _binding_cursor() as cursor:
+    with binding_cursor() as cursor:
         cursor.execute(
             f"""
             INSERT INTO {Delivery._meta.db_table}
@@ -370,7 +369,7 @@ def deliveries_claim(
 ) -> list[Claim]:
     """Claim the due `pending` deliveries among `delivery_ids` for one attempt each."""
     lease = now + timedelta(seconds=settings.WEBHOOKS_LEASE_SECONDS)
-    with _binding_cursor() as cursor:
+    with binding_cursor() as cursor:
         cursor.execute(
             _CLAIM_SQL,
             {"ids": list(delivery_ids), "now": now, "lease": lease, "skip": list(skip_endpoints)},
@@ -446,7 +445,7 @@ def deliveries_release(*, claims: Sequence[Claim], delay: float, publish: bool =
         return
     ids = [c.delivery_id for c in claims]
     due = timezone.now() + timedelta(seconds=delay)
-    with _binding_cursor() as cursor:
+    with binding_cursor() as cursor:
         cursor.execute(
             f"""
             UPDATE {_D}
@@ -645,19 +644,6 @@ _COPY_ATTEMPTS_SQL = (
 )
 
 
-@contextmanager
-def _binding_cursor() -> Iterator[psycopg.Cursor[Any]]:
-    """A server-side-binding cursor on Django's connection, inside its current transaction.
-
-    Django's own cursors bind parameters client-side, quoting every value into the SQL text in
-    Python; for the hot statements with thousands of values that was most of the worker's CPU
-    (measured with py-spy). Errors are wrapped into Django's exceptions like any query's.
-    """
-    connection.ensure_connection()
-    with connection.wrap_database_errors, psycopg.Cursor(connection.connection) as cursor:
-        yield cursor
-
-
 def attempts_record(jobs: Sequence[Job]) -> None:
     """Record finished jobs in one transaction: attempt rows, next states, dead letters.
 
@@ -763,7 +749,7 @@ def _attempts_write(jobs: Sequence[Job], *, copy: bool) -> None:
             column.append(value)
 
     with transaction.atomic():
-        with _binding_cursor() as cursor:
+        with binding_cursor() as cursor:
             if copy:
                 with cursor.copy(_COPY_ATTEMPTS_SQL) as stream:
                     for values in attempts:
@@ -1202,7 +1188,7 @@ def deliveries_requeue_stuck(*, batch_size: int = 1000, max_batches: int = 50) -
             published += len(ids)
         if len(ids) < batch_size:
             break
-    with transaction.atomic(), _binding_cursor() as cursor:
+    with transaction.atomic(), binding_cursor() as cursor:
         cursor.execute(
             f"""
             WITH picked AS (

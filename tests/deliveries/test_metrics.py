@@ -254,3 +254,40 @@ def test_the_prune_job_keeps_each_span_for_its_time_and_the_totals_forever(setti
     # minutes for 2 days, quarters for 14, hours for WEBHOOKS_METRICS_RETENTION_DAYS
     assert kept == [(60, 0), (900, 0), (900, 10), (3600, 0), (3600, 10)]
     assert DeliveryTotal.objects.get().succeeded == 3
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_recorders_adding_to_the_same_rows_neither_deadlock_nor_lose_counts() -> None:
+    import random
+    import threading
+
+    from django.db import connections, transaction
+
+    errors: list[BaseException] = []
+    keys = [(f"ep_{e}", t) for e in range(4) for t in ("a", "b")]
+    at = datetime.now(UTC)
+
+    def recorder(seed: int) -> None:
+        rng = random.Random(seed)
+        try:
+            for _ in range(40):
+                deltas = metrics.Deltas()
+                for key in rng.sample(keys, len(keys)):  # a different order each time
+                    deltas[key] = _delta(succeeded=1, attempts=2)
+                with transaction.atomic():
+                    metrics.stats_add(deltas, at=at)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=recorder, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert errors == []
+    for total in DeliveryTotal.objects.all():
+        assert (total.succeeded, total.attempts) == (160, 320)
+    assert DeliveryTotal.objects.count() == len(keys)
+    assert DeliveryStat.objects.filter(span=3600).count() == len(keys)
