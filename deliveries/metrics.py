@@ -160,9 +160,14 @@ def _upsert(table: str, key: Sequence[str], source: str) -> str:
     adding to the existing row on conflict (histograms element by element)."""
     columns = (*key, *_COUNTERS, *_HISTS)
     sums = ", ".join(f"{c} = cur.{c} + EXCLUDED.{c}" for c in _COUNTERS)
+    # element by element, spelled out: no subquery per row
     hists = ", ".join(
-        f"{h} = ARRAY(SELECT coalesce(a, 0) + coalesce(b, 0) "  # noqa: S608 - names are ours
-        f"FROM unnest(cur.{h}, EXCLUDED.{h}) WITH ORDINALITY AS u(a, b, i) ORDER BY i)"
+        f"{h} = ARRAY["
+        + ", ".join(
+            f"coalesce(cur.{h}[{i}], 0) + coalesce(EXCLUDED.{h}[{i}], 0)"
+            for i in range(1, BUCKETS + 1)
+        )
+        + "]"
         for h in _HISTS
     )
     return (
@@ -262,19 +267,8 @@ def stats_prune(*, batch_size: int = 10_000, max_batches: int = 100) -> int:
 
 
 @dataclass
-class Summary:
-    """The metrics over some rows of the rollup."""
-
-    succeeded: int = 0
-    failed: int = 0
-    dead: int = 0
-    dead_lettered: int = 0
-    attempts: int = 0
-    retried: int = 0
-    attempt_ms_sum: float = 0.0
-    attempt_hist: list[int] = field(default_factory=list)
-    latency_ms_sum: float = 0.0
-    latency_hist: list[int] = field(default_factory=list)
+class Summary(Delta):
+    """The metrics over some rows of the rollup: the same counts as a delta, summed."""
 
     @classmethod
     def of(cls, rows: Iterable[dict[str, Any]]) -> Summary:
