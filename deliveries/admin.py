@@ -164,7 +164,11 @@ class DeadLetterAdmin(ReadOnlyAdmin):
     raw_id_fields = ["delivery", "endpoint"]
     actions = ["replay_selected"]
 
-    @admin.action(description="Replay selected dead letters")
+    def has_replay_permission(self, request: HttpRequest) -> bool:
+        # the record itself is read-only for everyone; replaying needs the change permission
+        return request.user.has_perm("deliveries.change_deadletter")
+
+    @admin.action(description="Replay selected dead letters", permissions=["replay"])
     def replay_selected(self, request: HttpRequest, queryset: QuerySet[DeadLetter]) -> None:
         replay_and_report(self, request, queryset)
 

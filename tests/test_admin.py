@@ -200,3 +200,33 @@ def test_the_delivery_page_is_a_timeline_with_the_body_sent_and_each_answer(
     assert '"card": "************1111"' in timeline  # pretty-printed, as masked when sent
     assert f"{len(body)} bytes" in timeline
     assert "Dead letter" in timeline
+
+
+def test_a_staff_user_who_may_only_view_cannot_run_the_actions_that_change_things(
+    record: Delivery,
+) -> None:
+    from django.contrib.auth.models import Permission, User
+
+    from webhooks.models import EndpointSecret
+
+    viewer = User.objects.create_user("viewer", password="x", is_staff=True)
+    viewer.user_permissions.add(
+        *Permission.objects.filter(codename__in=["view_endpoint", "view_deadletter"])
+    )
+    client = Client()
+    client.force_login(viewer)
+    page = client.get("/admin/webhooks/endpoint/").content.decode()
+    assert "rotate_secret" not in page
+    client.post(
+        "/admin/webhooks/endpoint/",
+        {"action": "rotate_secret", "_selected_action": [record.endpoint_id]},
+    )
+    assert EndpointSecret.objects.filter(endpoint_id=record.endpoint_id).count() == 1
+    dead_letter = DeadLetter.objects.get(delivery=record)
+    assert "replay_selected" not in client.get("/admin/deliveries/deadletter/").content.decode()
+    client.post(
+        "/admin/deliveries/deadletter/",
+        {"action": "replay_selected", "_selected_action": [dead_letter.pk]},
+    )
+    dead_letter.refresh_from_db()
+    assert dead_letter.replayed_at is None

@@ -179,7 +179,7 @@ class EndpointAdmin(AuditedAdmin):
         at = getattr(obj, "last_failure", None)
         return timezone.localtime(at).strftime("%Y-%m-%d %H:%M") if at else "–"
 
-    @admin.action(description="Disable selected endpoints")
+    @admin.action(description="Disable selected endpoints", permissions=["change"])
     def disable(self, request: HttpRequest, queryset: QuerySet[Endpoint]) -> None:
         actor = f"admin:{request.user}"
         changed = sum(
@@ -193,7 +193,10 @@ class EndpointAdmin(AuditedAdmin):
             messages.SUCCESS,
         )
 
-    @admin.action(description="Rotate the signing secret of selected endpoints (shown once)")
+    @admin.action(
+        description="Rotate the signing secret of selected endpoints (shown once)",
+        permissions=["change"],
+    )
     def rotate_secret(self, request: HttpRequest, queryset: QuerySet[Endpoint]) -> HttpResponse:
         rotated = []
         for endpoint in queryset:
@@ -221,7 +224,7 @@ class EndpointAdmin(AuditedAdmin):
         response["Cache-Control"] = "no-store"
         return response
 
-    @admin.action(description="Send a test event to selected endpoints")
+    @admin.action(description="Send a test event to selected endpoints", permissions=["change"])
     def send_test_event(self, request: HttpRequest, queryset: QuerySet[Endpoint]) -> None:
         from deliveries.services import EndpointNotSendable, endpoint_send_test
 
@@ -270,15 +273,20 @@ class EndpointAdmin(AuditedAdmin):
             )
         self.message_user(request, message, messages.SUCCESS)
 
-    @admin.action(description="Re-enable selected endpoints")
+    @admin.action(description="Re-enable selected endpoints", permissions=["change"])
     def enable(self, request: HttpRequest, queryset: QuerySet[Endpoint]) -> None:
         self._enable(request, queryset, replay=False)
 
-    @admin.action(description="Re-enable selected endpoints and replay what they missed")
+    @admin.action(
+        description="Re-enable selected endpoints and replay what they missed",
+        permissions=["change"],
+    )
     def enable_and_replay_missed(self, request: HttpRequest, queryset: QuerySet[Endpoint]) -> None:
         self._enable(request, queryset, replay=True)
 
-    @admin.action(description="Replay all dead letters of selected endpoints")
+    @admin.action(
+        description="Replay all dead letters of selected endpoints", permissions=["change"]
+    )
     def replay_dead_letters(self, request: HttpRequest, queryset: QuerySet[Endpoint]) -> None:
         from deliveries.admin import replay_and_report
         from deliveries.models import DeadLetter
