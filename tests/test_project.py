@@ -165,3 +165,29 @@ def test_flower_refuses_requests_without_its_basic_auth() -> None:
         assert urllib.request.urlopen(request, timeout=10).status == 200  # noqa: S310
     finally:
         terminate(proc)
+
+
+@pytest.mark.parametrize(("value", "enabled"), [(None, "True"), ("false", "False")])
+def test_the_attempt_log_can_be_turned_off(value: str | None, enabled: str) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import BASE_DIR
+
+    env = {k: v for k, v in os.environ.items() if k != "WEBHOOKS_ATTEMPT_LOG"}
+    if value is not None:
+        env["WEBHOOKS_ATTEMPT_LOG"] = value
+    code = (
+        "import logging; logging.getLogger().setLevel(logging.INFO); "
+        "print(logging.getLogger('deliveries.attempts').isEnabledFor(logging.INFO))"
+    )
+    out = subprocess.run(
+        [sys.executable, "manage.py", "shell", "-c", code],
+        cwd=BASE_DIR,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert out.strip().splitlines()[-1] == enabled

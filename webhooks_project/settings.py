@@ -360,6 +360,9 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = WEBHOOKS_MAX_PAYLOAD_BYTES
 WEBHOOKS_LOG_FORMAT = env_str("WEBHOOKS_LOG_FORMAT", "plain" if DEV else "json")
 if WEBHOOKS_LOG_FORMAT not in ("json", "plain"):
     raise ImproperlyConfigured("WEBHOOKS_LOG_FORMAT must be 'json' or 'plain'")
+# One record per delivery attempt (logger `deliveries.attempts`); about 5% of a worker's CPU at
+# full speed (py-spy), so it can be turned off where the attempt table and metrics suffice.
+WEBHOOKS_ATTEMPT_LOG = env_bool("WEBHOOKS_ATTEMPT_LOG", True)
 
 LOGGING = {
     "version": 1,
@@ -370,4 +373,6 @@ LOGGING = {
     },
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": WEBHOOKS_LOG_FORMAT}},
     "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
+    # off: its own level, since Celery sets the root's from `worker -l`; on: the root's level
+    "loggers": {} if WEBHOOKS_ATTEMPT_LOG else {"deliveries.attempts": {"level": "WARNING"}},
 }
