@@ -241,6 +241,20 @@ def local_sender(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(services, "_senders", ProcessLocal(services._new_sender))
 
 
+def settings_probe(code: str, env: dict[str, str]) -> str:
+    """What `code` prints last, run by `manage.py shell` in a fresh process with `env` (settings
+    are read once, at start-up, so a different environment needs its own process)."""
+    out = subprocess.run(
+        [sys.executable, "manage.py", "shell", "-c", code],
+        cwd=BASE_DIR,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return out.strip().splitlines()[-1]
+
+
 def pg_dump() -> str:
     """The whole test database as `pg_dump` prints it (what a leaked backup would hold)."""
     from webhooks_project.localstack import LocalPostgres
