@@ -352,6 +352,7 @@ def run() -> int:
                     "REDIS_URL",
                 )
             )
+            + f"PORT={port}\n"  # where the web server is, for the commands that print URLs
         )
         env_file.chmod(0o600)
         python = sys.executable

@@ -112,9 +112,13 @@ def test_the_listener_checks_ed25519_endpoints_too() -> None:
 
 
 @pytest.mark.django_db
-def test_seed_demo_registers_a_type_and_a_listener_endpoint_once(api: APIClient) -> None:
+def test_seed_demo_registers_a_type_and_a_listener_endpoint_once(
+    api: APIClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PORT", "8765")  # `make run` with PORT=8765 (.run/env carries it)
     out = io.StringIO()
     call_command("seed_demo", stdout=out)
+    assert "curl -s -X POST http://127.0.0.1:8765/api/v1/events/" in out.getvalue()
     call_command("seed_demo", stdout=io.StringIO())  # again: nothing doubled
     from schemas_app.models import EventType
     from webhooks.models import Endpoint

@@ -3,6 +3,7 @@ listener, so a newcomer sees a signed delivery within a minute of `make run`."""
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandParser
@@ -77,7 +78,7 @@ class Command(BaseCommand):
             f"1. In a terminal: python manage.py listen --port {options['port']} "
             f"--endpoint {endpoint.pk}\n"
             "2. Send an event (KEY from .run/dev-api-key under make run):\n"
-            "   curl -s -X POST http://127.0.0.1:8000/api/v1/events/ "
+            f"   curl -s -X POST http://127.0.0.1:{os.environ.get('PORT', '8000')}/api/v1/events/ "
             '-H "Authorization: Bearer $KEY" -H "Content-Type: application/json" '
             f'-d \'{{"type": "{DEMO_TYPE}", "data": '
             '{"order": {"id": "o-1001", "total_cents": 4200, "currency": "EUR"}, '
