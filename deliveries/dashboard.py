@@ -5,7 +5,7 @@ answers in milliseconds however many attempts there are."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from django.contrib import admin
@@ -18,7 +18,7 @@ from django.utils.safestring import SafeString
 from webhooks.models import Endpoint
 
 from . import charts, metrics
-from .models import DeadLetter, Delivery
+from .selectors import backlog
 
 TABLE_ROWS = 50
 
@@ -34,15 +34,6 @@ class EndpointRow:
     @property
     def failures(self) -> int:
         return self.summary.failed + self.summary.dead
-
-    @property
-    def latency_p95(self) -> float | None:
-        return metrics.percentile(self.summary.latency_hist, 0.95)
-
-    @property
-    def latency_mean(self) -> float | None:
-        s = self.summary
-        return s.latency_ms_sum / s.succeeded if s.succeeded else None
 
 
 def endpoint_rows(scope: metrics.Scope) -> list[EndpointRow]:
@@ -93,12 +84,10 @@ def _charts(points: list[tuple[datetime, metrics.Summary]], window: str) -> dict
         [
             charts.Line(
                 "mean",
-                [s.latency_ms_sum / s.succeeded if s.succeeded else None for s in summaries],
+                [s.latency_mean for s in summaries],
                 "#1565c0",
             ),
-            charts.Line(
-                "p95", [metrics.percentile(s.latency_hist, 0.95) for s in summaries], "#ef6c00"
-            ),
+            charts.Line("p95", [s.latency_p95 for s in summaries], "#ef6c00"),
         ],
         labels,
         unit="ms",
@@ -116,18 +105,14 @@ def _charts(points: list[tuple[datetime, metrics.Summary]], window: str) -> dict
     return {"success": success, "latency": latency, "volume": volume}
 
 
-def _most_overdue(now: datetime) -> dict[str, Any] | None:
-    delivery = (
-        Delivery.objects.filter(status=Delivery.Status.PENDING, next_attempt_at__lte=now)
-        .order_by("next_attempt_at")
-        .values("id", "endpoint_id", "event_id", "attempt_count", "next_attempt_at")
-        .first()
-    )
+def _overdue(delivery: dict[str, Any] | None, now: datetime) -> dict[str, Any] | None:
     if delivery is None:
         return None
-    delivery["overdue"] = now - delivery["next_attempt_at"]
-    delivery["url"] = reverse("admin:deliveries_delivery_change", args=[delivery["id"]])
-    return delivery
+    return {
+        **delivery,
+        "overdue": now - delivery["next_attempt_at"],
+        "url": reverse("admin:deliveries_delivery_change", args=[delivery["id"]]),
+    }
 
 
 def dashboard_view(request: HttpRequest) -> HttpResponse:
@@ -137,7 +122,8 @@ def dashboard_view(request: HttpRequest) -> HttpResponse:
     now = timezone.now()
     scope = metrics.window_scope(window, now=now)
     points = metrics.series(scope, metrics.STEPS[window])
-    summary = metrics.Summary.of(vars(s) for _, s in points)
+    summary = metrics.total(points)
+    waiting = backlog(now)
     context = {
         **admin.site.each_context(request),
         "title": "Delivery dashboard",
@@ -147,12 +133,10 @@ def dashboard_view(request: HttpRequest) -> HttpResponse:
         "numbers": summary.as_dict(),
         "charts": _charts(points, window),
         "endpoints": endpoint_rows(scope)[:TABLE_ROWS],
-        "overdue": _most_overdue(now),
-        "lease_expired": Delivery.objects.filter(
-            status=Delivery.Status.IN_FLIGHT, lease_expires_at__lt=now - timedelta(seconds=1)
-        ).count(),
-        "dead_letters_waiting": DeadLetter.objects.filter(replayed_at__isnull=True).count(),
-        "disabled_endpoints": Endpoint.objects.filter(enabled=False).count(),
-        "pending": Delivery.objects.filter(status=Delivery.Status.PENDING).count(),
+        "overdue": _overdue(waiting.most_overdue, now),
+        "lease_expired": waiting.lease_expired,
+        "dead_letters_waiting": waiting.dead_letters_waiting,
+        "disabled_endpoints": waiting.disabled_endpoints,
+        "pending": waiting.pending,
     }
     return TemplateResponse(request, "admin/deliveries/dashboard.html", context)

@@ -73,6 +73,10 @@ WINDOW_SPANS: dict[str, int] = {"1h": 60, "24h": 900, "7d": 3600}
 SPAN_RETENTION_DAYS: dict[int, int] = {60: 2, 900: 14}
 
 
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
+
+
 def bucket_index(value_ms: float) -> int:
     """The histogram bucket a value falls in: the first bound it does not exceed."""
     return bisect.bisect_left(BOUNDS_MS, value_ms)
@@ -291,15 +295,22 @@ class Summary(Delta):
     def success_rate(self) -> float | None:
         return round(self.succeeded / self.finished, 6) if self.finished else None
 
+    @property
+    def latency_mean(self) -> float | None:
+        return self.latency_ms_sum / self.succeeded if self.succeeded else None
+
+    @property
+    def latency_p95(self) -> float | None:
+        return percentile(self.latency_hist, 0.95)
+
     @staticmethod
     def _distribution(count: int, total_ms: float, hist: Sequence[int]) -> dict[str, Any]:
         def q(p: float) -> float | None:
-            value = percentile(hist, p)
-            return None if value is None else round(value, 3)
+            return _rounded(percentile(hist, p))
 
         return {
             "count": count,
-            "mean": round(total_ms / count, 3) if count else None,
+            "mean": _rounded(total_ms / count) if count else None,
             "p50": q(0.5),
             "p95": q(0.95),
             "p99": q(0.99),
@@ -411,6 +422,11 @@ def series(scope: Scope, step: timedelta) -> list[tuple[datetime, Summary]]:
     return [(origin + i * step, by_step.get(i, Summary())) for i in range(count)]
 
 
+def total(points: Iterable[tuple[datetime, Summary]]) -> Summary:
+    """The whole window's metrics from its series (no second read of the rollup)."""
+    return Summary.of(vars(s) for _, s in points)
+
+
 def by_endpoint(scope: Scope) -> dict[str, Summary]:
     return {row["g"]: Summary.of([row]) for row in _grouped(scope, "endpoint_id")}
 
@@ -438,7 +454,6 @@ def report(scope: Scope, *, window: str) -> dict[str, Any]:
     points = []
     steps = series(scope, step)
     for start, s in steps:
-        latency = percentile(s.latency_hist, 0.95)
         points.append(
             {
                 "start": start,
@@ -446,10 +461,8 @@ def report(scope: Scope, *, window: str) -> dict[str, Any]:
                 "failed": s.failed,
                 "dead": s.dead,
                 "success_rate": s.success_rate,
-                "latency_ms_mean": (
-                    round(s.latency_ms_sum / s.succeeded, 3) if s.succeeded else None
-                ),
-                "latency_ms_p95": None if latency is None else round(latency, 3),
+                "latency_ms_mean": _rounded(s.latency_mean),
+                "latency_ms_p95": _rounded(s.latency_p95),
                 "failed_attempts_retried": s.retried,
                 "dead_letters": s.dead_lettered,
             }
@@ -458,6 +471,6 @@ def report(scope: Scope, *, window: str) -> dict[str, Any]:
         "window": window,
         "since": floor_to(scope.since, scope.span),
         "until": scope.until,
-        **Summary.of(vars(s) for _, s in steps).as_dict(),
+        **total(steps).as_dict(),
         "series": {"step_seconds": int(step.total_seconds()), "points": points},
     }

@@ -11,11 +11,9 @@ from __future__ import annotations
 import hmac
 import ipaddress
 from collections.abc import Iterator, Sequence
-from datetime import timedelta
 
 import redis
 from django.conf import settings
-from django.db.models import Min
 from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
 from django.views.decorators.http import require_GET
@@ -28,10 +26,9 @@ from prometheus_client.core import (
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from webhooks.models import Endpoint
-
 from .metrics import BOUNDS_MS
-from .models import DeadLetter, Delivery, DeliveryTotal
+from .models import DeliveryTotal
+from .selectors import backlog
 
 # kombu's Redis transport keeps a queue's messages in the list named after it, plus one list
 # per priority step ("<queue>\x06\x16<priority>") when priorities are used.
@@ -105,37 +102,34 @@ class DeliveryCollector:
         yield from (finished, attempts, retried, dead_letters, latency, duration)
 
         now = timezone.now()
-        pending = Delivery.objects.filter(status=Delivery.Status.PENDING)
-        oldest_due = pending.filter(next_attempt_at__lte=now).aggregate(at=Min("next_attempt_at"))
+        waiting = backlog(now)
+        overdue = waiting.most_overdue
         yield GaugeMetricFamily(
             "webhooks_oldest_pending_delivery_age_seconds",
             "How long the most overdue pending delivery has waited past its due time "
             "(for a first attempt: since it was accepted); 0 when none is overdue.",
-            value=(now - oldest_due["at"]).total_seconds() if oldest_due["at"] else 0.0,
+            value=(now - overdue["next_attempt_at"]).total_seconds() if overdue else 0.0,
         )
         yield GaugeMetricFamily(
             "webhooks_deliveries_pending",
             "Deliveries waiting for an attempt (due now or scheduled for a retry).",
-            value=pending.count(),
+            value=waiting.pending,
         )
         yield GaugeMetricFamily(
             "webhooks_deliveries_lease_expired",
             "In-flight deliveries whose lease ran out (their worker died); the sweeper takes "
             "them back.",
-            value=Delivery.objects.filter(
-                status=Delivery.Status.IN_FLIGHT,
-                lease_expires_at__lt=now - timedelta(seconds=1),
-            ).count(),
+            value=waiting.lease_expired,
         )
         yield GaugeMetricFamily(
             "webhooks_endpoints_disabled",
             "Endpoints that are disabled.",
-            value=Endpoint.objects.filter(enabled=False).count(),
+            value=waiting.disabled_endpoints,
         )
         yield GaugeMetricFamily(
             "webhooks_dead_letters_waiting",
             "Dead letters not replayed yet.",
-            value=DeadLetter.objects.filter(replayed_at__isnull=True).count(),
+            value=waiting.dead_letters_waiting,
         )
         depth = GaugeMetricFamily(
             "webhooks_queue_depth", "Messages waiting in each Celery queue.", labels=["queue"]

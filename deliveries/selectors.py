@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
 
 from django.db.models import Count, QuerySet
+
+from webhooks.models import Endpoint
 
 from .models import DeadLetter, Delivery, DeliveryAttempt, Event
 
@@ -58,3 +62,33 @@ def dead_letter_list(
     if until:
         qs = qs.filter(created_at__lt=until)
     return qs
+
+
+@dataclass(frozen=True)
+class Backlog:
+    """What waits, for the admin dashboard and the Prometheus gauges."""
+
+    pending: int  # due now or scheduled for a retry
+    lease_expired: int  # in flight past the lease: the worker died; the sweeper takes them back
+    dead_letters_waiting: int
+    disabled_endpoints: int
+    # the pending delivery longest past its due time (id, endpoint_id, event_id,
+    # attempt_count, next_attempt_at), or None when none is overdue
+    most_overdue: dict[str, Any] | None
+
+
+def backlog(now: datetime) -> Backlog:
+    """Counts through the partial indexes on pending, in-flight and waiting rows."""
+    pending = Delivery.objects.filter(status=Delivery.Status.PENDING)
+    return Backlog(
+        pending=pending.count(),
+        lease_expired=Delivery.objects.filter(
+            status=Delivery.Status.IN_FLIGHT, lease_expires_at__lt=now - timedelta(seconds=1)
+        ).count(),
+        dead_letters_waiting=DeadLetter.objects.filter(replayed_at__isnull=True).count(),
+        disabled_endpoints=Endpoint.objects.filter(enabled=False).count(),
+        most_overdue=pending.filter(next_attempt_at__lte=now)
+        .order_by("next_attempt_at")
+        .values("id", "endpoint_id", "event_id", "attempt_count", "next_attempt_at")
+        .first(),
+    )
