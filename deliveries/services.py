@@ -315,6 +315,7 @@ class Claim:
     schedule: list[int] | None
     keys: list[signing.SigningKey] | None  # of every secret still valid, newest first;
     # None when the stored secret cannot be decrypted (its encryption key is gone)
+    lease: datetime  # the claim's lease expiry, as written in the row: this claim's token
     type_mapping: str | None = None  # JSON text: the event type's transformation
     endpoint_mapping: str | None = None  # JSON text: this endpoint's mapping for the type
     output_schema: str | None = None  # JSON text: what the payload must match
@@ -338,7 +339,9 @@ _T = EventType._meta.db_table
 # The claim commits without waiting for the WAL flush (`synchronous_commit` off for this one
 # transaction): if PostgreSQL crashed right after, the claim is forgotten and the delivery is
 # sent again, a duplicate of the kind a crash always allows, never a loss. Events and attempt
-# records keep synchronous commits.
+# records keep synchronous commits. The claim that comes after a lost one has the same attempt
+# number, so the lease expiry written here is what identifies a claim: recording and giving
+# back match it, and a send of a lost claim is recorded under the next free number.
 _CLAIM_SQL = f"""
 WITH cfg AS (SELECT set_config('synchronous_commit', 'off', true)),
 due AS (
@@ -403,6 +406,7 @@ def deliveries_claim(
             timeout=float(r[11]) if r[11] else None,
             schedule=r[12],
             keys=signing_keys(r[7], r[13]),
+            lease=lease,
             type_mapping=r[14],
             endpoint_mapping=r[15],
             output_schema=r[16],
@@ -446,14 +450,22 @@ def deliveries_release(*, claims: Sequence[Claim], delay: float, publish: bool =
     ids = [c.delivery_id for c in claims]
     due = timezone.now() + timedelta(seconds=delay)
     with binding_cursor() as cursor:
+        # only rows this claim still holds: after its lease was taken back, the row may be
+        # another claim's
         cursor.execute(
             f"""
-            UPDATE {_D}
-               SET status = 'pending', attempt_count = attempt_count - 1,
+            UPDATE {_D} AS d
+               SET status = 'pending', attempt_count = d.attempt_count - 1,
                    lease_expires_at = NULL, next_attempt_at = %(due)s, dispatched_at = %(sent)s
-             WHERE id = ANY(%(ids)s) AND status = 'in_flight'
+              FROM unnest(%(ids)s::bigint[], %(leases)s::timestamptz[]) AS v(id, lease)
+             WHERE d.id = v.id AND d.status = 'in_flight' AND d.lease_expires_at = v.lease
             """,  # noqa: S608 - the table name is ours, every value is a parameter
-            {"ids": ids, "due": due, "sent": due if publish else None},
+            {
+                "ids": ids,
+                "leases": [c.lease for c in claims],
+                "due": due,
+                "sent": due if publish else None,
+            },
         )
     if publish:
         deliveries_enqueue(delivery_ids=ids, countdown=math.ceil(delay))
@@ -618,10 +630,10 @@ _ADVANCE_SQL = f"""
 UPDATE {_D} AS d
    SET status = v.status, next_attempt_at = v.next_at, dispatched_at = v.dispatched_at,
        completed_at = v.completed_at, last_status_code = v.code, lease_expires_at = NULL
-  FROM unnest(%s::bigint[], %s::int[], %s::varchar[], %s::timestamptz[], %s::timestamptz[],
-              %s::timestamptz[], %s::int[])
-       AS v(id, number, status, next_at, dispatched_at, completed_at, code)
- WHERE d.id = v.id AND d.status = 'in_flight' AND d.attempt_count = v.number
+  FROM unnest(%s::bigint[], %s::timestamptz[], %s::varchar[], %s::timestamptz[],
+              %s::timestamptz[], %s::timestamptz[], %s::int[])
+       AS v(id, lease, status, next_at, dispatched_at, completed_at, code)
+ WHERE d.id = v.id AND d.status = 'in_flight' AND d.lease_expires_at = v.lease
 RETURNING d.id
 """  # noqa: S608 - the table name is ours, every value is a parameter
 _ATTEMPT_COLUMNS = (
@@ -647,8 +659,8 @@ _COPY_ATTEMPTS_SQL = (
 def attempts_record(jobs: Sequence[Job]) -> None:
     """Record finished jobs in one transaction: attempt rows, next states, dead letters.
 
-    A delivery's state only changes if this attempt still holds the claim (same attempt number,
-    still in flight); an attempt whose lease was taken back is recorded but changes nothing else.
+    A delivery's state only changes if this attempt still holds the claim (still in flight,
+    same lease); an attempt whose lease was taken back is recorded but changes nothing else.
     Short retries are published with a countdown after commit; long ones are parked in the row.
     Jobs marked `deferred` were never sent: their claims are given back.
     """
@@ -664,30 +676,72 @@ def attempts_record(jobs: Sequence[Job]) -> None:
         if not jobs:
             return
     try:
-        _attempts_write(jobs, copy=True)
+        _attempts_write(jobs)
     except IntegrityError:
-        # Either an attempt row of this batch exists already (the batch was written before and
-        # the commit's answer was lost), or a delivery was deleted while it was in flight (its
-        # endpoint or event deleted). Write again, skipping the rows that exist and the
-        # deliveries that are gone; the lock keeps the survivors from vanishing meanwhile.
-        ids = [job.claim.delivery_id for job in jobs]
-        with transaction.atomic():
-            alive = set(
-                Delivery.objects.select_for_update(no_key=True)
-                .filter(pk__in=ids)
-                .values_list("pk", flat=True)
+        _attempts_write_again(jobs)
+
+
+def _attempts_write_again(jobs: Sequence[Job]) -> None:
+    """Record a batch whose write broke a constraint. Three causes, all handled here:
+
+    - the batch was written before and the commit's answer was lost: a job whose send is in the
+      audit log already (same delivery, same start) is skipped, as everything its transaction
+      wrote committed with it;
+    - a delivery was deleted while in flight (its endpoint or event deleted): its job is dropped
+      and named in the log;
+    - two sends of a delivery carry the same attempt number: a claim committed without waiting
+      for the WAL flush was lost in a database crash, and the delivery was claimed again. Both
+      requests reached the consumer, so both are recorded, the later one under the next number.
+    """
+    ids = sorted({job.claim.delivery_id for job in jobs})
+    with transaction.atomic():
+        # FOR UPDATE, not NO KEY UPDATE: besides keeping these rows from being deleted, it holds
+        # off other recorders' attempt inserts for them (their foreign key check takes KEY
+        # SHARE), so the numbers chosen below are still free at commit.
+        alive = set(
+            Delivery.objects.select_for_update()
+            .filter(pk__in=ids)
+            .order_by("pk")
+            .values_list("pk", flat=True)
+        )
+        if len(alive) < len(ids):
+            logger.warning(
+                "deliveries deleted while in flight, attempts not recorded: %s",
+                sorted(set(ids) - alive),
             )
-            if len(alive) < len(ids):
+        recorded: dict[int, dict[int, datetime]] = {}  # delivery -> attempt number -> start
+        for delivery_id, number, started in DeliveryAttempt.objects.filter(
+            delivery_id__in=alive
+        ).values_list("delivery_id", "number", "started_at"):
+            recorded.setdefault(delivery_id, {})[number] = started
+        kept: list[Job] = []
+        numbers: list[int] = []
+        for job in jobs:
+            if job.claim.delivery_id not in alive:
+                continue
+            sends = recorded.setdefault(job.claim.delivery_id, {})
+            started = datetime.fromtimestamp(job.started_at, UTC)
+            if started in sends.values():
+                continue  # recorded by the write whose answer was lost
+            number = job.claim.number if job.claim.number not in sends else max(sends) + 1
+            if number != job.claim.number:
                 logger.warning(
-                    "deliveries deleted while in flight, attempts not recorded: %s",
-                    sorted(set(ids) - alive),
+                    "delivery %s was claimed twice as attempt %d (a claim lost in a database "
+                    "crash); this send is recorded as attempt %d",
+                    job.claim.delivery_id,
+                    job.claim.number,
+                    number,
                 )
-            kept = [job for job in jobs if job.claim.delivery_id in alive]
-            if kept:
-                _attempts_write(kept, copy=False)
+            sends[number] = started
+            kept.append(job)
+            numbers.append(number)
+        if kept:
+            _attempts_write(kept, numbers=numbers)
 
 
-def _attempts_write(jobs: Sequence[Job], *, copy: bool) -> None:
+def _attempts_write(jobs: Sequence[Job], *, numbers: Sequence[int] | None = None) -> None:
+    """Write a batch's attempt rows (numbered as claimed, or by `numbers`), next states, dead
+    letters, endpoint health and the metrics rollup in one transaction."""
     now = timezone.now()
     clock = time.time()
     decided: list[tuple[Job, Decision]] = []
@@ -712,13 +766,13 @@ def _attempts_write(jobs: Sequence[Job], *, copy: bool) -> None:
     attempts = []
     columns: tuple[list[Any], ...] = ([], [], [], [], [], [], [])
     retries: dict[int, list[int]] = {}
-    for job, decision in decided:
+    for index, (job, decision) in enumerate(decided):
         claim, result = job.claim, job.result
         assert result is not None
         attempts.append(
             (
                 claim.delivery_id,
-                claim.number,
+                numbers[index] if numbers is not None else claim.number,
                 _OUTCOMES[decision.verdict],
                 datetime.fromtimestamp(job.started_at, UTC),
                 round(result.duration_ms, 3),
@@ -744,30 +798,21 @@ def _attempts_write(jobs: Sequence[Job], *, copy: bool) -> None:
         else:
             row = (_FINAL_STATUS[decision.verdict], None, None, now)
         for column, value in zip(
-            columns, (claim.delivery_id, claim.number, *row, result.status_code), strict=True
+            columns, (claim.delivery_id, claim.lease, *row, result.status_code), strict=True
         ):
             column.append(value)
 
     with transaction.atomic():
         with binding_cursor() as cursor:
-            if copy:
-                with cursor.copy(_COPY_ATTEMPTS_SQL) as stream:
-                    for values in attempts:
-                        stream.write_row(
-                            (
-                                *values[:8],
-                                *(orjson.dumps(v).decode() for v in values[8:10]),
-                                *values[10:],
-                            )
+            with cursor.copy(_COPY_ATTEMPTS_SQL) as stream:
+                for values in attempts:
+                    stream.write_row(
+                        (
+                            *values[:8],
+                            *(orjson.dumps(v).decode() for v in values[8:10]),
+                            *values[10:],
                         )
-            else:
-                DeliveryAttempt.objects.bulk_create(
-                    [
-                        DeliveryAttempt(**dict(zip(_ATTEMPT_COLUMNS, v, strict=True)))
-                        for v in attempts
-                    ],
-                    ignore_conflicts=True,
-                )
+                    )
             cursor.execute(_ADVANCE_SQL, columns)
             advanced = {r[0] for r in cursor.fetchall()}
         DeadLetter.objects.bulk_create(

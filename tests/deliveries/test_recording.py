@@ -9,9 +9,14 @@ import pytest
 from cryptography.fernet import Fernet
 from django.utils import timezone
 
-from deliveries.models import Delivery, DeliveryAttempt, Event
+from deliveries.models import Delivery, DeliveryAttempt, DeliveryTotal, Event
 from deliveries.sender import Job
-from deliveries.services import attempts_record, deliveries_claim, deliveries_dispatch
+from deliveries.services import (
+    attempts_record,
+    deliveries_claim,
+    deliveries_dispatch,
+    deliveries_release,
+)
 from schemas_app.services import event_type_create
 from tests.conftest import wait_until
 from webhooks import transport
@@ -66,8 +71,75 @@ def test_a_batch_recorded_twice_keeps_one_attempt_row_per_try() -> None:
     # when the recorder writes it again
     attempts_record(jobs)
 
-    # then each try still has exactly one attempt row
+    # then each try still has exactly one attempt row, and is counted once in the metrics
     assert DeliveryAttempt.objects.count() == 2
+    assert sum(DeliveryTotal.objects.values_list("attempts", flat=True)) == 2
+    assert sum(DeliveryTotal.objects.values_list("succeeded", flat=True)) == 2
+
+
+def _claim_lost_in_a_crash(job: Job) -> Job:
+    """The delivery's claim was committed without waiting for the WAL flush and a database
+    crash forgot it: the row is back to what it was before, and the sweeper claims it again."""
+    Delivery.objects.filter(pk=job.claim.delivery_id).update(
+        status="pending", attempt_count=0, lease_expires_at=None
+    )
+    (again,) = deliveries_claim(delivery_ids=[job.claim.delivery_id], now=timezone.now())
+    assert again.number == job.claim.number  # the same attempt number, claimed twice
+    return Job(
+        claim=again,
+        started_at=time.time(),
+        result=transport.TransportResult(status_code=200, duration_ms=4.0),
+    )
+
+
+@pytest.mark.parametrize("together", [False, True], ids=["one-by-one", "one-batch"])
+def test_both_sends_of_a_claim_lost_in_a_crash_are_in_the_audit_log(
+    together: bool, caplog: Any
+) -> None:
+    # given a delivery sent (the consumer answered 503), whose claim a database crash forgot,
+    # then claimed again and sent again (200) before the first send could be recorded
+    (lost,) = _claimed(1)
+    lost.result = transport.TransportResult(status_code=503, duration_ms=2.0)
+    again = _claim_lost_in_a_crash(lost)
+
+    # when both sends are recorded, the lost claim's first
+    if together:
+        attempts_record([lost, again])
+    else:
+        attempts_record([lost])
+        attempts_record([again])
+
+    # then both requests are in the audit log, the second under the next number
+    rows = list(DeliveryAttempt.objects.order_by("number").values_list("number", "status_code"))
+    assert rows == [(1, 503), (2, 200)]
+    # and only the claim that holds the row moved it: the lost one's 503 did not schedule a retry
+    delivery = Delivery.objects.get(pk=lost.claim.delivery_id)
+    assert (delivery.status, delivery.last_status_code) == ("succeeded", 200)
+    assert "claimed twice as attempt 1" in caplog.text
+    # and recording the batch again (its commit's answer lost) adds nothing
+    attempts_record([lost, again])
+    assert DeliveryAttempt.objects.count() == 2
+
+
+def test_giving_back_a_claim_whose_lease_was_taken_back_leaves_the_new_claim_alone() -> None:
+    # given a delivery whose lease was taken back by the sweeper and claimed by another worker
+    (old,) = _claimed(1)
+    Delivery.objects.filter(pk=old.claim.delivery_id).update(
+        status="pending", lease_expires_at=None
+    )
+    (new,) = deliveries_claim(delivery_ids=[old.claim.delivery_id], now=timezone.now())
+
+    # when the first worker gives its claim back (it never sent it)
+    deliveries_release(claims=[old.claim], delay=5)
+
+    # then the second worker's claim still holds the row
+    delivery = Delivery.objects.get(pk=new.delivery_id)
+    assert (delivery.status, delivery.attempt_count) == ("in_flight", 2)
+    assert delivery.lease_expires_at == new.lease
+    # and giving back the claim that holds it works
+    deliveries_release(claims=[new], delay=5)
+    delivery.refresh_from_db()
+    assert (delivery.status, delivery.attempt_count) == ("pending", 1)
 
 
 def test_a_secret_no_key_decrypts_ends_as_a_retried_attempt_not_a_stuck_claim(
