@@ -40,7 +40,7 @@ from webhooks.ssrf import BlockedTarget, Target
 from webhooks_project.db import binding_cursor
 from webhooks_project.process_local import ProcessLocal
 
-from . import metrics
+from . import metrics, ratelimit
 from .backoff import Decision, Verdict, decide
 from .models import DeadLetter, Delivery, DeliveryAttempt, Event
 from .sender import Job, Sender
@@ -324,6 +324,7 @@ class Claim:
     encryption_key: str | None = None  # JSON text: the endpoint's public JWK
     sensitive_fields: list[str] = field(default_factory=list)  # stored encrypted in `data`
     accepted_at: datetime | None = None  # when the event was accepted (latency is from here)
+    rate_limit: int | None = None  # the endpoint's requests per second, if it has a limit
 
 
 _D = Delivery._meta.db_table
@@ -363,7 +364,7 @@ RETURNING d.id, d.attempt_count, d.retry_base, e.id, e.type, e.occurred_at, e.da
                  ORDER BY s.created_at DESC),
           t.transform::text, (p.transforms -> e.type)::text, t.output_schema::text,
           t.masking::text, (p.masking -> e.type)::text, p.encryption_key::text,
-          t.sensitive_fields::text, e.created_at
+          t.sensitive_fields::text, e.created_at, p.rate_limit_per_second
 """  # noqa: S608 - table names are ours, every value is a parameter
 
 
@@ -415,6 +416,7 @@ def deliveries_claim(
             encryption_key=r[19],
             sensitive_fields=orjson.loads(r[20]) if r[20] else [],
             accepted_at=r[21],
+            rate_limit=r[22],
         )
         for r in rows
     ]
@@ -603,6 +605,15 @@ def deliveries_dispatch(*, delivery_ids: Sequence[int]) -> int:
         lanes.setdefault(claim.endpoint_id, []).append(job)
 
     for endpoint_id, jobs in lanes.items():
+        rate = jobs[0].claim.rate_limit
+        if rate:
+            grant = ratelimit.take(endpoint_id, rate, len(jobs))
+            if grant.granted < len(jobs):
+                _defer_over_rate(jobs[grant.granted :], grant=grant, rate=rate)
+                sender.give_back(len(jobs) - grant.granted)
+                jobs = jobs[: grant.granted]
+                if not jobs:
+                    continue
         admission = sender.admit(endpoint_id, jobs)
         rest = jobs[admission.taken :]
         if rest:
@@ -611,6 +622,18 @@ def deliveries_dispatch(*, delivery_ids: Sequence[int]) -> int:
             )
             sender.give_back(len(rest))
     return len(claims)
+
+
+def _defer_over_rate(jobs: Sequence[Job], *, grant: ratelimit.Grant, rate: int) -> None:
+    """Give back claims over the endpoint's rate limit, each due when a token will be there for
+    it (whole seconds): soon ones ride on a countdown message, later ones wait for the sweeper."""
+    due: dict[int, list[Claim]] = {}
+    for job, delay in zip(jobs, ratelimit.due_in(grant, rate, len(jobs)), strict=True):
+        due.setdefault(max(1, math.ceil(delay)), []).append(job.claim)
+    for delay, claims in due.items():
+        deliveries_release(
+            claims=claims, delay=delay, publish=delay <= settings.WEBHOOKS_COUNTDOWN_MAX
+        )
 
 
 # Plain strings (`.value`): psycopg would dump an Enum member as its name.

@@ -26,6 +26,7 @@ RESERVED_HEADERS = frozenset(
 )
 MAX_SCHEDULE_LENGTH = 20
 MAX_TIMEOUT_SECONDS = 60
+MAX_RATE_LIMIT = 100_000  # requests per second; above this a limit means nothing
 
 
 class ApplicationSerializer(serializers.ModelSerializer):
@@ -62,7 +63,16 @@ class EndpointSerializer(serializers.ModelSerializer):
     timeout_seconds = serializers.IntegerField(
         min_value=1, max_value=MAX_TIMEOUT_SECONDS, required=False, allow_null=True
     )
-    rate_limit_per_second = serializers.IntegerField(min_value=1, required=False, allow_null=True)
+    rate_limit_per_second = serializers.IntegerField(
+        min_value=1,
+        max_value=MAX_RATE_LIMIT,
+        required=False,
+        allow_null=True,
+        help_text=(
+            "Requests per second to this endpoint, across all workers (bursts of up to one "
+            "second's worth). Deliveries over it wait; none fails for it. Null: no limit."
+        ),
+    )
     transforms = serializers.DictField(
         child=serializers.JSONField(),
         required=False,

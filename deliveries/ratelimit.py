@@ -1,0 +1,87 @@
+"""An endpoint's `rate_limit_per_second`, shared by every worker process on every machine.
+
+One token bucket per endpoint in Redis, taken from by a Lua script (atomic, one round trip, the
+server's clock): it holds up to one second's worth of requests and refills at the rate. So an
+endpoint limited to N per second gets at most N at once after a quiet spell, then N a second.
+Deliveries that find no token are given back to the database, each due when the bucket will
+have refilled for it; none is failed or dropped for the limit. Only endpoints with a limit pay
+for the round trip.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+import redis
+from django.conf import settings
+
+logger = logging.getLogger(__name__)
+
+# KEYS[1]: the bucket; ARGV[1]: the rate per second; ARGV[2]: how many requests are asked for.
+# Returns {granted, seconds until the next token} (the wait as a string: Redis would truncate a
+# Lua number to an integer).
+_TAKE = """
+local rate = tonumber(ARGV[1])
+local want = tonumber(ARGV[2])
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
+local state = redis.call('HMGET', KEYS[1], 'tokens', 'at')
+local tokens = tonumber(state[1])
+local at = tonumber(state[2])
+if tokens == nil or at == nil then
+  tokens = rate
+else
+  tokens = math.min(rate, tokens + math.max(0, now - at) * rate)
+end
+local granted = math.min(want, math.floor(tokens))
+tokens = tokens - granted
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'at', tostring(now))
+redis.call('EXPIRE', KEYS[1], 60)
+local wait = 0
+if granted < want then
+  wait = (1 - tokens) / rate
+end
+return {granted, tostring(wait)}
+"""
+
+
+@dataclass(frozen=True)
+class Grant:
+    granted: int  # requests that may be sent now
+    wait: float  # seconds until the bucket has a token again (0 when all were granted)
+
+
+_client: tuple[int, redis.Redis] | None = None  # per process: a forked child makes its own
+
+
+def _script() -> redis.commands.core.Script:
+    global _client
+    if _client is None or _client[0] != os.getpid():
+        location = settings.CACHES["default"]["LOCATION"]
+        _client = (
+            os.getpid(),
+            redis.Redis.from_url(location, socket_connect_timeout=0.5, socket_timeout=0.5),
+        )
+    return _client[1].register_script(_TAKE)
+
+
+def take(endpoint_id: str, rate: int, want: int) -> Grant:
+    """Take up to `want` tokens from the endpoint's bucket.
+
+    If Redis cannot be asked, nothing is granted: the deliveries wait in the database for a
+    second rather than go out faster than the consumer asked for.
+    """
+    try:
+        granted, wait = _script()(keys=[f"webhooks:rate:{endpoint_id}"], args=[rate, want])
+    except (redis.RedisError, OSError) as exc:
+        logger.warning("rate limit of endpoint %s not checked (%s); holding back", endpoint_id, exc)
+        return Grant(0, 1.0)
+    return Grant(int(granted), float(wait))
+
+
+def due_in(grant: Grant, rate: int, count: int) -> list[float]:
+    """When each of `count` requests refused by `grant` may go, in seconds from now: the next
+    token, then one every 1/rate seconds, in order."""
+    return [grant.wait + k / rate for k in range(count)]

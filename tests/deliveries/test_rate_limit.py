@@ -1,0 +1,106 @@
+"""An endpoint's `rate_limit_per_second`: enforced across workers, and nothing fails for it."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+import pytest
+from rest_framework.test import APIClient
+
+from deliveries import ratelimit
+from deliveries.models import Delivery, DeliveryAttempt
+from tests.conftest import WorkerProcess, wait_until
+from tests.sink import Sink
+
+
+def test_each_refused_request_is_due_when_a_token_is_there_for_it() -> None:
+    grant = ratelimit.Grant(granted=2, wait=0.25)
+    assert ratelimit.due_in(grant, rate=4, count=3) == [0.25, 0.5, 0.75]
+
+
+def test_the_bucket_holds_one_seconds_worth_and_refills_at_the_rate() -> None:
+    endpoint = f"ep_{uuid.uuid4().hex}"
+    # a fresh bucket gives one second's worth at once, and says when the next token comes
+    first = ratelimit.take(endpoint, rate=5, want=8)
+    assert first.granted == 5
+    assert 0 < first.wait <= 0.2
+    # an empty bucket gives nothing
+    assert ratelimit.take(endpoint, rate=5, want=1).granted == 0
+    # it refills at the rate (at least 2 tokens after 0.45 s; never more than it holds)
+    time.sleep(0.45)
+    later = ratelimit.take(endpoint, rate=5, want=20)
+    assert 2 <= later.granted <= 5
+    # every endpoint has its own bucket
+    assert ratelimit.take(f"ep_{uuid.uuid4().hex}", rate=5, want=5).granted == 5
+
+
+def test_without_redis_nothing_is_granted_and_the_deliveries_wait(settings: Any) -> None:
+    settings.CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": "redis://127.0.0.1:9/0",  # nothing listens on the discard port
+        }
+    }
+    ratelimit._client = None
+    try:
+        grant = ratelimit.take("ep_x", rate=5, want=3)
+    finally:
+        ratelimit._client = None
+    assert grant == ratelimit.Grant(0, 1.0)
+
+
+@pytest.mark.integration
+@pytest.mark.django_db(transaction=True)
+def test_a_burst_to_a_limited_endpoint_is_paced_and_every_delivery_succeeds_once(
+    api: APIClient, sink: Sink, celery_worker: WorkerProcess
+) -> None:
+    # given an endpoint limited to 5 requests per second, and one without a limit
+    created = api.post(
+        "/api/v1/event-types/", {"name": "order.created", "schema": {}}, format="json"
+    )
+    assert created.status_code == 201
+    limited = api.post(
+        "/api/v1/endpoints/",
+        {"url": sink.url("limited"), "rate_limit_per_second": 5},
+        format="json",
+    )
+    assert limited.status_code == 201, limited.content
+    assert limited.json()["rate_limit_per_second"] == 5
+    api.post("/api/v1/endpoints/", {"url": sink.url("free")}, format="json")
+
+    # when 30 events are posted at once
+    response = api.post(
+        "/api/v1/events/batch/",
+        [{"type": "order.created", "data": {"n": n}} for n in range(30)],
+        format="json",
+    )
+    assert response.status_code == 202, response.content
+
+    # then the limited endpoint gets all 30, spread out: 5 at once, then 5 a second, so the
+    # last 25 take at least 5 s (1 s of slack for how late the first one arrived)
+    received = sink.wait_for(30, "limited", timeout=60)
+    times = sorted(r.at for r in received)
+    assert times[-1] - times[0] >= 4.0, f"30 requests in {times[-1] - times[0]:.2f} s"
+    assert len({r.headers["webhook-id"] for r in received}) == 30
+    assert len(sink.wait_for(30, "free")) == 30
+    # and nothing failed for the limit: one attempt each, all succeeded, none counted twice
+    wait_until(lambda: Delivery.objects.filter(status="succeeded").count() == 60, timeout=30)
+    limited_id = limited.json()["id"]
+    attempts = DeliveryAttempt.objects.filter(delivery__endpoint_id=limited_id)
+    assert attempts.count() == 30
+    assert set(attempts.values_list("outcome", "number")) == {("succeeded", 1)}
+    time.sleep(0.5)  # a duplicate would have arrived by now
+    assert len(sink.requests("limited")) == 30
+
+
+def test_the_limit_must_be_a_positive_whole_number(api: APIClient) -> None:
+    for bad in (0, -1, 1.5, "fast", 10**9):
+        response = api.post(
+            "/api/v1/endpoints/",
+            {"url": "https://example.com/hook", "rate_limit_per_second": bad},
+            format="json",
+        )
+        assert response.status_code == 400, bad
+        assert response.json()["errors"][0]["pointer"] == "/rate_limit_per_second"
