@@ -3,8 +3,8 @@
 One token bucket per endpoint in Redis, taken from by a Lua script (atomic, one round trip, the
 server's clock): it holds up to one second's worth of requests and refills at the rate. So an
 endpoint limited to N per second gets at most N at once after a quiet spell, then N a second.
-Deliveries that find no token are given back to the database, each due when the bucket will
-have refilled for it; none is failed or dropped for the limit. Only endpoints with a limit pay
+Deliveries that find no token are given back to the database, each due at a slot promised to
+it; none is failed or dropped for the limit. Only endpoints with a limit pay
 for the round trip.
 """
 
@@ -20,16 +20,19 @@ from django.conf import settings
 logger = logging.getLogger(__name__)
 
 # KEYS[1]: the bucket; ARGV[1]: the rate per second; ARGV[2]: how many requests are asked for.
-# Returns {granted, seconds until the next token} (the wait as a string: Redis would truncate a
-# Lua number to an integer).
+# Returns {granted, seconds until the first refused one may go} (a string: Redis would truncate
+# a Lua number to an integer). The refused ones are promised slots 1/rate apart after every slot
+# promised before (`horizon`), so deliveries given back by different workers at once do not all
+# come back in the same second only to be refused again; a promise takes no token.
 _TAKE = """
 local rate = tonumber(ARGV[1])
 local want = tonumber(ARGV[2])
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
-local state = redis.call('HMGET', KEYS[1], 'tokens', 'at')
+local state = redis.call('HMGET', KEYS[1], 'tokens', 'at', 'horizon')
 local tokens = tonumber(state[1])
 local at = tonumber(state[2])
+local horizon = tonumber(state[3]) or 0
 if tokens == nil or at == nil then
   tokens = rate
 else
@@ -37,12 +40,15 @@ else
 end
 local granted = math.min(want, math.floor(tokens))
 tokens = tokens - granted
-redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'at', tostring(now))
-redis.call('EXPIRE', KEYS[1], 60)
 local wait = 0
 if granted < want then
-  wait = (1 - tokens) / rate
+  local first = math.max(horizon, now + (1 - tokens) / rate)
+  horizon = first + (want - granted) / rate
+  wait = first - now
 end
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'at', tostring(now),
+           'horizon', tostring(horizon))
+redis.call('EXPIRE', KEYS[1], math.ceil(math.max(0, horizon - now)) + 60)
 return {granted, tostring(wait)}
 """
 
@@ -50,7 +56,7 @@ return {granted, tostring(wait)}
 @dataclass(frozen=True)
 class Grant:
     granted: int  # requests that may be sent now
-    wait: float  # seconds until the bucket has a token again (0 when all were granted)
+    wait: float  # seconds until the first refused one may go (0 when all were granted)
 
 
 _client: tuple[int, redis.Redis] | None = None  # per process: a forked child makes its own
@@ -82,6 +88,6 @@ def take(endpoint_id: str, rate: int, want: int) -> Grant:
 
 
 def due_in(grant: Grant, rate: int, count: int) -> list[float]:
-    """When each of `count` requests refused by `grant` may go, in seconds from now: the next
-    token, then one every 1/rate seconds, in order."""
+    """When each of `count` requests refused by `grant` may go, in seconds from now: the slots
+    promised to them, 1/rate apart."""
     return [grant.wait + k / rate for k in range(count)]
