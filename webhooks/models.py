@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.contrib.postgres.fields import ArrayField
 from django.contrib.postgres.indexes import GinIndex
-from django.core.validators import RegexValidator
+from django.core.validators import MinValueValidator, RegexValidator
 from django.db import models
 from django.utils import timezone
 from rest_framework_api_key.models import AbstractAPIKey, APIKeyManager
@@ -53,7 +53,12 @@ class Endpoint(models.Model):
     # disables an endpoint that has failed without a break for WEBHOOKS_DISABLE_AFTER.
     failing_since = models.DateTimeField(null=True, blank=True, editable=False)
     headers = models.JSONField(default=dict, blank=True)
-    rate_limit_per_second = models.PositiveIntegerField(null=True, blank=True)
+    rate_limit_per_second = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1)],
+        help_text="Requests per second across all workers; over it, deliveries wait. Empty: none.",
+    )
     retry_schedule = ArrayField(models.PositiveIntegerField(), null=True, blank=True)
     timeout_seconds = models.PositiveSmallIntegerField(null=True, blank=True)
 

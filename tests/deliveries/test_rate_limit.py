@@ -13,6 +13,7 @@ from deliveries import ratelimit
 from deliveries.models import Delivery, DeliveryAttempt
 from tests.conftest import WorkerProcess, wait_until
 from tests.sink import Sink
+from webhooks.models import Endpoint
 
 
 def test_each_refused_request_is_due_when_a_token_is_there_for_it() -> None:
@@ -106,3 +107,21 @@ def test_the_limit_must_be_a_positive_whole_number(api: APIClient) -> None:
         )
         assert response.status_code == 400, bad
         assert response.json()["errors"][0]["pointer"] == "/rate_limit_per_second"
+
+
+def test_the_admin_refuses_a_limit_of_zero_and_saves_a_real_one(
+    admin_client: Any, db: None
+) -> None:
+    endpoint = Endpoint.objects.create(url="http://127.0.0.1:9/x")
+    url = f"/admin/webhooks/endpoint/{endpoint.pk}/change/"
+    form = admin_client.get(url).context["adminform"].form
+    data = {k: v for k, v in form.initial.items() if v is not None}
+    data.update(event_types="", headers="{}", **{"secrets-TOTAL_FORMS": 0})
+    data["secrets-INITIAL_FORMS"] = 0
+    refused = admin_client.post(url, {**data, "rate_limit_per_second": 0})
+    assert refused.status_code == 200
+    assert "rate_limit_per_second" in refused.context["adminform"].form.errors
+    saved = admin_client.post(url, {**data, "rate_limit_per_second": 20})
+    assert saved.status_code == 302
+    endpoint.refresh_from_db()
+    assert endpoint.rate_limit_per_second == 20
