@@ -11,6 +11,7 @@ from __future__ import annotations
 import hmac
 import ipaddress
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import redis
 from django.conf import settings
@@ -57,11 +58,47 @@ def _buckets(hist: Sequence[int], scale: float) -> list[tuple[str, float]]:
     return out
 
 
+_COUNTERS = (
+    "succeeded",
+    "failed",
+    "dead",
+    "attempts",
+    "retried",
+    "dead_lettered",
+    "latency_ms_sum",
+    "attempt_ms_sum",
+)
+_HISTOGRAMS = ("latency_hist", "attempt_hist")
+_COLUMNS = {"endpoint": "endpoint_id", "event_type": "event_type"}
+
+
+def _totals(labels: Sequence[str]) -> dict[tuple[str, ...], dict[str, Any]]:
+    """The all-time totals summed over the labels not shown (histograms bucket by bucket)."""
+    out: dict[tuple[str, ...], dict[str, Any]] = {}
+    fields = [_COLUMNS[label] for label in labels]
+    for row in DeliveryTotal.objects.values(*fields, *_COUNTERS, *_HISTOGRAMS).iterator():
+        key = tuple(row[f] for f in fields)
+        total = out.get(key)
+        if total is None:
+            out[key] = {**row, **{h: list(row[h]) for h in _HISTOGRAMS}}
+            continue
+        for name in _COUNTERS:
+            total[name] += row[name]
+        for name in _HISTOGRAMS:
+            summed, more = total[name], row[name]
+            summed.extend([0] * (len(more) - len(summed)))
+            for i, count in enumerate(more):
+                summed[i] += count
+    return out
+
+
 class DeliveryCollector:
     """The delivery metrics, from the all-time totals and the current state of the queues."""
 
     def collect(self) -> Iterator[Metric]:
-        labels = ["endpoint", "event_type"]
+        # WEBHOOKS_METRICS_LABELS: thousands of endpoints make thousands of series per metric;
+        # without the `endpoint` label the counters are summed per event type (or overall).
+        labels = list(settings.WEBHOOKS_METRICS_LABELS)
         finished = CounterMetricFamily(
             "webhooks_deliveries_finished",
             "Deliveries that ended, by outcome (succeeded, failed without retry, dead).",
@@ -86,18 +123,17 @@ class DeliveryCollector:
         duration = HistogramMetricFamily(
             "webhooks_attempt_duration_seconds", "Each HTTP attempt's duration.", labels=labels
         )
-        for total in DeliveryTotal.objects.all().iterator():
-            key = [total.endpoint_id, total.event_type]
+        for key, total in _totals(labels).items():
             for outcome in ("succeeded", "failed", "dead"):
-                finished.add_metric([*key, outcome], getattr(total, outcome))
-            attempts.add_metric(key, total.attempts)
-            retried.add_metric(key, total.retried)
-            dead_letters.add_metric(key, total.dead_lettered)
+                finished.add_metric([*key, outcome], total[outcome])
+            attempts.add_metric(key, total["attempts"])
+            retried.add_metric(key, total["retried"])
+            dead_letters.add_metric(key, total["dead_lettered"])
             latency.add_metric(
-                key, _buckets(total.latency_hist, 0.001), total.latency_ms_sum / 1000
+                key, _buckets(total["latency_hist"], 0.001), total["latency_ms_sum"] / 1000
             )
             duration.add_metric(
-                key, _buckets(total.attempt_hist, 0.001), total.attempt_ms_sum / 1000
+                key, _buckets(total["attempt_hist"], 0.001), total["attempt_ms_sum"] / 1000
             )
         yield from (finished, attempts, retried, dead_letters, latency, duration)
 

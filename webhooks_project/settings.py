@@ -300,6 +300,20 @@ try:
     WEBHOOKS_METRICS_NETWORKS = parse_cidrs(WEBHOOKS_METRICS_ALLOW)
 except ValueError as exc:
     raise ImproperlyConfigured(f"WEBHOOKS_METRICS_ALLOW: {exc}") from exc
+# The labels of the `/metrics` counters and histograms: `endpoint,event_type`, `event_type`,
+# `endpoint`, or `none` (one series per metric). Fewer labels, fewer series with many endpoints.
+WEBHOOKS_METRICS_LABELS = [
+    label
+    for label in env_list("WEBHOOKS_METRICS_LABELS", ["endpoint", "event_type"])
+    if label.lower() != "none"
+]
+if not set(WEBHOOKS_METRICS_LABELS) <= {"endpoint", "event_type"} or len(
+    set(WEBHOOKS_METRICS_LABELS)
+) != len(WEBHOOKS_METRICS_LABELS):
+    raise ImproperlyConfigured(
+        "WEBHOOKS_METRICS_LABELS: a comma-separated choice of endpoint and event_type, or none; "
+        f"got {','.join(WEBHOOKS_METRICS_LABELS)!r}"
+    )
 # The rollup behind the metrics is kept this long (days); it must cover the 7-day window.
 WEBHOOKS_METRICS_RETENTION_DAYS = env_int("WEBHOOKS_METRICS_RETENTION_DAYS", 90, minimum=8)
 # Endpoints must use https (registration refuses http; a stored http URL fails as ssrf_blocked).

@@ -155,3 +155,64 @@ def test_outside_dev_nothing_may_scrape_by_address_unless_configured() -> None:
     env.pop("WEBHOOKS_METRICS_ALLOW", None)
     code = "from django.conf import settings; print(list(settings.WEBHOOKS_METRICS_NETWORKS))"
     assert settings_probe(code, env) == "[]"
+
+
+@pytest.mark.parametrize(
+    ("labels", "expected"),
+    [
+        (["event_type"], {(("event_type", "order.created"),): 3, (("event_type", "x"),): 4}),
+        (["endpoint"], {(("endpoint", "ep_1"),): 5, (("endpoint", "ep_2"),): 2}),
+        ([], {(): 7}),
+    ],
+    ids=["event_type", "endpoint", "none"],
+)
+def test_fewer_labels_sum_the_series_they_leave_out(
+    settings: object, labels: list[str], expected: dict[tuple[tuple[str, str], ...], int]
+) -> None:
+    # given totals for two endpoints and two event types
+    deltas = metrics.Deltas()
+    for endpoint, event_type, durations in (
+        ("ep_1", "order.created", (3.0, 40.0)),
+        ("ep_1", "x", (3.0, 3.0, 3.0)),
+        ("ep_2", "order.created", (300.0,)),
+        ("ep_2", "x", (40.0,)),
+    ):
+        d = deltas.of(endpoint, event_type)
+        for ms in durations:
+            d.attempt(ms)
+    metrics.stats_add(deltas, at=datetime.now(UTC))
+    # when /metrics is scraped with fewer labels
+    settings.WEBHOOKS_METRICS_LABELS = labels  # type: ignore[attr-defined]
+    samples = _scrape(Client())
+    # then each series left is the sum of those it stands for, histograms bucket by bucket
+    attempts = {k: v for (name, k), v in samples.items() if name == "webhooks_attempts_total"}
+    assert attempts == expected
+    total_fast = sum(
+        v
+        for (name, k), v in samples.items()
+        if name == "webhooks_attempt_duration_seconds_bucket" and ("le", "0.005") in k
+    )
+    assert total_fast == 4  # the four 3 ms attempts, however they are grouped
+    if not labels:
+        key = (("le", "0.05"),)
+        assert samples["webhooks_attempt_duration_seconds_bucket", key] == 6
+
+
+def test_an_unknown_metrics_label_is_refused_at_start() -> None:
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import BASE_DIR
+
+    env = {**os.environ, "WEBHOOKS_METRICS_LABELS": "endpoint,url"}
+    run = subprocess.run(
+        [sys.executable, "manage.py", "check"],
+        cwd=BASE_DIR,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode != 0
+    assert "WEBHOOKS_METRICS_LABELS" in run.stderr
+    assert "'endpoint,url'" in run.stderr
