@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import redis
 from django.conf import settings
+from redis.commands.core import Script
 
 logger = logging.getLogger(__name__)
 
@@ -59,18 +60,16 @@ class Grant:
     wait: float  # seconds until the first refused one may go (0 when all were granted)
 
 
-_client: tuple[int, redis.Redis] | None = None  # per process: a forked child makes its own
+_client: tuple[int, Script] | None = None  # per process: a forked child makes its own
 
 
-def _script() -> redis.commands.core.Script:
+def _script() -> Script:
     global _client
     if _client is None or _client[0] != os.getpid():
         location = settings.CACHES["default"]["LOCATION"]
-        _client = (
-            os.getpid(),
-            redis.Redis.from_url(location, socket_connect_timeout=0.5, socket_timeout=0.5),
-        )
-    return _client[1].register_script(_TAKE)
+        client = redis.Redis.from_url(location, socket_connect_timeout=0.5, socket_timeout=0.5)
+        _client = (os.getpid(), client.register_script(_TAKE))
+    return _client[1]
 
 
 def take(endpoint_id: str, rate: int, want: int) -> Grant:
