@@ -470,7 +470,7 @@ def deliveries_release(*, claims: Sequence[Claim], delay: float, publish: bool =
             },
         )
     if publish:
-        deliveries_enqueue(delivery_ids=ids, countdown=math.ceil(delay))
+        deliveries_enqueue(delivery_ids=ids, countdown=delay)
 
 
 def build_body(*, event_type: str, occurred_at: datetime, data: Any) -> bytes:
@@ -625,11 +625,12 @@ def deliveries_dispatch(*, delivery_ids: Sequence[int]) -> int:
 
 
 def _defer_over_rate(jobs: Sequence[Job], *, grant: ratelimit.Grant, rate: int) -> None:
-    """Give back claims over the endpoint's rate limit, each due when a token will be there for
-    it (whole seconds): soon ones ride on a countdown message, later ones wait for the sweeper."""
-    due: dict[int, list[Claim]] = {}
+    """Give back claims over the endpoint's rate limit, each due at the slot promised to it (to
+    a tenth of a second): soon ones ride on a countdown message, later ones wait for the
+    sweeper."""
+    due: dict[float, list[Claim]] = {}
     for job, delay in zip(jobs, ratelimit.due_in(grant, rate, len(jobs)), strict=True):
-        due.setdefault(max(1, math.ceil(delay)), []).append(job.claim)
+        due.setdefault(max(1, math.ceil(delay * 10)) / 10, []).append(job.claim)
     for delay, claims in due.items():
         deliveries_release(
             claims=claims, delay=delay, publish=delay <= settings.WEBHOOKS_COUNTDOWN_MAX
