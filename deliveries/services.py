@@ -761,6 +761,12 @@ def _attempts_write_again(jobs: Sequence[Job]) -> None:
             numbers.append(number)
         if kept:
             _attempts_write(kept, numbers=numbers)
+        # a delivery counts every request it made, the one under a forgotten claim included
+        for job, number in zip(kept, numbers, strict=True):
+            if number != job.claim.number:
+                Delivery.objects.filter(pk=job.claim.delivery_id, attempt_count__lt=number).update(
+                    attempt_count=number
+                )
 
 
 def _attempts_write(jobs: Sequence[Job], *, numbers: Sequence[int] | None = None) -> None:

@@ -115,6 +115,7 @@ def test_both_sends_of_a_claim_lost_in_a_crash_are_in_the_audit_log(
     # and only the claim that holds the row moved it: the lost one's 503 did not schedule a retry
     delivery = Delivery.objects.get(pk=lost.claim.delivery_id)
     assert (delivery.status, delivery.last_status_code) == ("succeeded", 200)
+    assert delivery.attempt_count == 2  # it counts both requests
     assert "claimed twice as attempt 1" in caplog.text
     # and recording the batch again (its commit's answer lost) adds nothing
     attempts_record([lost, again])
