@@ -27,6 +27,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from . import ratelimit
 from .metrics import BOUNDS_MS
 from .models import DeliveryTotal
 from .selectors import backlog
@@ -90,6 +91,27 @@ def _totals(labels: Sequence[str]) -> dict[tuple[str, ...], dict[str, Any]]:
             for i, count in enumerate(more):
                 summed[i] += count
     return out
+
+
+def _held_back(labels: Sequence[str]) -> Iterator[Metric]:
+    """Hold-backs by endpoint rate limits, counted in Redis by the limiter itself."""
+    try:
+        counts = ratelimit.held_back()
+    except (redis.RedisError, OSError):
+        return  # Redis is away: no such counter this scrape
+    by_endpoint = "endpoint" in labels
+    held = CounterMetricFamily(
+        "webhooks_deliveries_rate_limited",
+        "Times a delivery was held back by its endpoint's rate_limit_per_second (it waits, it "
+        "does not fail; counted since Redis started).",
+        labels=["endpoint"] if by_endpoint else [],
+    )
+    if by_endpoint:
+        for endpoint, count in sorted(counts.items()):
+            held.add_metric([endpoint], count)
+    else:
+        held.add_metric([], sum(counts.values()))
+    yield held
 
 
 class DeliveryCollector:
@@ -167,6 +189,7 @@ class DeliveryCollector:
             "Dead letters not replayed yet.",
             value=waiting.dead_letters_waiting,
         )
+        yield from _held_back(labels)
         depth = GaugeMetricFamily(
             "webhooks_queue_depth", "Messages waiting in each Celery queue.", labels=["queue"]
         )

@@ -20,7 +20,8 @@ from redis.commands.core import Script
 
 logger = logging.getLogger(__name__)
 
-# KEYS[1]: the bucket; ARGV[1]: the rate per second; ARGV[2]: how many requests are asked for.
+# KEYS[1]: the bucket; KEYS[2]: the hold-back counters; ARGV[1]: the rate per second; ARGV[2]:
+# how many requests are asked for; ARGV[3]: the endpoint (its field in the counters).
 # Returns {granted, seconds until the first refused one may go} (a string: Redis would truncate
 # a Lua number to an integer). The refused ones are promised slots 1/rate apart after every slot
 # promised before (`horizon`), so deliveries given back by different workers at once do not all
@@ -46,6 +47,7 @@ if granted < want then
   local first = math.max(horizon, now + (1 - tokens) / rate)
   horizon = first + (want - granted) / rate
   wait = first - now
+  redis.call('HINCRBY', KEYS[2], ARGV[3], want - granted)
 end
 redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'at', tostring(now),
            'horizon', tostring(horizon))
@@ -60,6 +62,7 @@ class Grant:
     wait: float  # seconds until the first refused one may go (0 when all were granted)
 
 
+HELD_KEY = "webhooks:rate-held"  # endpoint -> deliveries held back so far (a Redis hash)
 _client: tuple[int, Script] | None = None  # per process: a forked child makes its own
 
 
@@ -79,11 +82,20 @@ def take(endpoint_id: str, rate: int, want: int) -> Grant:
     second rather than go out faster than the consumer asked for.
     """
     try:
-        granted, wait = _script()(keys=[f"webhooks:rate:{endpoint_id}"], args=[rate, want])
+        granted, wait = _script()(
+            keys=[f"webhooks:rate:{endpoint_id}", HELD_KEY], args=[rate, want, endpoint_id]
+        )
     except (redis.RedisError, OSError) as exc:
         logger.warning("rate limit of endpoint %s not checked (%s); holding back", endpoint_id, exc)
         return Grant(0, 1.0)
     return Grant(int(granted), float(wait))
+
+
+def held_back() -> dict[str, int]:
+    """How many times each endpoint's deliveries were held back by its limit, since Redis
+    started (a counter for Prometheus; one delivery held back twice counts twice)."""
+    counts = _script().registered_client.hgetall(HELD_KEY)
+    return {endpoint.decode(): int(count) for endpoint, count in counts.items()}
 
 
 def due_in(grant: Grant, rate: int, count: int) -> list[float]:

@@ -35,6 +35,8 @@ def test_the_bucket_holds_one_seconds_worth_and_refills_at_the_rate() -> None:
         pytest.skip(f"the machine stalled {elapsed:.2f} s between two Redis calls")
     assert second.granted == 0
     assert 1.5 - elapsed - 0.01 <= second.wait <= 1.5 + 1e-6  # after slots 0.5 and 1.0
+    # each request held back is counted for the endpoint
+    assert ratelimit.held_back()[endpoint] == 3
     # it refills at the rate, never beyond one second's worth
     time.sleep(1.6)
     assert ratelimit.take(endpoint, rate=2, want=20).granted == 2
@@ -128,3 +130,25 @@ def test_the_admin_refuses_a_limit_of_zero_and_saves_a_real_one(
     assert saved.status_code == 302
     endpoint.refresh_from_db()
     assert endpoint.rate_limit_per_second == 20
+
+
+@pytest.mark.django_db
+def test_hold_backs_are_a_prometheus_counter_per_endpoint(settings: Any) -> None:
+    from django.test import Client
+    from prometheus_client.parser import text_string_to_metric_families
+
+    endpoint = f"ep_{uuid.uuid4().hex}"
+    ratelimit.take(endpoint, rate=1, want=4)  # 1 granted, 3 held back
+
+    def scrape() -> dict[tuple[tuple[str, str], ...], float]:
+        text = Client(REMOTE_ADDR="127.0.0.1").get("/metrics").content.decode()
+        return {
+            tuple(sorted(sample.labels.items())): sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name == "webhooks_deliveries_rate_limited_total"
+        }
+
+    assert scrape()[(("endpoint", endpoint),)] == 3
+    settings.WEBHOOKS_METRICS_LABELS = ["event_type"]
+    assert scrape()[()] >= 3  # summed over every endpoint
