@@ -285,13 +285,9 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(tmp, ignore_errors=True)
     print(report)
     if args.write:
-        path = Path(args.write)
-        text = path.read_text() if path.exists() else ""
-        if START in text and END in text:
-            text = text[: text.index(START)] + report + text[text.index(END) + len(END) + 1 :]
-        else:
-            text = text.rstrip() + "\n\n" + report
-        path.write_text(text)
+        from bench.run import write_section
+
+        write_section(args.write, report, START, END)
         log(f"wrote {args.write}")
     return 0
 

@@ -18,10 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import shutil
-import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter
 from datetime import UTC, datetime
@@ -30,8 +27,8 @@ from typing import Any
 
 import psycopg
 
-from bench.run import PY, Stack, api, log, post_batches, sink_stats
-from webhooks_project.localstack import LocalPostgres, LocalRedis, free_port
+from bench.run import PY, Stack, api, log, post_batches, sink_stats, write_section
+from webhooks_project.localstack import free_port
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 START, END = "<!-- rate-limit:start -->", "<!-- rate-limit:end -->"
@@ -130,42 +127,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--write", default=None)
     args = parser.parse_args(argv)
 
-    tmp = Path(tempfile.mkdtemp(prefix="rate-limit-bench-"))
-    tmp.chmod(0o755)
-    env = dict(os.environ)
-    env.update(
-        WEBHOOKS_ENV="dev",
-        DJANGO_DEBUG="false",
-        WEBHOOKS_ALLOW_PRIVATE_TARGETS="true",
-        LOG_LEVEL="WARNING",
-        WEBHOOKS_ATTEMPT_LOG="false",
-        PYTHONPATH=str(BASE_DIR),
-    )
-    stack = Stack(tmp, env)
+    stack = Stack.create("rate-limit-bench-", WEBHOOKS_ATTEMPT_LOG="false")
     try:
-        log("starting PostgreSQL and Redis")
-        pg = LocalPostgres(tmp / "postgres").start()
-        stack.services.append(pg)
-        rd = LocalRedis(tmp / "redis", persist=False).start()
-        stack.services.append(rd)
-        env["DATABASE_URL"] = dsn = pg.url("webhooks")
-        env["REDIS_URL"] = rd.url()
-        subprocess.run([PY, "manage.py", "migrate", "-v", "0"], cwd=BASE_DIR, env=env, check=True)
-        key = (
-            subprocess.run(
-                [PY, "manage.py", "create_api_key", "bench"],
-                cwd=BASE_DIR,
-                env=env,
-                check=True,
-                capture_output=True,
-                text=True,
-            )
-            .stdout.strip()
-            .splitlines()[-1]
-        )
-        sink_port = free_port()
-        stack.spawn("sink", [PY, "-m", "bench.sink", str(sink_port)], ready="ready")
-        sink = f"http://127.0.0.1:{sink_port}"
+        dsn, key = stack.start_data()
+        sink = stack.start_sink()
         web_port = free_port()
         gunicorn = [PY, "-m", "gunicorn", "webhooks_project.wsgi", "--workers", "2"]
         stack.spawn("web", [*gunicorn, "--bind", f"127.0.0.1:{web_port}"], ready="Booting worker")
@@ -201,7 +166,6 @@ def main(argv: list[str] | None = None) -> int:
         )
     finally:
         stack.close()
-        shutil.rmtree(tmp, ignore_errors=True)
 
     report = render(args, free, limited)
     print(report)
@@ -215,13 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         log("FAILED: " + "; ".join(problems))
         return 1
     if args.write:
-        path = Path(args.write)
-        text = path.read_text() if path.exists() else ""
-        if START in text and END in text:
-            text = text[: text.index(START)] + report + text[text.index(END) + len(END) + 1 :]
-        else:
-            text = text.rstrip() + "\n\n" + report
-        path.write_text(text)
+        write_section(args.write, report, START, END)
         log(f"wrote {args.write}")
     return 0
 

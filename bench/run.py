@@ -29,6 +29,7 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -120,6 +121,41 @@ class Stack:
                 time.sleep(0.1)
         return proc
 
+    @classmethod
+    def create(cls, prefix: str, **overrides: str) -> Stack:
+        """A stack in a fresh directory (removed by `close`), its processes in dev settings."""
+        tmp = Path(tempfile.mkdtemp(prefix=prefix))
+        tmp.chmod(0o755)
+        env = dict(os.environ)
+        env.update(
+            WEBHOOKS_ENV="dev",
+            DJANGO_DEBUG="false",
+            WEBHOOKS_ALLOW_PRIVATE_TARGETS="true",
+            LOG_LEVEL="WARNING",
+            PYTHONPATH=str(BASE_DIR),
+            **overrides,
+        )
+        return cls(tmp, env)
+
+    def start_data(self) -> tuple[str, str]:
+        """PostgreSQL (fsync on) and Redis on free ports, migrated; returns (dsn, API key)."""
+        log("starting PostgreSQL and Redis")
+        pg = LocalPostgres(self.tmp / "postgres").start()
+        self.services.append(pg)
+        rd = LocalRedis(self.tmp / "redis", persist=False).start()
+        self.services.append(rd)
+        self.env["DATABASE_URL"] = dsn = pg.url("webhooks")
+        self.env["REDIS_URL"] = rd.url()
+        run = partial(subprocess.run, cwd=BASE_DIR, env=self.env, check=True)
+        run([PY, "manage.py", "migrate", "-v", "0"])
+        created = run([PY, "manage.py", "create_api_key", "bench"], capture_output=True, text=True)
+        return dsn, created.stdout.strip().splitlines()[-1]
+
+    def start_sink(self) -> str:
+        port = free_port()
+        self.spawn("sink", [PY, "-m", "bench.sink", str(port)], ready="ready")
+        return f"http://127.0.0.1:{port}"
+
     def stop(self, name: str) -> None:
         proc = self.procs.pop(name, None)
         if proc:
@@ -130,6 +166,7 @@ class Stack:
             self.stop(name)
         for service in reversed(self.services):
             service.stop()
+        shutil.rmtree(self.tmp, ignore_errors=True)
 
 
 class Sampler:
@@ -474,43 +511,12 @@ def main(argv: list[str] | None = None) -> int:
     noop_count = 2000 if args.quick else 20000
     bad = round(args.fanout * args.failing_fraction)
 
-    tmp = Path(tempfile.mkdtemp(prefix="webhooks-bench-"))
-    tmp.chmod(0o755)
-    env = dict(os.environ)
-    env.update(
-        WEBHOOKS_ENV="dev",
-        DJANGO_DEBUG="false",
-        WEBHOOKS_ALLOW_PRIVATE_TARGETS="true",
-        LOG_LEVEL="WARNING",
-        PYTHONPATH=str(BASE_DIR),
-    )
-    stack = Stack(tmp, env)
+    stack = Stack.create("webhooks-bench-")
     results: dict[str, Any] = {"args": vars(args) | {"events": events}}
     try:
-        log("starting PostgreSQL and Redis")
-        pg = LocalPostgres(tmp / "postgres").start()
-        stack.services.append(pg)
-        rd = LocalRedis(tmp / "redis", persist=False).start()
-        stack.services.append(rd)
-        env["DATABASE_URL"] = dsn = pg.url("webhooks")
-        env["REDIS_URL"] = os.environ["REDIS_URL"] = rd.url()
-        subprocess.run([PY, "manage.py", "migrate", "-v", "0"], cwd=BASE_DIR, env=env, check=True)
-        key = (
-            subprocess.run(
-                [PY, "manage.py", "create_api_key", "bench"],
-                cwd=BASE_DIR,
-                env=env,
-                check=True,
-                capture_output=True,
-                text=True,
-            )
-            .stdout.strip()
-            .splitlines()[-1]
-        )
-
-        sink_port = free_port()
-        stack.spawn("sink", [PY, "-m", "bench.sink", str(sink_port)], ready="ready")
-        sink = f"http://127.0.0.1:{sink_port}"
+        dsn, key = stack.start_data()
+        os.environ["REDIS_URL"] = stack.env["REDIS_URL"]
+        sink = stack.start_sink()
 
         log(f"raw loop: {raw_count} signed POSTs")
         results["raw"] = measure_raw(stack, sink, raw_count, args.payload_bytes)
@@ -553,8 +559,10 @@ def main(argv: list[str] | None = None) -> int:
             worker,
             stack.procs["beat"],
             stack.procs["sink"],
-            Proc("postgres", pg.proc),  # type: ignore[arg-type]
-            Proc("redis", rd.proc),  # type: ignore[arg-type]
+            *(
+                Proc(name, service.proc)
+                for name, service in zip(("postgres", "redis"), stack.services, strict=True)
+            ),
         ]
 
         setup_endpoints(base, key, sink, "bench.healthy", args.fanout, 0, "ok")
@@ -635,7 +643,6 @@ def main(argv: list[str] | None = None) -> int:
             )
     finally:
         stack.close()
-        shutil.rmtree(tmp, ignore_errors=True)
 
     report = render(results)
     print(report)
@@ -654,6 +661,17 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.write).write_text(report)
         log(f"wrote {args.write}")
     return 0
+
+
+def write_section(path: str, report: str, start: str, end: str) -> None:
+    """Replace the part of the file between the `start` and `end` markers (or append it)."""
+    target = Path(path)
+    text = target.read_text() if target.exists() else ""
+    if start in text and end in text:
+        text = text[: text.index(start)] + report + text[text.index(end) + len(end) + 1 :]
+    else:
+        text = text.rstrip() + "\n\n" + report
+    target.write_text(text)
 
 
 def render(r: dict[str, Any]) -> str:
