@@ -4,8 +4,8 @@ One token bucket per endpoint in Redis, taken from by a Lua script (atomic, one 
 server's clock): it holds up to one second's worth of requests and refills at the rate. So an
 endpoint limited to N per second gets at most N at once after a quiet spell, then N a second.
 Deliveries that find no token are given back to the database, each due at a slot promised to
-it; none is failed or dropped for the limit. Only endpoints with a limit pay
-for the round trip.
+it; none is failed or dropped for the limit. Only endpoints with a limit pay for the round trip.
+The script also counts the hold-backs per endpoint, for `/metrics`.
 """
 
 from __future__ import annotations
