@@ -10,7 +10,7 @@ from django.conf import settings
 from django.test import Client
 from prometheus_client.parser import text_string_to_metric_families
 
-from deliveries import metrics
+from deliveries import metrics, ratelimit
 from deliveries.models import DeadLetter, Delivery, Event
 from deliveries.prometheus import queue_depths
 from schemas_app.models import EventType
@@ -125,6 +125,7 @@ def test_the_grafana_dashboard_names_only_metrics_the_exporter_serves() -> None:
     deltas = metrics.Deltas()
     deltas.of("ep_1", "t").success(10)
     metrics.stats_add(deltas, at=datetime.now(UTC))
+    ratelimit.take("ep_1", rate=1, want=2)  # one delivery held back by a rate limit
     served = {name for name, _ in _scrape(Client())}
     dashboard = json.loads(
         (Path(settings.BASE_DIR) / "docs" / "grafana-dashboard.json").read_text()
