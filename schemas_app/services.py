@@ -20,11 +20,22 @@ from .transform import TransformError
 from .validation import InvalidSchema, check_schema, validate
 
 
-def _checked(schema: Any) -> Any:
+class SchemaRefused(ValidationError):
+    """A schema document this service will not store (invalid, a `$ref` that leaves it, a
+    reference cycle, a pattern RE2 cannot run); `api_errors` point into the request body."""
+
+    def __init__(self, field: str, exc: InvalidSchema) -> None:
+        super().__init__({field: str(exc)})
+        self.api_errors = [
+            {"pointer": f"/{field}{exc.pointer}", "detail": exc.message, "keyword": "schema"}
+        ]
+
+
+def _checked(schema: Any, field: str = "schema") -> Any:
     try:
         check_schema(schema)
     except InvalidSchema as exc:
-        raise ValidationError({"schema": str(exc)}) from exc
+        raise SchemaRefused(field, exc) from exc
     return schema
 
 
@@ -46,10 +57,7 @@ def _transform_checked(transform: Any, output_schema: Any) -> None:
         except TransformError as exc:
             raise ValidationError({"transform": f"{exc.pointer}: {exc.message}"}) from exc
     if output_schema is not None:
-        try:
-            check_schema(output_schema)
-        except InvalidSchema as exc:
-            raise ValidationError({"output_schema": str(exc)}) from exc
+        _checked(output_schema, "output_schema")
 
 
 def _example_checked(example: Any, schema: Any) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -145,12 +146,18 @@ def celery_worker(django_db_setup: None, django_db_blocker: Any) -> Iterator[Wor
 
 
 class WebServer:
-    """The real web server (gunicorn) as a child process, on a free port."""
+    """The real web server (gunicorn) as a child process, on a port of its own.
+
+    The listening socket is bound here (port 0) and handed to gunicorn (`--bind fd://N`), so no
+    other process can take the port between choosing it and the server listening on it.
+    """
 
     def __init__(self, env: dict[str, str]) -> None:
-        from webhooks_project.localstack import free_port
-
-        self.port = free_port()
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(128)
+        self.port = int(self.sock.getsockname()[1])
         self.env = env
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -169,7 +176,7 @@ class WebServer:
                 "gunicorn",
                 "webhooks_project.wsgi",
                 "--bind",
-                f"127.0.0.1:{self.port}",
+                f"fd://{self.sock.fileno()}",
                 "--workers",
                 "1",
                 "--threads",
@@ -177,6 +184,7 @@ class WebServer:
             ],
             cwd=BASE_DIR,
             env=self.env,
+            pass_fds=[self.sock.fileno()],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,
@@ -195,6 +203,7 @@ class WebServer:
 
     def stop(self) -> None:
         terminate(self.proc)
+        self.sock.close()
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float = 20, interval: float = 0.05) -> Any:
@@ -207,6 +216,39 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 20, interval: floa
         if time.monotonic() > deadline:
             pytest.fail(f"condition not met within {timeout} s")
         time.sleep(interval)
+
+
+QUEUES = ("deliveries", "retries", "maintenance")
+
+
+def broker_idle(redis_url: str | None = None) -> bool:
+    """Whether nothing is left to do: no message waiting in any queue, none taken and not yet
+    acknowledged (tasks ack late, so a running task's message is still unacked), and no delivery
+    in flight (a sender thread may still be sending after its task returned)."""
+    import redis
+
+    from deliveries.models import Delivery
+
+    client = redis.Redis.from_url(redis_url or settings.REDIS_URL)
+    try:
+        waiting = sum(client.llen(q) for q in QUEUES) + client.hlen("unacked")
+    finally:
+        client.close()
+    return not waiting and not Delivery.objects.filter(status="in_flight").exists()
+
+
+def wait_idle(redis_url: str | None = None, timeout: float = 30) -> None:
+    """Wait until the system has nothing left to do, seen on three polls in a row (a message
+    moves from its queue to `unacked` in two steps), so that counts asserted next are final:
+    this stands in for "a duplicate would have arrived by now" without a fixed sleep."""
+    streak = 0
+
+    def settled() -> bool:
+        nonlocal streak
+        streak = streak + 1 if broker_idle(redis_url) else 0
+        return streak >= 3
+
+    wait_until(settled, timeout=timeout, interval=0.1)
 
 
 @pytest.hookimpl(wrapper=True)

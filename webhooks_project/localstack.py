@@ -37,11 +37,20 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+class ExitedWhileStarting(RuntimeError):
+    """The child exited before it was ready (most often: its port was taken meanwhile)."""
+
+
+# How many fresh ports a server is tried on: a port found free can be taken by another process
+# before our child binds it (a dev stack or a parallel run on the same machine).
+PORT_TRIES = 5
+
+
 def _wait_for(check, what: str, timeout: float, proc: subprocess.Popen | None = None) -> None:  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"{what} exited with code {proc.returncode} while starting")
+            raise ExitedWhileStarting(f"{what} exited with code {proc.returncode} while starting")
         if check():
             return
         time.sleep(0.1)
@@ -57,6 +66,7 @@ class LocalPostgres:
 
     def __init__(self, data_dir: Path, port: int | None = None, *, fast: bool = False) -> None:
         self.data_dir = Path(data_dir).resolve()
+        self.fixed_port = port is not None
         self.port = port or free_port()
         self.fast = fast  # tests: no fsync, which is safe only for throwaway data
         self.proc: subprocess.Popen[bytes] | None = None
@@ -118,6 +128,18 @@ class LocalPostgres:
                 stderr=subprocess.PIPE,
                 **run_as,  # type: ignore[arg-type]
             )
+        for tries_left in reversed(range(PORT_TRIES)):
+            try:
+                self._launch(run_as, timeout)
+                break
+            except ExitedWhileStarting:
+                if self.fixed_port or not tries_left:
+                    raise
+                self.port = free_port()
+        self._create_database(database)
+        return self
+
+    def _launch(self, run_as: dict[str, object], timeout: float) -> None:
         stale_pid = self.data_dir / "postmaster.pid"
         if stale_pid.exists() and not _pid_alive(stale_pid):
             stale_pid.unlink()
@@ -153,8 +175,6 @@ class LocalPostgres:
         )
         log.close()
         _wait_for(self._ready, f"PostgreSQL (log: {self.log_path})", timeout, self.proc)
-        self._create_database(database)
-        return self
 
     def _ready(self) -> bool:
         import psycopg
@@ -186,6 +206,7 @@ class LocalRedis:
 
     def __init__(self, data_dir: Path, port: int | None = None, *, persist: bool = True) -> None:
         self.data_dir = Path(data_dir).resolve()
+        self.fixed_port = port is not None
         self.port = port or free_port()
         self.persist = persist
         self.proc: subprocess.Popen[bytes] | None = None
@@ -201,6 +222,17 @@ class LocalRedis:
 
     def start(self, timeout: float = 30) -> LocalRedis:
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        for tries_left in reversed(range(PORT_TRIES)):
+            try:
+                self._launch(timeout)
+                return self
+            except ExitedWhileStarting:
+                if self.fixed_port or not tries_left:
+                    raise
+                self.port = free_port()
+        return self
+
+    def _launch(self, timeout: float) -> None:
         args = [
             str(self.server_binary()),
             "--port",
@@ -224,7 +256,6 @@ class LocalRedis:
             args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
         )
         _wait_for(self._ready, "Redis", timeout, self.proc)
-        return self
 
     def _ready(self) -> bool:
         import redis

@@ -16,6 +16,7 @@ from schemas_app.selectors import event_type_list
 from schemas_app.services import (
     BreakingSchemaChange,
     PreviewRejected,
+    SchemaRefused,
     event_type_create,
     event_type_preview,
     event_type_update,
@@ -56,6 +57,8 @@ class EventTypeViewSet(
         fields.pop("allow_breaking", None)
         try:
             event_type = event_type_create(actor=str(request.user), **fields)
+        except SchemaRefused as exc:
+            raise UnprocessableEntity(exc.api_errors) from exc
         except DjangoValidationError as exc:
             raise from_django_validation(exc) from exc
         out = self.get_serializer(self.get_queryset().get(pk=event_type.pk))
@@ -70,6 +73,8 @@ class EventTypeViewSet(
             result = event_type_update(
                 event_type=instance, actor=str(request.user), **serializer.validated_data
             )
+        except SchemaRefused as exc:
+            raise UnprocessableEntity(exc.api_errors) from exc
         except DjangoValidationError as exc:
             raise from_django_validation(exc) from exc
         except BreakingSchemaChange as exc:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import pytest
 from rest_framework.test import APIClient
 
 from deliveries.models import DeadLetter, Delivery, DeliveryAttempt
-from tests.conftest import WorkerProcess, wait_until
+from tests.conftest import WorkerProcess, wait_idle, wait_until
 from tests.sink import Sink
 from webhooks.models import Endpoint
 
@@ -96,6 +95,6 @@ def test_410_disables_the_endpoint_and_ends_its_pending_deliveries(
     assert DeadLetter.objects.filter(delivery=done).exists()
     # a later event is not fanned out to the disabled endpoint
     api.post("/api/v1/events/", {"type": "order.created", "data": {}}, format="json")
-    time.sleep(0.5)
+    wait_idle()
     assert Delivery.objects.filter(endpoint=endpoint).count() == 1
     assert len(sink.requests("gone")) == 1

@@ -27,7 +27,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.conftest import BASE_DIR, WebServer, WorkerProcess, worker_env
+from tests.conftest import BASE_DIR, WebServer, WorkerProcess, wait_until, worker_env
 from tests.sink import Sink
 from webhooks_project.localstack import LocalPostgres, LocalRedis
 
@@ -140,12 +140,19 @@ def test_postgres_restarted_under_load_loses_nothing(sink: Sink) -> None:
 
         poster = threading.Thread(target=post_stream)
         poster.start()
-        time.sleep(1.5)
-        # when PostgreSQL crashes (SIGKILL) under that load and comes back 3 s later
+
+        def seen(status: int, at_least: int, after: int = 0) -> bool:
+            return sum(1 for s, _ in answers[after:] if s == status) >= at_least
+
+        wait_until(lambda: seen(202, 20), timeout=60)
+        # when PostgreSQL crashes (SIGKILL) under that load and comes back once the API has
+        # answered 503 a few times (the outage was seen)
         pg.stop(kill=True)
-        time.sleep(3)
+        outage = len(answers)
+        wait_until(lambda: seen(503, 3, outage), timeout=60)
         pg = LocalPostgres(tmp / "postgres", port=pg.port).start()
-        time.sleep(2)
+        back = len(answers)
+        wait_until(lambda: seen(202, 20, back) or not poster.is_alive(), timeout=60)
         stop.set()
         poster.join(timeout=60)
 
@@ -180,8 +187,10 @@ def test_postgres_restarted_under_load_loses_nothing(sink: Sink) -> None:
         assert beat.proc.poll() is None, "".join(beat.output[-30:])
         sweeps = [line for line in beat.output if "requeue_stuck" in line]
         before = len(sweeps)
-        time.sleep(2.5)
-        assert len([line for line in beat.output if "requeue_stuck" in line]) > before
+        wait_until(
+            lambda: len([line for line in beat.output if "requeue_stuck" in line]) > before,
+            timeout=30,
+        )
         # the beat jobs are registered in the database, where the admin shows them
         with psycopg.connect(dsn) as conn:
             jobs = {

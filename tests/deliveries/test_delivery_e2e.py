@@ -11,7 +11,7 @@ from rest_framework.test import APIClient
 from standardwebhooks import Webhook
 
 from deliveries.models import Delivery, DeliveryAttempt
-from tests.conftest import WorkerProcess, wait_until
+from tests.conftest import WorkerProcess, wait_idle, wait_until
 from tests.sink import Sink
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
@@ -66,7 +66,7 @@ def test_one_event_reaches_three_endpoints_once_each_correctly_signed(
         assert payload["data"] == {"id": "o-1", "total": 12.5}
         assert payload["timestamp"].endswith("Z")
     wait_until(lambda: Delivery.objects.filter(status="succeeded").count() == 3)
-    time.sleep(0.5)  # a duplicate would have arrived by now
+    wait_idle()
     assert len(sink.requests()) == 3
     assert sink.requests("other") == []
     # and every attempt is visible through the API
@@ -135,7 +135,7 @@ def test_a_4xx_fails_at_once_without_retry(
     delivery = wait_until(
         lambda: Delivery.objects.filter(event_id=event["id"], status="failed").first()
     )
-    time.sleep(0.5)
+    wait_idle()
     assert len(sink.requests("reject")) == 1
     assert delivery.attempt_count == 1
     assert json.loads(sink.requests("reject")[0].body)["type"] == "order.created"

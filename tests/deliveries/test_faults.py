@@ -12,7 +12,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,7 +26,7 @@ from django.utils import timezone
 
 from deliveries.models import Delivery, DeliveryAttempt, Event
 from schemas_app.services import event_type_create
-from tests.conftest import BASE_DIR, WebServer, WorkerProcess, wait_until, worker_env
+from tests.conftest import BASE_DIR, WebServer, WorkerProcess, wait_idle, wait_until, worker_env
 from tests.sink import Sink
 from webhooks.services import api_key_create, endpoint_create
 from webhooks_project.localstack import LocalRedis
@@ -223,7 +222,7 @@ def test_a_parked_retry_is_attempted_exactly_once_despite_a_short_visibility_tim
     first = sink.wait_for(1, "later")[0]
     # when the delay passes
     wait_until(lambda: _all_succeeded(1), timeout=30)
-    time.sleep(4)  # room for any duplicate to show up
+    wait_idle(stack.redis.url())
     # then the consumer got exactly two requests, the second after the parked delay
     requests = sink.requests("later")
     assert len(requests) == 2
@@ -243,7 +242,7 @@ def test_two_copies_of_the_same_task_send_once(stack: Stack, sink: Sink) -> None
     # when two worker processes take the copies at once
     stack.start_worker()
     wait_until(lambda: _all_succeeded(1), timeout=30)
-    time.sleep(1.5)
+    wait_idle(stack.redis.url())
     # then the consumer received one request
     assert len(sink.requests("dup")) == 1
     assert DeliveryAttempt.objects.count() == 1

@@ -11,7 +11,7 @@ from rest_framework.test import APIClient
 
 from deliveries import ratelimit
 from deliveries.models import Delivery, DeliveryAttempt
-from tests.conftest import WorkerProcess, wait_until
+from tests.conftest import WorkerProcess, wait_idle, wait_until
 from tests.sink import Sink
 from webhooks.models import Endpoint
 
@@ -99,7 +99,7 @@ def test_a_burst_to_a_limited_endpoint_is_paced_and_every_delivery_succeeds_once
     attempts = DeliveryAttempt.objects.filter(delivery__endpoint_id=limited_id)
     assert attempts.count() == 40
     assert set(attempts.values_list("outcome", "number")) == {("succeeded", 1)}
-    time.sleep(0.5)  # a duplicate would have arrived by now
+    wait_idle()
     assert len(sink.requests("limited")) == 40
 
 

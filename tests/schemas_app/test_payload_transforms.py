@@ -49,8 +49,8 @@ def test_a_bad_mapping_or_output_schema_is_refused_when_saved(api: APIClient) ->
     assert bad.json()["errors"][0]["pointer"] == "/transform"
     assert bad.json()["errors"][0]["detail"].startswith("/total/amount: invalid expression")
     worse = _order_type(api, output_schema={"type": "nope"})
-    assert worse.status_code == 400
-    assert worse.json()["errors"][0]["pointer"] == "/output_schema"
+    assert worse.status_code == 422
+    assert worse.json()["errors"][0]["pointer"] == "/output_schema/type"
 
 
 @pytest.mark.django_db
