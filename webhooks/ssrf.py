@@ -22,6 +22,14 @@ Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+# Ranges that carry or translate to an IPv4 address we cannot check as a whole: the deprecated
+# IPv4-compatible form (::a.b.c.d, within ::/96) and the rest of ::/8 (IETF reserved), SIIT's
+# IPv4-translated ::ffff:0:a.b.c.d, and local-use NAT64 (RFC 8215), whose embedding varies.
+_NEVER_PUBLIC_V6 = (
+    ipaddress.IPv6Network("::/8"),
+    ipaddress.IPv6Network("::ffff:0:0:0/96"),
+    ipaddress.IPv6Network("64:ff9b:1::/48"),
+)
 
 
 class BlockedTarget(ValueError):
@@ -50,25 +58,45 @@ def parse_cidrs(values: Sequence[str]) -> tuple[Network, ...]:
     return tuple(networks)
 
 
-def _embedded(address: Address) -> Address:
-    """The IPv4 address hidden in an IPv4-mapped, NAT64, 6to4 or Teredo IPv6 address."""
-    if isinstance(address, ipaddress.IPv6Address):
-        if address.ipv4_mapped is not None:
-            return address.ipv4_mapped
-        if address in _NAT64:
-            return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
-        if address.sixtofour is not None:
-            return address.sixtofour
-        if address.teredo is not None:
-            return address.teredo[1]
-    return address
+def _embedded(address: Address) -> list[Address]:
+    """The IPv4 addresses an IPv6 address carries: IPv4-mapped, NAT64, 6to4, Teredo (its
+    server and client) and ISATAP (an interface identifier of ::5efe:a.b.c.d)."""
+    if not isinstance(address, ipaddress.IPv6Address):
+        return []
+    found: list[Address] = []
+    if address.ipv4_mapped is not None:
+        found.append(address.ipv4_mapped)
+    if address in _NAT64:
+        found.append(ipaddress.IPv4Address(int(address) & 0xFFFFFFFF))
+    if address.sixtofour is not None:
+        found.append(address.sixtofour)
+    if address.teredo is not None:
+        found.extend(address.teredo)
+    if (int(address) >> 32) & 0xFDFFFFFF == 0x00005EFE:  # ISATAP, u/l bit either way
+        found.append(ipaddress.IPv4Address(int(address) & 0xFFFFFFFF))
+    return found
 
 
 def is_public(address: Address) -> bool:
     """Global unicast: not loopback, private, link-local (169.254/16, the cloud metadata
-    address), CGNAT, unspecified, reserved or multicast, directly or embedded in IPv6."""
-    inner = _embedded(address)
-    return all(a.is_global and not a.is_multicast for a in {address, inner})
+    address), CGNAT, unspecified, reserved or multicast, directly or embedded in IPv6 in any
+    form (see _embedded and _NEVER_PUBLIC_V6)."""
+    if isinstance(address, ipaddress.IPv6Address) and (
+        address.scope_id or any(address in net for net in _NEVER_PUBLIC_V6)
+    ):
+        return False
+    return all(a.is_global and not a.is_multicast for a in [address, *_embedded(address)])
+
+
+def legacy_ipv4(host: str) -> ipaddress.IPv4Address | None:
+    """The address of a host written in a legacy IPv4 form that resolvers accept but
+    `ipaddress` does not (2130706433, 0x7f.1, 0177.0.0.1, 127.1), else None."""
+    if not host or not all(c in "0123456789abcdefxABCDEFX." for c in host):
+        return None
+    try:
+        return ipaddress.IPv4Address(socket.inet_aton(host))
+    except OSError:
+        return None
 
 
 def resolve(host: str, port: int) -> list[str]:
@@ -112,7 +140,7 @@ def check_url(
     try:
         literal: Address | None = ipaddress.ip_address(host)
     except ValueError:
-        literal = None
+        literal = legacy_ipv4(host)
     if literal is not None:
         addresses = [str(literal)]
     elif resolve_host:

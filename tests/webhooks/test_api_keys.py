@@ -197,3 +197,39 @@ def test_a_limited_key_creates_endpoints_only_in_its_application(
     response = client.post("/api/v1/event-types/", {"name": "a.b", "schema": {}}, format="json")
     assert response.status_code == 403
     assert "limited to application 'acme'" in response.json()["detail"]
+
+
+def test_a_limited_key_can_never_move_anything_out_of_its_application(order_type: None) -> None:
+    acme = application_create(uid="acme", name="Acme")
+    application_create(uid="other", name="Other")
+    _, key = api_key_create(name="acme", scopes=ApiKey.Scope.values, application=acme)
+    client = _client(key)
+    created = client.post(
+        "/api/v1/endpoints/", {"url": "https://acme.example/hook"}, format="json"
+    ).json()
+    path = f"/api/v1/endpoints/{created['id']}/"
+    # every way of changing an endpoint's application: none, another's, PATCH and PUT
+    for method in (client.patch, client.put):
+        for value in (None, "other"):
+            answer = method(
+                path, {"url": "https://acme.example/hook", "application": value}, format="json"
+            )
+            assert answer.status_code == 400, (method, value, answer.json())
+            assert answer.json()["errors"][0]["pointer"] == "/application"
+    # nor can it create one outside, nor rename its application's uid
+    outside = client.post(
+        "/api/v1/endpoints/",
+        {"url": "https://acme.example/2", "application": None},
+        format="json",
+    )
+    assert outside.status_code == 400
+    renamed = client.patch("/api/v1/applications/acme/", {"uid": "acme2"}, format="json")
+    assert renamed.status_code == 400
+    assert renamed.json()["errors"][0]["pointer"] == "/uid"
+    # its own application is still accepted, and nothing moved
+    same = client.patch(path, {"application": "acme"}, format="json")
+    assert same.status_code == 200
+    assert set(Endpoint.objects.values_list("application__uid", flat=True)) == {"acme"}
+    # an event it sends with no application, or with null, stays its application's
+    _event(client, application=None)
+    assert set(Event.objects.values_list("application__uid", flat=True)) == {"acme"}

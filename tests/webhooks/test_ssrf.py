@@ -53,6 +53,28 @@ INTERNAL = [
     "http://[2002:7f00:1::]/hook",  # 6to4 of 127.0.0.1
     "http://localhost:8000/hook",  # a name that resolves to loopback
 ]
+# Every IPv6 form that carries an IPv4 address, and legacy IPv4 spellings resolvers accept.
+EMBEDDED = [
+    "http://[::127.0.0.1]/hook",  # IPv4-compatible (deprecated ::a.b.c.d)
+    "http://[::a9fe:a9fe]/hook",  # IPv4-compatible metadata address, hex
+    "http://[::ffff:0:127.0.0.1]/hook",  # SIIT IPv4-translated
+    "http://[64:ff9b:1::7f00:1]/hook",  # local-use NAT64 (RFC 8215)
+    "http://[2001:0:4136:e378:8000:63bf:80ff:fffe]/hook",  # Teredo, client 127.0.0.1
+    "http://[2606:4700::5efe:7f00:1]/hook",  # ISATAP interface id of 127.0.0.1
+    "http://[fe80::1%25eth0]/hook",  # scoped link-local
+    "http://2130706433/hook",  # 127.0.0.1 as one integer
+    "http://0177.0.0.1/hook",  # octal
+    "http://0x7f.1/hook",  # hex, short form
+]
+
+
+@pytest.mark.parametrize("url", EMBEDDED)
+def test_ipv4_hidden_in_any_form_is_refused_without_a_lookup(url: str) -> None:
+    # registration does not look names up; these are literals, so they are refused even then
+    with pytest.raises(BlockedTarget, match="non-public address"):
+        check_url(url, allow_private=False, resolve_host=False)
+    with pytest.raises(BlockedTarget, match="non-public address"):
+        check_url(url, allow_private=False)
 
 
 @pytest.mark.parametrize("url", INTERNAL)
@@ -104,6 +126,19 @@ def test_registration_refuses_an_internal_url(api: APIClient, settings: Any) -> 
         assert response.status_code == 400
         assert "non-public address" in response.json()["detail"]
     assert not Endpoint.objects.exists()
+
+
+@pytest.mark.django_db
+def test_create_patch_and_put_all_refuse_embedded_ipv4(api: APIClient, settings: Any) -> None:
+    settings.WEBHOOKS_ALLOW_PRIVATE_TARGETS = False
+    created = api.post("/api/v1/endpoints/", {"url": "https://93.184.215.14/x"}, format="json")
+    assert created.status_code == 201
+    path = f"/api/v1/endpoints/{created.json()['id']}/"
+    for url in EMBEDDED:
+        assert api.post("/api/v1/endpoints/", {"url": url}, format="json").status_code == 400
+        assert api.patch(path, {"url": url}, format="json").status_code == 400
+        assert api.put(path, {"url": url}, format="json").status_code == 400
+    assert list(Endpoint.objects.values_list("url", flat=True)) == ["https://93.184.215.14/x"]
 
 
 @pytest.mark.django_db(transaction=True)

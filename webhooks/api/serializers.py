@@ -9,6 +9,7 @@ from rest_framework import serializers
 from schemas_app.models import EventType
 from webhooks import signing
 from webhooks.models import Application, Endpoint
+from webhooks.scoping import key_application
 
 # Headers that we set ourselves; an endpoint may not override them.
 RESERVED_HEADERS = frozenset(
@@ -34,6 +35,15 @@ class ApplicationSerializer(serializers.ModelSerializer):
         model = Application
         fields = ["uid", "name", "created_at", "updated_at"]
         read_only_fields = ["created_at", "updated_at"]
+
+    def validate_uid(self, value: str) -> str:
+        limited = key_application(self.context.get("request"))
+        if limited is not None and self.instance is not None and value != limited.uid:
+            raise serializers.ValidationError(
+                f"This API key is limited to application {limited.uid!r}; it cannot change "
+                "that application's uid."
+            )
+        return value
 
 
 class EndpointSerializer(serializers.ModelSerializer):
@@ -122,6 +132,17 @@ class EndpointSerializer(serializers.ModelSerializer):
             "created_at",
             "updated_at",
         ]
+
+    def validate_application(self, value: Application | None) -> Application | None:
+        """A key limited to an application can never move an endpoint out of it: not to
+        another application (that one does not exist for it) and not to none (all events)."""
+        limited = key_application(self.context.get("request"))
+        if limited is not None and (value is None or value.pk != limited.pk):
+            raise serializers.ValidationError(
+                f"This API key is limited to application {limited.uid!r}; an endpoint's "
+                "application can only be that one."
+            )
+        return value
 
     def validate_event_types(self, value: list[str]) -> list[str]:
         names = list(dict.fromkeys(value))
