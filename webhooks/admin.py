@@ -7,6 +7,7 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
+from django.core.exceptions import ValidationError
 from django.db import models, transaction
 from django.db.models import F, OuterRef, Q, QuerySet, Subquery, Sum
 from django.http import HttpRequest, HttpResponse
@@ -17,7 +18,13 @@ from rest_framework_api_key.models import APIKey as LibraryAPIKey
 
 from . import audit, signing
 from .models import ApiKey, Application, AuditRecord, Endpoint, EndpointSecret, Source
-from .services import endpoint_delete, endpoint_disable, endpoint_secret_rotate
+from .services import (
+    ENDPOINT_FIELDS,
+    endpoint_delete,
+    endpoint_disable,
+    endpoint_fields_check,
+    endpoint_secret_rotate,
+)
 
 
 class AuditedAdmin(admin.ModelAdmin):
@@ -122,8 +129,36 @@ def _with_health(queryset: QuerySet[Endpoint]) -> QuerySet[Endpoint]:
     )
 
 
+class EndpointAdminForm(forms.ModelForm):
+    """The admin's endpoint form runs the same rules as the API (services.endpoint_fields_check):
+    the SSRF check on the URL, header rules, schedules, mappings, masking."""
+
+    url = forms.URLField(max_length=2048, assume_scheme="https")
+
+    class Meta:
+        model = Endpoint
+        fields = "__all__"  # noqa: DJ007 - the admin shows every editable field
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean() or {}
+        given = {k: cleaned[k] for k in ENDPOINT_FIELDS if k in cleaned}
+        if self.errors:
+            return cleaned
+        try:
+            checked = endpoint_fields_check(
+                fields=given, endpoint=self.instance if self.instance.pk else None
+            )
+        except ValidationError as exc:
+            for field, problems in exc.message_dict.items():
+                self.add_error(field if field in self.fields else None, problems)
+            return cleaned
+        cleaned.update({k: v for k, v in checked.items() if k in given})
+        return cleaned
+
+
 @admin.register(Endpoint)
 class EndpointAdmin(AuditedAdmin):
+    form = EndpointAdminForm
     list_display = [
         "id",
         "url",

@@ -19,6 +19,7 @@ from schemas_app.payloads import check_mapping
 from schemas_app.transform import TransformError
 
 from . import audit, crypto
+from .headers import HeaderRefused, check_headers
 from .models import ApiKey, Application, Endpoint, EndpointSecret, Source
 from .signing import generate_secret, new_secret
 from .ssrf import BlockedTarget, Target, check_url
@@ -89,6 +90,78 @@ def _check_target(url: str) -> None:
         raise ValidationError({"url": f"This URL cannot receive webhooks: {exc}"}) from exc
 
 
+MAX_SCHEDULE_LENGTH = 20
+MAX_RETRY_DELAY = 7 * 24 * 3600
+MAX_TIMEOUT_SECONDS = 60
+
+
+def _schedule_checked(schedule: Any) -> None:
+    if schedule is None:
+        return
+    if (
+        not isinstance(schedule, list)
+        or len(schedule) > MAX_SCHEDULE_LENGTH
+        or not all(
+            isinstance(d, int) and not isinstance(d, bool) and 0 <= d <= MAX_RETRY_DELAY
+            for d in schedule
+        )
+    ):
+        raise ValidationError(
+            {
+                "retry_schedule": f"Give a list of at most {MAX_SCHEDULE_LENGTH} whole numbers "
+                f"of seconds, each from 0 to {MAX_RETRY_DELAY}."
+            }
+        )
+
+
+def _event_types_checked(names: Any) -> list[str]:
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise ValidationError({"event_types": "Give a list of event type names."})
+    names = list(dict.fromkeys(names))
+    known = set(EventType.objects.filter(name__in=names).values_list("name", flat=True))
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ValidationError({"event_types": f"Unknown event types: {', '.join(unknown)}."})
+    return names
+
+
+def endpoint_fields_check(
+    *, fields: dict[str, Any], endpoint: Endpoint | None = None
+) -> dict[str, Any]:
+    """The rules every way of saving an endpoint runs (the API, the admin, commands): the URL
+    against SSRF (when new or changed), headers, retry schedule, timeout, event types,
+    per-type mappings, masking and encryption key. Returns the fields normalised; raises a
+    ValidationError keyed by field."""
+    out = dict(fields)
+    if "url" in out and (endpoint is None or out["url"] != endpoint.url):
+        _check_target(out["url"])
+    if "headers" in out:
+        try:
+            out["headers"] = check_headers(out["headers"] or {})
+        except HeaderRefused as exc:
+            raise ValidationError({"headers": str(exc)}) from exc
+    if "retry_schedule" in out:
+        _schedule_checked(out["retry_schedule"])
+    timeout = out.get("timeout_seconds")
+    if timeout is not None and not (
+        isinstance(timeout, int) and 1 <= timeout <= MAX_TIMEOUT_SECONDS
+    ):
+        raise ValidationError(
+            {"timeout_seconds": f"Give whole seconds from 1 to {MAX_TIMEOUT_SECONDS}."}
+        )
+    if "event_types" in out:
+        out["event_types"] = _event_types_checked(out["event_types"] or [])
+    if "transforms" in out:
+        out["transforms"] = out["transforms"] or {}  # null means none
+        _transforms_checked(out["transforms"])
+    if "masking" in out or "encryption_key" in out:
+        current_masking = endpoint.masking if endpoint is not None else {}
+        current_key = endpoint.encryption_key if endpoint is not None else None
+        out["masking"] = out.get("masking", current_masking) or {}
+        _masking_checked(out["masking"], out.get("encryption_key", current_key))
+    return out
+
+
 @transaction.atomic
 def application_create(*, uid: str, name: str) -> Application:
     """Create a consumer application."""
@@ -104,13 +177,7 @@ def endpoint_create(*, actor: str = "system", **fields: Any) -> tuple[Endpoint, 
     unknown = set(fields) - set(ENDPOINT_FIELDS)
     if unknown:
         raise TypeError(f"unknown endpoint fields: {sorted(unknown)}")
-    _check_target(fields["url"])
-    if "transforms" in fields:
-        fields["transforms"] = fields["transforms"] or {}  # null means none
-        _transforms_checked(fields["transforms"])
-    if "masking" in fields:
-        fields["masking"] = fields["masking"] or {}
-    _masking_checked(fields.get("masking") or {}, fields.get("encryption_key"))
+    fields = endpoint_fields_check(fields=fields)
     endpoint = Endpoint(**fields)
     endpoint.full_clean()
     endpoint.save()
@@ -173,14 +240,7 @@ def endpoint_update(*, endpoint: Endpoint, actor: str = "system", **fields: Any)
     if unknown:
         raise TypeError(f"unknown endpoint fields: {sorted(unknown)}")
     before = audit.endpoint_snapshot(Endpoint.objects.get(pk=endpoint.pk))
-    if "url" in fields and fields["url"] != endpoint.url:
-        _check_target(fields["url"])
-    if "transforms" in fields:
-        _transforms_checked(fields["transforms"] or {})
-        fields["transforms"] = fields["transforms"] or {}
-    if "masking" in fields or "encryption_key" in fields:
-        fields["masking"] = fields.get("masking", endpoint.masking) or {}
-        _masking_checked(fields["masking"], fields.get("encryption_key", endpoint.encryption_key))
+    fields = endpoint_fields_check(fields=fields, endpoint=endpoint)
     if fields.get("signature_scheme", endpoint.signature_scheme) != endpoint.signature_scheme:
         raise ValidationError(
             {

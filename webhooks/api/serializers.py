@@ -6,27 +6,12 @@ from typing import Any
 
 from rest_framework import serializers
 
-from schemas_app.models import EventType
+from webhooks import headers as headers_rules
 from webhooks import signing
 from webhooks.models import Application, Endpoint
 from webhooks.scoping import key_application
+from webhooks.services import MAX_RETRY_DELAY, MAX_SCHEDULE_LENGTH, MAX_TIMEOUT_SECONDS
 
-# Headers that we set ourselves; an endpoint may not override them.
-RESERVED_HEADERS = frozenset(
-    {
-        "content-type",
-        "content-length",
-        "host",
-        "user-agent",
-        "transfer-encoding",
-        "connection",
-        "webhook-id",
-        "webhook-timestamp",
-        "webhook-signature",
-    }
-)
-MAX_SCHEDULE_LENGTH = 20
-MAX_TIMEOUT_SECONDS = 60
 MAX_RATE_LIMIT = 100_000  # requests per second; above this a limit means nothing
 
 
@@ -59,12 +44,14 @@ class EndpointSerializer(serializers.ModelSerializer):
         help_text="Event type names this endpoint receives; empty means all.",
     )
     headers = serializers.DictField(
-        child=serializers.CharField(max_length=1000),
+        child=serializers.CharField(trim_whitespace=False, allow_blank=True),
         required=False,
-        help_text="Extra headers sent with every request (values are never shown in attempts).",
+        help_text="Extra headers sent with every request. Reads show each value as "
+        f"{headers_rules.MASK!r}; GET endpoints/{{id}}/headers/ reveals them. At most "
+        f"{headers_rules.MAX_HEADERS} headers and {headers_rules.MAX_TOTAL_BYTES} bytes.",
     )
     retry_schedule = serializers.ListField(
-        child=serializers.IntegerField(min_value=0, max_value=7 * 24 * 3600),
+        child=serializers.IntegerField(min_value=0, max_value=MAX_RETRY_DELAY),
         required=False,
         allow_null=True,
         max_length=MAX_SCHEDULE_LENGTH,
@@ -144,26 +131,26 @@ class EndpointSerializer(serializers.ModelSerializer):
             )
         return value
 
-    def validate_event_types(self, value: list[str]) -> list[str]:
-        names = list(dict.fromkeys(value))
-        known = set(EventType.objects.filter(name__in=names).values_list("name", flat=True))
-        unknown = [n for n in names if n not in known]
-        if unknown:
-            raise serializers.ValidationError(f"Unknown event types: {', '.join(unknown)}.")
-        return names
-
     def validate_headers(self, value: dict[str, str]) -> dict[str, str]:
-        clean: dict[str, str] = {}
-        for name, header_value in value.items():
-            lowered = name.strip().lower()
-            if not lowered or any(c in lowered for c in " :\r\n\t"):
-                raise serializers.ValidationError(f"Invalid header name {name!r}.")
-            if lowered in RESERVED_HEADERS:
-                raise serializers.ValidationError(f"Header {name!r} is set by the service.")
-            if "\r" in header_value or "\n" in header_value:
-                raise serializers.ValidationError(f"Header {name!r} has a line break in its value.")
-            clean[lowered] = header_value
-        return clean
+        try:
+            return headers_rules.check_headers(value)
+        except headers_rules.HeaderRefused as exc:
+            if exc.name:
+                raise serializers.ValidationError({exc.name: [str(exc)]}) from exc
+            raise serializers.ValidationError(str(exc)) from exc
+
+    def to_representation(self, instance: Any) -> dict[str, Any]:
+        """Header values are secrets (tokens, cookies): reads show the names only; the values
+        are at `GET endpoints/{id}/headers/` for a key with `endpoints:manage`."""
+        data = super().to_representation(instance)
+        data["headers"] = headers_rules.masked(data.get("headers"))
+        return data
+
+
+class EndpointHeadersSerializer(serializers.Serializer):
+    headers = serializers.DictField(
+        child=serializers.CharField(), help_text="The custom headers, values in clear."
+    )
 
 
 def credentials(secret: str | None) -> dict[str, str | None]:

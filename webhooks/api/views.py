@@ -28,6 +28,7 @@ from .serializers import (
     EndpointCreatedSerializer,
     EndpointEnabledSerializer,
     EndpointEnableSerializer,
+    EndpointHeadersSerializer,
     EndpointSecretSerializer,
     EndpointSerializer,
     SecretRotatedSerializer,
@@ -64,7 +65,7 @@ class EndpointViewSet(viewsets.ModelViewSet):
 
     serializer_class = EndpointSerializer
     write_scope = "endpoints:manage"
-    scope_for_action = {"secret": "endpoints:manage"}
+    scope_for_action = {"secret": "endpoints:manage", "reveal_headers": "endpoints:manage"}
 
     def get_queryset(self):  # type: ignore[no-untyped-def]
         return for_key(self.request, endpoint_list(), "application_id")
@@ -138,6 +139,13 @@ class EndpointViewSet(viewsets.ModelViewSet):
         endpoint = self.get_object()
         secrets = endpoint_active_secrets(endpoint_id=endpoint.pk)
         return Response(EndpointSecretSerializer(secrets[0] if secrets else None).data)
+
+    @extend_schema(request=None, responses=EndpointHeadersSerializer)
+    @action(detail=True, methods=["get"], url_path="headers")
+    def reveal_headers(self, request: Request, pk: str | None = None) -> Response:
+        """The endpoint's custom headers with their values (reads of the endpoint mask them)."""
+        endpoint = self.get_object()
+        return Response({"headers": dict(endpoint.headers or {})})
 
     @extend_schema(request=None, responses={202: SentTestEventSerializer})
     @action(detail=True, methods=["post"])
