@@ -40,6 +40,9 @@ class Event(models.Model):
     data = models.JSONField()
     # NULL (not "") means "no key", so the unique constraint ignores keyless events.
     idempotency_key = models.CharField(max_length=200, null=True, blank=True)  # noqa: DJ001
+    # SHA-256 of the request's type, data and occurred_at (canonical JSON), kept with a key:
+    # the same key with another body is a conflict, not a silent replay of the first answer.
+    request_hash = models.CharField(max_length=64, blank=True, default="", editable=False)
     occurred_at = models.DateTimeField(default=timezone.now)
     created_at = models.DateTimeField(default=timezone.now, editable=False, db_index=True)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import time
@@ -72,6 +73,21 @@ class IngestResult:
     event: Event
     delivery_count: int
     created: bool
+
+
+class IdempotencyConflict(Exception):
+    """An idempotency key was used before with a different body; nothing was stored."""
+
+    def __init__(self, errors: list[dict[str, str]]) -> None:
+        super().__init__(f"{len(errors)} idempotency conflict(s)")
+        self.errors = errors
+
+
+def request_hash(item: EventInput) -> str:
+    """The fingerprint of what a request asked for under its idempotency key."""
+    occurred = item.occurred_at.isoformat() if item.occurred_at else None
+    document = {"type": item.type, "data": item.data, "occurred_at": occurred}
+    return hashlib.sha256(orjson.dumps(document, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
 class IngestRejected(Exception):
@@ -149,16 +165,19 @@ def events_ingest(
     """
     versions, applications = _check_inputs(items, single=single, only_application=only_application)
     try:
-        return _store(items, versions, applications)
+        return _store(items, versions, applications, single)
     except IntegrityError:
         # Another request stored the same idempotency key between our lookup and insert; its
         # row is committed now, so a second pass finds it and returns it.
-        return _store(items, versions, applications)
+        return _store(items, versions, applications, single)
 
 
 @transaction.atomic
 def _store(
-    items: Sequence[EventInput], versions: dict, applications: dict[str, Application]
+    items: Sequence[EventInput],
+    versions: dict,
+    applications: dict[str, Application],
+    single: bool = False,
 ) -> list[IngestResult]:
     now = timezone.now()
     keys = {i.idempotency_key for i in items if i.idempotency_key}
@@ -169,11 +188,26 @@ def _store(
     # plan: (event, created) per item, in order; a key repeated in one batch makes one event
     plan: list[tuple[Event, bool]] = []
     new_events: list[Event] = []
-    for item in items:
+    conflicts: list[dict[str, str]] = []
+    for index, item in enumerate(items):
         app = applications[item.application] if item.application else None
         key = (app.pk if app else None, item.idempotency_key) if item.idempotency_key else None
+        fingerprint = request_hash(item) if key is not None else ""
         if key is not None and key in stored:
-            plan.append((stored[key], False))
+            earlier = stored[key]
+            # events stored before fingerprints were kept have none: they cannot conflict
+            if earlier.request_hash and earlier.request_hash != fingerprint:
+                conflicts.append(
+                    {
+                        "pointer": f"{_pointer_prefix(None if single else index)}/idempotency_key",
+                        "detail": f"idempotency_key {item.idempotency_key!r} was already used "
+                        f"for event {earlier.id} with a different body; use a new key for a "
+                        "new event, or send exactly the same body to get that event back.",
+                        "code": "idempotency_conflict",
+                        "event": earlier.id,
+                    }
+                )
+            plan.append((earlier, False))
             continue
         sensitive = versions[item.type].event_type.sensitive_fields
         event = Event(
@@ -183,6 +217,7 @@ def _store(
             # sensitive fields are stored encrypted: no dump, log or admin page shows them
             data=payloads.seal(item.data, sensitive, crypto.encrypt) if sensitive else item.data,
             idempotency_key=item.idempotency_key,
+            request_hash=fingerprint,
             occurred_at=item.occurred_at or now,
             created_at=now,
         )
@@ -190,6 +225,8 @@ def _store(
         if key is not None:
             stored[key] = event
         plan.append((event, True))
+    if conflicts:
+        raise IdempotencyConflict(conflicts)
     Event.objects.bulk_create(new_events)
 
     event_ids: list[str] = []

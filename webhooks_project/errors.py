@@ -33,6 +33,14 @@ class UnprocessableEntity(exceptions.ValidationError):
     default_code = "invalid"
 
 
+class Conflict(exceptions.ValidationError):
+    """The request contradicts what was stored before (an idempotency key reused with another
+    body); `errors` name the original."""
+
+    status_code = status.HTTP_409_CONFLICT
+    default_code = "conflict"
+
+
 def from_django_validation(exc: DjangoValidationError) -> exceptions.ValidationError:
     """A service's Django ValidationError (per field, or not) as a DRF one for the API."""
     return exceptions.ValidationError(
@@ -85,6 +93,7 @@ _CODES = {
     404: "not_found",
     405: "method_not_allowed",
     406: "not_acceptable",
+    409: "conflict",
     413: "payload_too_large",
     415: "unsupported_media_type",
     422: "validation_error",

@@ -8,11 +8,12 @@ from rest_framework import serializers
 
 from deliveries.models import DeadLetter, Delivery, DeliveryAttempt, Event
 from deliveries.services import EventInput
+from webhooks_project.strict import StrictFields
 
 MAX_BATCH = 1000
 
 
-class EventCreateSerializer(serializers.Serializer):
+class EventCreateSerializer(StrictFields, serializers.Serializer):
     """What a source posts: the type, the data, and optional application, key and time."""
 
     type = serializers.CharField(max_length=200)
@@ -143,7 +144,7 @@ class DeadLetterSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
-class DeadLetterFilterSerializer(serializers.Serializer):
+class DeadLetterFilterSerializer(StrictFields, serializers.Serializer):
     """The filters of the list and of bulk replay."""
 
     endpoint = serializers.CharField(required=False)

@@ -17,11 +17,18 @@ from rest_framework.views import APIView
 from deliveries import metrics
 from deliveries.models import DeadLetter, Delivery, Event
 from deliveries.selectors import attempt_list, dead_letter_list, delivery_list, event_list
-from deliveries.services import EventInput, IngestRejected, dead_letters_replay, events_ingest
+from deliveries.services import (
+    EventInput,
+    IdempotencyConflict,
+    IngestRejected,
+    dead_letters_replay,
+    events_ingest,
+)
 from schemas_app.models import EventType
 from webhooks.models import Endpoint
 from webhooks.scoping import for_key, key_application
-from webhooks_project.errors import UnprocessableEntity
+from webhooks_project.errors import Conflict, UnprocessableEntity
+from webhooks_project.strict import refuse_body, unknown_fields
 
 from .serializers import (
     MAX_BATCH,
@@ -59,11 +66,17 @@ class EventViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Ge
     def get_serializer_class(self):  # type: ignore[no-untyped-def]
         return EventDetailSerializer if self.action == "retrieve" else EventSerializer
 
-    @extend_schema(request=EventCreateSerializer, responses={202: AcceptedEventSerializer})
+    @extend_schema(
+        request=EventCreateSerializer,
+        responses={202: AcceptedEventSerializer, 409: OpenApiTypes.OBJECT},
+    )
     def create(self, request: Request) -> Response:
         """Validate one event against its schema, store it and fan it out (202)."""
         if not isinstance(request.data, dict):
             raise ValidationError({"non_field_errors": ["Send one JSON object."]})
+        unknown = unknown_fields(request.data, EventCreateSerializer().fields)
+        if unknown:
+            raise ValidationError(unknown)  # 400: not a rule broken, a field that is not ours
         serializer = EventCreateSerializer(data=request.data)
         if not serializer.is_valid():
             raise UnprocessableEntity(serializer.errors)
@@ -77,11 +90,13 @@ class EventViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Ge
             )
         except IngestRejected as exc:
             raise UnprocessableEntity(exc.errors) from exc
+        except IdempotencyConflict as exc:
+            raise Conflict(exc.errors) from exc
         return Response(AcceptedEventSerializer(result).data, status=status.HTTP_202_ACCEPTED)
 
     @extend_schema(
         request=EventCreateSerializer(many=True),
-        responses={202: AcceptedEventSerializer(many=True)},
+        responses={202: AcceptedEventSerializer(many=True), 409: OpenApiTypes.OBJECT},
     )
     @action(detail=False, methods=["post"])
     def batch(self, request: Request) -> Response:
@@ -94,6 +109,12 @@ class EventViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Ge
             raise UnprocessableEntity(
                 {"non_field_errors": [f"At most {MAX_BATCH} events per batch."]}
             )
+        known = EventCreateSerializer().fields
+        unknown = {
+            str(i): u for i, item in enumerate(request.data) if (u := unknown_fields(item, known))
+        }
+        if unknown:
+            raise ValidationError(unknown)
         serializer = EventCreateSerializer(data=request.data, many=True)
         if not serializer.is_valid():
             raise UnprocessableEntity(
@@ -106,6 +127,8 @@ class EventViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Ge
             results = events_ingest(items=items, only_application=_limit(request))
         except IngestRejected as exc:
             raise UnprocessableEntity(exc.errors) from exc
+        except IdempotencyConflict as exc:
+            raise Conflict(exc.errors) from exc
         return Response(
             {"count": len(results), "results": AcceptedEventSerializer(results, many=True).data},
             status=status.HTTP_202_ACCEPTED,
@@ -211,6 +234,7 @@ class DeadLetterViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewse
     @action(detail=True, methods=["post"])
     def replay(self, request: Request, pk: str | None = None) -> Response:
         """Put this dead letter's delivery back to pending with a fresh retry schedule."""
+        refuse_body(request.data)
         dead_letter = self.get_object()
         if dead_letter.replayed_at is not None:
             raise ValidationError({"non_field_errors": ["This dead letter was already replayed."]})

@@ -7,6 +7,7 @@ from typing import Any
 from rest_framework import serializers
 
 from schemas_app.models import EventType, SchemaVersion, event_type_name_validator
+from webhooks_project.strict import StrictFields
 
 
 class SchemaVersionSerializer(serializers.ModelSerializer):
@@ -16,7 +17,7 @@ class SchemaVersionSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
-class EventTypeSerializer(serializers.ModelSerializer):
+class EventTypeSerializer(StrictFields, serializers.ModelSerializer):
     """An event type with its current schema; writing a changed schema makes a new version."""
 
     name = serializers.CharField(max_length=200, validators=[event_type_name_validator])
@@ -91,7 +92,7 @@ class EventTypeSerializer(serializers.ModelSerializer):
         return fields
 
 
-class PreviewSerializer(serializers.Serializer):
+class PreviewSerializer(StrictFields, serializers.Serializer):
     data = serializers.JSONField(help_text="A sample event's data.")
     endpoint = serializers.CharField(
         required=False, allow_null=True, help_text="Preview what this endpoint would receive."

@@ -156,6 +156,95 @@ def test_idempotency_key_returns_the_first_event_without_new_deliveries(
     assert Delivery.objects.count() == 1
 
 
+def test_an_idempotency_key_reused_with_another_body_is_a_409_naming_the_event(
+    api: APIClient, order_type: dict[str, Any]
+) -> None:
+    _endpoint(api, "a")
+    payload = {"type": "order.created", "data": {"id": "o1", "amount": 1}, "idempotency_key": "k1"}
+    first = api.post("/api/v1/events/", payload, format="json").json()
+    changed = {**payload, "data": {"id": "o1", "amount": 2}}
+    conflict = api.post("/api/v1/events/", changed, format="json")
+    assert conflict.status_code == 409
+    body = conflict.json()
+    assert body["error"] == "conflict"
+    (error,) = body["errors"]
+    assert error["pointer"] == "/idempotency_key"
+    assert error["event"] == first["id"]
+    assert "different body" in error["detail"]
+    # key order does not make a body different; the same body still returns the original
+    reordered = {
+        "idempotency_key": "k1",
+        "data": {"amount": 1, "id": "o1"},
+        "type": "order.created",
+    }
+    assert api.post("/api/v1/events/", reordered, format="json").json()["id"] == first["id"]
+    # in a batch, the item is named, and nothing of the batch is stored
+    batch = api.post(
+        "/api/v1/events/batch/",
+        [{"type": "order.created", "data": {"id": "o2", "amount": 1}}, changed],
+        format="json",
+    )
+    assert batch.status_code == 409
+    assert batch.json()["errors"][0]["pointer"] == "/1/idempotency_key"
+    # and two items of one batch sharing a key must agree too
+    twins = api.post(
+        "/api/v1/events/batch/",
+        [{**payload, "idempotency_key": "k2"}, {**changed, "idempotency_key": "k2"}],
+        format="json",
+    )
+    assert twins.status_code == 409
+    assert Event.objects.count() == 1
+    assert Delivery.objects.count() == 1
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/api/v1/events/", {"type": "order.created", "data": {}, "ordering_key": "x"}),
+        ("/api/v1/events/", {"type": "order.created", "data": {}, "channels": ["a"]}),
+        ("/api/v1/event-types/", {"name": "x.y", "schema": {}, "filter": {}}),
+        ("/api/v1/applications/", {"uid": "a1", "name": "A", "metadata": {}}),
+        ("/api/v1/endpoints/", {"url": "http://127.0.0.1:9/x", "filter": {"a": 1}}),
+        ("/api/v1/endpoints/", {"url": "http://127.0.0.1:9/x", "channels": ["c"]}),
+        ("/api/v1/dead-letters/replay/", {"endpoint_id": "ep_x"}),
+    ],
+)
+def test_unknown_fields_are_refused_naming_each_one(
+    api: APIClient, order_type: dict[str, Any], path: str, body: dict[str, Any]
+) -> None:
+    answer = api.post(path, body, format="json")
+    assert answer.status_code == 400, answer.content
+    unknown = set(body) - {"type", "data", "name", "schema", "uid", "url"}
+    assert {e["pointer"] for e in answer.json()["errors"]} == {f"/{k}" for k in unknown}
+    assert not Event.objects.exists()
+
+
+def test_unknown_fields_on_updates_batches_and_bodiless_actions_are_refused(
+    api: APIClient, order_type: dict[str, Any]
+) -> None:
+    endpoint = _endpoint(api, "a")
+    path = f"/api/v1/endpoints/{endpoint['id']}/"
+    for method in (api.patch, api.put):
+        answer = method(path, {"url": endpoint["url"], "filter": {}}, format="json")
+        assert answer.status_code == 400
+        assert answer.json()["errors"][0]["pointer"] == "/filter"
+    # a body read from the API and sent back (read-only fields included) is accepted
+    read = api.get(path).json()
+    assert api.put(path, {**read, "headers": {}}, format="json").status_code == 200
+    batch = api.post(
+        "/api/v1/events/batch/",
+        [{"type": "order.created", "data": {}}, {"type": "order.created", "data": {}, "x": 1}],
+        format="json",
+    )
+    assert batch.status_code == 400
+    assert batch.json()["errors"][0]["pointer"] == "/1/x"
+    for action in ("test", "rotate-secret", "enable"):
+        answer = api.post(f"{path}{action}/", {"nope": 1}, format="json")
+        assert answer.status_code == 400, (action, answer.content)
+        assert answer.json()["errors"][0]["pointer"] == "/nope"
+    assert not Event.objects.filter(event_type_id="order.created").exists()
+
+
 def test_application_events_reach_only_that_applications_endpoints(
     api: APIClient, order_type: dict[str, Any]
 ) -> None:

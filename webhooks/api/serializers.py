@@ -11,11 +11,12 @@ from webhooks import signing
 from webhooks.models import Application, Endpoint
 from webhooks.scoping import key_application
 from webhooks.services import MAX_RETRY_DELAY, MAX_SCHEDULE_LENGTH, MAX_TIMEOUT_SECONDS
+from webhooks_project.strict import StrictFields
 
 MAX_RATE_LIMIT = 100_000  # requests per second; above this a limit means nothing
 
 
-class ApplicationSerializer(serializers.ModelSerializer):
+class ApplicationSerializer(StrictFields, serializers.ModelSerializer):
     class Meta:
         model = Application
         fields = ["uid", "name", "created_at", "updated_at"]
@@ -31,7 +32,7 @@ class ApplicationSerializer(serializers.ModelSerializer):
         return value
 
 
-class EndpointSerializer(serializers.ModelSerializer):
+class EndpointSerializer(StrictFields, serializers.ModelSerializer):
     """An endpoint; `secret` appears only in the answer to create."""
 
     application = serializers.SlugRelatedField(
@@ -184,7 +185,7 @@ class EndpointSecretSerializer(serializers.Serializer):
         return credentials(instance)
 
 
-class SecretRotateSerializer(serializers.Serializer):
+class SecretRotateSerializer(StrictFields, serializers.Serializer):
     grace_seconds = serializers.IntegerField(
         required=False,
         min_value=0,
@@ -205,7 +206,7 @@ class SecretRotatedSerializer(serializers.Serializer):
     )
 
 
-class EndpointEnableSerializer(serializers.Serializer):
+class EndpointEnableSerializer(StrictFields, serializers.Serializer):
     replay_missed = serializers.BooleanField(
         default=False,
         help_text="Also replay the endpoint's waiting dead letters and send the events accepted "

@@ -22,6 +22,7 @@ from webhooks.services import (
     endpoint_update,
 )
 from webhooks_project.errors import from_django_validation
+from webhooks_project.strict import refuse_body
 
 from .serializers import (
     ApplicationSerializer,
@@ -153,6 +154,7 @@ class EndpointViewSet(viewsets.ModelViewSet):
         """Send this endpoint a signed `webhook.test` event, delivered like any other."""
         from deliveries.services import EndpointNotSendable, endpoint_send_test
 
+        refuse_body(request.data)
         endpoint = self.get_object()
         try:
             sent = endpoint_send_test(endpoint_id=endpoint.pk, actor=str(request.user))
