@@ -19,7 +19,20 @@ RETRYABLE_4XX = frozenset({408, 409, 425, 429})
 RETRY_AFTER_STATUSES = frozenset({429, 503})
 # `secret_unreadable`: the endpoint's secret is under an encryption key no longer configured;
 # retried on the schedule, so restoring the key lets the delivery through.
-RETRYABLE_ERRORS = frozenset({"timeout", "connection", "tls", "protocol", "secret_unreadable"})
+RETRYABLE_ERRORS = frozenset(
+    {
+        "refused",
+        "reset",
+        "dns",
+        "tls",
+        "connect_timeout",
+        "read_timeout",
+        "protocol",
+        "connection",
+        "timeout",  # recorded before the classes above were told apart
+        "secret_unreadable",
+    }
+)
 
 
 class Verdict(StrEnum):

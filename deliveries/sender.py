@@ -43,6 +43,7 @@ class Job:
     url: str = ""
     address: str | None = None  # the checked IP to connect to (webhooks.ssrf.Target)
     body: bytes = b""
+    stored_body: bytes | None = None  # what the attempt log keeps, if not `body` (sealed fields)
     headers: dict[str, str] = field(default_factory=dict)
     stored_headers: dict[str, str] = field(default_factory=dict)
     timeout: float = 15.0

@@ -541,6 +541,10 @@ def current_sender() -> Sender | None:
 
 
 # Refusals of our own: no request was made, so they are not counted as HTTP attempts.
+def _stored(job: Job) -> bytes:
+    return job.stored_body if job.stored_body is not None else job.body
+
+
 NOT_SENT = frozenset({"endpoint_disabled", "ssrf_blocked", "secret_unreadable", "payload_invalid"})
 
 
@@ -616,9 +620,10 @@ def deliveries_dispatch(*, delivery_ids: Sequence[int]) -> int:
             )
             continue
         try:
+            clear = payloads.unseal(claim.data, claim.sensitive_fields, crypto.decrypt)
             payload = payloads.shape(
                 event_type=claim.event_type,
-                data=payloads.unseal(claim.data, claim.sensitive_fields, crypto.decrypt),
+                data=clear,
                 type_mapping=claim.type_mapping,
                 endpoint_mapping=claim.endpoint_mapping,
                 output_schema=claim.output_schema,
@@ -635,6 +640,14 @@ def deliveries_dispatch(*, delivery_ids: Sequence[int]) -> int:
         job.body = build_body(
             event_type=claim.event_type, occurred_at=claim.occurred_at, data=payload
         )
+        if claim.sensitive_fields:
+            # what the event seals, the attempt log seals too (the consumer gets it in clear)
+            secrets = payloads.sealed_values(claim.data, claim.sensitive_fields, crypto.decrypt)
+            stored = payloads.without_sealed(payload, secrets)
+            if stored != payload:
+                job.stored_body = build_body(
+                    event_type=claim.event_type, occurred_at=claim.occurred_at, data=stored
+                )
         job.headers["webhook-signature"] = signing.signature_header(
             claim.keys, claim.event_id, timestamp, job.body
         )
@@ -849,7 +862,7 @@ def _attempts_write(jobs: Sequence[Job], *, numbers: Sequence[int] | None = None
                 job.stored_headers,
                 result.headers,
                 result.body,
-                job.body[: settings.WEBHOOKS_STORED_BODY_MAX_BYTES].decode("utf-8", "ignore"),
+                _stored(job)[: settings.WEBHOOKS_STORED_BODY_MAX_BYTES].decode("utf-8", "ignore"),
                 len(job.body) if job.body else None,
             )
         )

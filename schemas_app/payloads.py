@@ -130,6 +130,58 @@ def seal(data: Any, paths: list[str], encrypt: Any) -> Any:
     )
 
 
+STORED_SEALED = "[sealed]"
+_MIN_CONTAINED = 4  # a sealed string this long is also found inside longer strings
+
+
+def sealed_values(data: Any, paths: list[str], decrypt: Any) -> list[Any]:
+    """The clear values behind the sealed fields of stored `data` (strings and numbers)."""
+    found: list[Any] = []
+
+    def collect(value: Any) -> Any:
+        if isinstance(value, dict) and set(value) == {SEALED}:
+            clear = orjson.loads(decrypt(value[SEALED]))
+            pending = [clear]
+            while pending:
+                item = pending.pop()
+                if isinstance(item, dict):
+                    pending.extend(item.values())
+                elif isinstance(item, list):
+                    pending.extend(item)
+                elif isinstance(item, str | int | float) and not isinstance(item, bool):
+                    found.append(item)
+        return value
+
+    if paths:
+        masking.apply(data, _path_rules(tuple(paths)), hash_key=b"", encrypt=collect)
+    return found
+
+
+def without_sealed(payload: Any, values: list[Any]) -> Any:
+    """`payload` for the attempt log: every leaf equal to a sealed value, and every string that
+    contains a sealed string (a mapping may have joined it into another), is STORED_SEALED.
+    Masked, hashed or encrypted forms of a value do not contain it, and are kept."""
+    if not values:
+        return payload
+    exact = {orjson.dumps(v) for v in values}
+    contained = [v for v in values if isinstance(v, str) and len(v) >= _MIN_CONTAINED]
+
+    def clean(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: clean(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [clean(v) for v in value]
+        if isinstance(value, bool) or value is None:
+            return value
+        if orjson.dumps(value) in exact:
+            return STORED_SEALED
+        if isinstance(value, str) and any(secret in value for secret in contained):
+            return STORED_SEALED
+        return value
+
+    return clean(payload)
+
+
 def unseal(data: Any, paths: list[str], decrypt: Any) -> Any:
     """The inverse of `seal`, for sending."""
     if not paths:

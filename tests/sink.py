@@ -27,7 +27,9 @@ class Plan:
     statuses: list[int] = field(default_factory=lambda: [200])
     delay: float = 0.0
     first_delay: float = 0.0  # only the first request waits this long (a consumer that hangs)
-    mode: str = ""  # "reset": drop the connection with a TCP RST; "huge": answer 50 MB
+    # "reset": drop the connection with a TCP RST; "huge": answer 50 MB; "trickle": headers,
+    # then one byte of the body every `delay` seconds (a consumer holding the request open)
+    mode: str = ""
     headers: dict[str, str] = field(default_factory=dict)
     served: int = 0
 
@@ -70,6 +72,9 @@ class Sink:
                         )
                     )
                     sink._arrived.notify_all()
+                if mode == "trickle":
+                    self._trickle(status, delay)
+                    return
                 if delay:
                     time.sleep(delay)
                 if mode == "reset":
@@ -89,6 +94,19 @@ class Sink:
                 self.send_header("content-length", str(len(payload)))
                 self.end_headers()
                 self.wfile.write(payload)
+
+            def _trickle(self, status: int, every: float, size: int = 60) -> None:
+                self.send_response(status)
+                self.send_header("content-length", str(size))
+                self.end_headers()
+                try:
+                    for _ in range(size):  # bounded: at most `size` bytes, `size * every` s
+                        self.wfile.write(b"x")
+                        self.wfile.flush()
+                        time.sleep(every)
+                except OSError:
+                    pass  # the client gave up, as it should
+                self.close_connection = True
 
             def _send_huge(self, status: int, size: int = 50 * 1024 * 1024) -> None:
                 self.send_response(status)

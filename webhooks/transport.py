@@ -2,18 +2,36 @@
 
 Redirects are never followed, and at most `max_response_bytes` of the answer are read: a huge
 response closes the connection instead of being buffered.
+
+`timeout` is a deadline for the whole request (connect, send, status line, headers and body):
+urllib3's timeouts apply to each socket read, so a consumer trickling one byte at a time could
+otherwise hold a sending thread for ever. One watcher thread per process shuts the socket of any
+request still running at its deadline.
+
+Failures are classified (`error_class`): `refused`, `reset`, `dns`, `tls`, `connect_timeout`,
+`read_timeout` (no answer, or not all of it, in time), `protocol` (an answer HTTP cannot parse)
+and `connection` (any other network failure).
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import heapq
+import itertools
+import socket
 import ssl
+import threading
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import urllib3
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import (
     ConnectTimeoutError,
     HTTPError,
+    NameResolutionError,
     NewConnectionError,
     ProtocolError,
     ReadTimeoutError,
@@ -21,6 +39,90 @@ from urllib3.exceptions import (
 )
 
 from webhooks_project.process_local import ProcessLocal
+
+ERROR_CLASSES = (
+    "refused",
+    "reset",
+    "dns",
+    "tls",
+    "connect_timeout",
+    "read_timeout",
+    "protocol",
+    "connection",
+)
+
+
+class _Deadlines:
+    """Shuts the socket of each watched connection whose deadline passes before it is
+    forgotten; one daemon thread, sleeping until the nearest deadline."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Condition()
+        self._heap: list[tuple[float, int]] = []
+        self._watched: dict[int, Any] = {}
+        self._expired: set[int] = set()
+        self._ids = itertools.count()
+        threading.Thread(target=self._run, name="http-deadlines", daemon=True).start()
+
+    def watch(self, conn: Any, deadline: float) -> int:
+        token = next(self._ids)
+        with self._lock:
+            self._watched[token] = conn
+            heapq.heappush(self._heap, (deadline, token))
+            self._lock.notify()
+        return token
+
+    def forget(self, token: int) -> bool:
+        """Stop watching; True if the deadline had already passed (the socket was shut)."""
+        with self._lock:
+            self._watched.pop(token, None)
+            if token in self._expired:
+                self._expired.discard(token)
+                return True
+            return False
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                while not self._heap:
+                    self._lock.wait()
+                deadline, token = self._heap[0]
+                wait = deadline - time.monotonic()
+                if wait > 0:
+                    self._lock.wait(wait)
+                    continue
+                heapq.heappop(self._heap)
+                conn = self._watched.pop(token, None)
+                if conn is None:
+                    continue
+                self._expired.add(token)
+                sock = getattr(conn, "sock", None)
+                if sock is not None:
+                    with contextlib.suppress(OSError):  # already closed
+                        sock.shutdown(socket.SHUT_RDWR)
+
+
+_deadlines = ProcessLocal(_Deadlines)
+_request_deadline = threading.local()
+
+
+class _WatchedPool:
+    """A connection pool whose connections are watched against the calling thread's deadline."""
+
+    def _get_conn(self, timeout: float | None = None) -> Any:
+        conn = super()._get_conn(timeout)  # type: ignore[misc]
+        deadline = getattr(_request_deadline, "at", None)
+        if deadline is not None:
+            _request_deadline.token = _deadlines.get().watch(conn, deadline)
+        return conn
+
+
+class _WatchedHTTPPool(_WatchedPool, HTTPConnectionPool):
+    pass
+
+
+class _WatchedHTTPSPool(_WatchedPool, HTTPSConnectionPool):
+    pass
 
 
 @dataclass(frozen=True)
@@ -32,7 +134,7 @@ class TransportResult:
     body: str = ""
     headers: dict[str, str] = field(default_factory=dict)
     error: str = ""
-    error_class: str = ""  # timeout, connection, tls, protocol
+    error_class: str = ""  # one of ERROR_CLASSES (or the sender's own, e.g. ssrf_blocked)
 
     @property
     def ok(self) -> bool:
@@ -48,7 +150,9 @@ def _threads() -> int:
 def _new_pool() -> urllib3.PoolManager:
     # As many keep-alive connections per host as there are sending threads: with fewer, each
     # extra request opens and discards a connection.
-    return urllib3.PoolManager(num_pools=256, maxsize=_threads(), block=False)
+    manager = urllib3.PoolManager(num_pools=256, maxsize=_threads(), block=False)
+    manager.pool_classes_by_scheme = {"http": _WatchedHTTPPool, "https": _WatchedHTTPSPool}
+    return manager
 
 
 _pool = ProcessLocal(_new_pool)  # one per process: prefork children must not share sockets
@@ -70,6 +174,34 @@ def post(
     URL's host in the Host header and as the TLS server name and certificate name: no second DNS
     lookup happens between the check and the connection.
     """
+    time.perf_counter()
+    _request_deadline.at = time.monotonic() + timeout
+    _request_deadline.token = None
+    try:
+        result = _post(url, body, headers, timeout, connect_timeout, max_response_bytes, address)
+    finally:
+        token = _request_deadline.token
+        _request_deadline.at = _request_deadline.token = None
+        expired = token is not None and _deadlines.get().forget(token)
+    if expired and not result.ok:
+        return TransportResult(
+            status_code=None,
+            duration_ms=result.duration_ms,
+            error=f"no complete answer within the {timeout:g} s deadline",
+            error_class="read_timeout",
+        )
+    return result
+
+
+def _post(
+    url: str,
+    body: bytes,
+    headers: dict[str, str],
+    timeout: float,
+    connect_timeout: float,
+    max_response_bytes: int,
+    address: str | None,
+) -> TransportResult:
     started = time.perf_counter()
     try:
         options = {
@@ -111,16 +243,52 @@ def post(
             body=data[:max_response_bytes].decode("utf-8", errors="replace"),
             headers={k.lower(): v for k, v in response.headers.items()},
         )
-    except (ConnectTimeoutError, ReadTimeoutError) as exc:
-        return _failure(started, "timeout", exc)
-    except SSLError as exc:
-        return _failure(started, "tls", exc)
-    except NewConnectionError as exc:
-        return _failure(started, "connection", exc)
-    except ProtocolError as exc:
-        return _failure(started, "connection", exc)
     except (HTTPError, ssl.SSLError, OSError) as exc:
-        return _failure(started, "protocol", exc)
+        return _failure(started, classify(exc), exc)
+
+
+def _cause_errno(exc: BaseException) -> int | None:
+    """The errno of the OS error at the root of `exc` (urllib3 wraps them)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno:
+            return current.errno
+        nested = [a for a in getattr(current, "args", ()) if isinstance(a, BaseException)]
+        current = nested[-1] if nested else (current.__cause__ or current.__context__)
+    return None
+
+
+def classify(exc: BaseException) -> str:
+    """The error class of a failed request (see the module's doc). Order matters: in urllib3
+    2, NewConnectionError is a subclass of ConnectTimeoutError, so a refused connection must be
+    recognised before a connect timeout."""
+    code = _cause_errno(exc)
+    if isinstance(exc, (NameResolutionError, socket.gaierror)):
+        return "dns"
+    if code == errno.ECONNREFUSED:
+        return "refused"
+    if code in (errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED):
+        return "reset"
+    if isinstance(exc, SSLError | ssl.SSLError):
+        return "tls"
+    if isinstance(exc, NewConnectionError):
+        return "connection"  # unreachable host or network, and the like
+    if isinstance(exc, ConnectTimeoutError):
+        return "connect_timeout"
+    if isinstance(exc, ReadTimeoutError | TimeoutError | socket.timeout):
+        return "read_timeout"
+    if isinstance(exc, ProtocolError):
+        text = str(exc).lower()
+        if "reset" in text or "aborted" in text:
+            return "reset"
+        if "remote end closed" in text or "incomplete" in text:
+            return "connection"
+        return "protocol"
+    if isinstance(exc, HTTPError):
+        return "protocol"
+    return "connection"
 
 
 def _failure(started: float, error_class: str, exc: Exception) -> TransportResult:

@@ -46,7 +46,10 @@ def test_410_fails_and_disables_the_endpoint() -> None:
     assert decision.disable_endpoint
 
 
-@pytest.mark.parametrize("error_class", ["timeout", "connection", "tls", "protocol"])
+@pytest.mark.parametrize(
+    "error_class",
+    ["refused", "reset", "dns", "tls", "connect_timeout", "read_timeout", "protocol", "connection"],
+)
 def test_network_errors_retry(error_class: str) -> None:
     assert _decide(None, error_class=error_class).verdict is Verdict.RETRY
 

@@ -159,7 +159,7 @@ def test_a_hanging_endpoint_becomes_slow_and_takes_no_more_while_others_flow(
     wait_until(lambda: len([j for j in recorded.sent() if j.claim.endpoint_id == "ep_ok"]) == 4)
     assert sender.drain(timeout=10)
     timeouts = [j for j in recorded.sent() if j.claim.endpoint_id == "ep_hang"]
-    assert [j.result.error_class for j in timeouts] == ["timeout", "timeout"]
+    assert [j.result.error_class for j in timeouts] == ["read_timeout", "read_timeout"]
 
 
 def test_slots_bound_what_a_process_holds(sink: Sink, recorded: Recorded) -> None:

@@ -119,3 +119,53 @@ def test_a_canary_in_masked_fields_leaks_nowhere(
     logs = caplog.text + "".join(celery_worker.output)
     assert CANARY not in logs
     assert CANARY.lower() not in logs
+
+
+def test_a_sealed_field_no_masking_covers_is_sealed_in_the_attempt_log_too(
+    api: APIClient, sink: Sink, celery_worker: WorkerProcess
+) -> None:
+    # given a sealed field sent to the consumer as it is (no masking rule), and one that a
+    # mapping joins into another string
+    created = api.post(
+        "/api/v1/event-types/",
+        {
+            "name": "customer.updated",
+            "schema": {"type": "object"},
+            "sensitive_fields": ["/email", "/ssn"],
+            "transform": {
+                "email": "email",
+                "ssn": "ssn",
+                "label": "join(' ', [name, email])",
+                "name": "name",
+            },
+        },
+        format="json",
+    )
+    assert created.status_code == 201, created.json()
+    endpoint = api.post("/api/v1/endpoints/", {"url": sink.url("plain")}, format="json").json()
+    data = {"email": EMAIL, "ssn": 123456789, "name": "Ada"}
+    assert (
+        api.post(
+            "/api/v1/events/", {"type": "customer.updated", "data": data}, format="json"
+        ).status_code
+        == 202
+    )
+    wait_until(lambda: Delivery.objects.filter(status="succeeded").count() == 1)
+    # then the consumer gets it in clear (nothing masks it) ...
+    (request,) = sink.requests("plain")
+    sent = json.loads(request.body)["data"]
+    assert sent["email"] == EMAIL
+    assert sent["ssn"] == 123456789
+    # ... but the attempt log, in the API and in the database, never has it
+    delivery = Delivery.objects.get(endpoint_id=endpoint["id"])
+    attempts = api.get(f"/api/v1/deliveries/{delivery.pk}/attempts/")
+    assert CANARY.lower() not in attempts.content.decode()
+    stored = json.loads(attempts.json()["results"][0]["request_body"])["data"]
+    assert stored == {
+        "email": "[sealed]",
+        "ssn": "[sealed]",
+        "label": "[sealed]",
+        "name": "Ada",
+    }
+    assert CANARY.lower() not in pg_dump()
+    assert "123456789" not in pg_dump()
