@@ -556,6 +556,76 @@ def _refused(job: Job, error_class: str, error: str) -> Job:
     return job
 
 
+def _prepare(
+    claim: Claim, *, sender: Sender, checked: dict[str, Target | BlockedTarget], timestamp: int
+) -> Job | None:
+    """The job for one claim, signed and ready to send; None when it ended here (refused and
+    finished on the sender, e.g. SSRF, an unreadable secret, a payload that cannot be built)."""
+    job = Job(claim=claim)
+    custom = {str(k): str(v) for k, v in claim.headers.items()}
+    job.headers = {
+        **custom,
+        "content-type": "application/json",
+        "user-agent": settings.WEBHOOKS_USER_AGENT,
+        "webhook-id": claim.event_id,
+        "webhook-timestamp": str(timestamp),
+    }
+    job.stored_headers = {k: (REDACTED if k in custom else v) for k, v in job.headers.items()}
+    if not claim.enabled:
+        sender.finish(_refused(job, "endpoint_disabled", "endpoint is disabled"))
+        return None
+    if claim.url not in checked:
+        try:
+            checked[claim.url] = check_target(claim.url)
+        except BlockedTarget as exc:
+            checked[claim.url] = exc
+    target = checked[claim.url]
+    if isinstance(target, BlockedTarget):
+        sender.finish(_refused(job, "ssrf_blocked", str(target)))
+        return None
+    if claim.keys is None:
+        sender.finish(
+            _refused(
+                job,
+                "secret_unreadable",
+                "no key in WEBHOOKS_ENCRYPTION_KEYS decrypts this endpoint's secret",
+            )
+        )
+        return None
+    try:
+        clear = payloads.unseal(claim.data, claim.sensitive_fields, crypto.decrypt)
+        payload = payloads.shape(
+            event_type=claim.event_type,
+            data=clear,
+            type_mapping=claim.type_mapping,
+            endpoint_mapping=claim.endpoint_mapping,
+            output_schema=claim.output_schema,
+            type_masking=claim.type_masking,
+            endpoint_masking=claim.endpoint_masking,
+            encryption_key=claim.encryption_key,
+            hash_key=settings.WEBHOOKS_HASH_KEY,
+        )
+    except (payloads.PayloadRefused, crypto.SecretUnreadable) as exc:
+        sender.finish(_refused(job, "payload_invalid", str(exc)))
+        return None
+    job.url = claim.url
+    job.address = target.address
+    job.body = build_body(event_type=claim.event_type, occurred_at=claim.occurred_at, data=payload)
+    if claim.sensitive_fields:
+        # what the event seals, the attempt log seals too (the consumer gets it in clear)
+        secrets = payloads.sealed_values(claim.data, claim.sensitive_fields, crypto.decrypt)
+        stored = payloads.without_sealed(payload, secrets)
+        if stored != payload:
+            job.stored_body = build_body(
+                event_type=claim.event_type, occurred_at=claim.occurred_at, data=stored
+            )
+    job.headers["webhook-signature"] = signing.signature_header(
+        claim.keys, claim.event_id, timestamp, job.body
+    )
+    job.timeout = claim.timeout or settings.WEBHOOKS_HTTP_TIMEOUT
+    return job
+
+
 def deliveries_dispatch(*, delivery_ids: Sequence[int]) -> int:
     """Claim the due deliveries among `delivery_ids` and hand them to this process's sender.
 
@@ -588,71 +658,21 @@ def deliveries_dispatch(*, delivery_ids: Sequence[int]) -> int:
     lanes: dict[str, list[Job]] = {}
     checked: dict[str, Target | BlockedTarget] = {}  # each URL resolved and checked once
     for claim in claims:
-        job = Job(claim=claim)
-        custom = {str(k): str(v) for k, v in claim.headers.items()}
-        job.headers = {
-            **custom,
-            "content-type": "application/json",
-            "user-agent": settings.WEBHOOKS_USER_AGENT,
-            "webhook-id": claim.event_id,
-            "webhook-timestamp": str(timestamp),
-        }
-        job.stored_headers = {k: (REDACTED if k in custom else v) for k, v in job.headers.items()}
-        if not claim.enabled:
-            sender.finish(_refused(job, "endpoint_disabled", "endpoint is disabled"))
-            continue
-        if claim.url not in checked:
-            try:
-                checked[claim.url] = check_target(claim.url)
-            except BlockedTarget as exc:
-                checked[claim.url] = exc
-        target = checked[claim.url]
-        if isinstance(target, BlockedTarget):
-            sender.finish(_refused(job, "ssrf_blocked", str(target)))
-            continue
-        if claim.keys is None:
+        try:
+            job = _prepare(claim, sender=sender, checked=checked, timestamp=timestamp)
+        except Exception as exc:  # noqa: BLE001 - one poisoned claim must not take the batch
+            # anything that fails while one claim is prepared ends that claim alone, recorded
+            logger.exception("delivery %s could not be prepared", claim.delivery_id)
+            job = None
             sender.finish(
                 _refused(
-                    job,
-                    "secret_unreadable",
-                    "no key in WEBHOOKS_ENCRYPTION_KEYS decrypts this endpoint's secret",
+                    Job(claim=claim),
+                    "payload_invalid",
+                    f"the payload could not be built ({type(exc).__name__})",
                 )
             )
-            continue
-        try:
-            clear = payloads.unseal(claim.data, claim.sensitive_fields, crypto.decrypt)
-            payload = payloads.shape(
-                event_type=claim.event_type,
-                data=clear,
-                type_mapping=claim.type_mapping,
-                endpoint_mapping=claim.endpoint_mapping,
-                output_schema=claim.output_schema,
-                type_masking=claim.type_masking,
-                endpoint_masking=claim.endpoint_masking,
-                encryption_key=claim.encryption_key,
-                hash_key=settings.WEBHOOKS_HASH_KEY,
-            )
-        except (payloads.PayloadRefused, crypto.SecretUnreadable) as exc:
-            sender.finish(_refused(job, "payload_invalid", str(exc)))
-            continue
-        job.url = claim.url
-        job.address = target.address
-        job.body = build_body(
-            event_type=claim.event_type, occurred_at=claim.occurred_at, data=payload
-        )
-        if claim.sensitive_fields:
-            # what the event seals, the attempt log seals too (the consumer gets it in clear)
-            secrets = payloads.sealed_values(claim.data, claim.sensitive_fields, crypto.decrypt)
-            stored = payloads.without_sealed(payload, secrets)
-            if stored != payload:
-                job.stored_body = build_body(
-                    event_type=claim.event_type, occurred_at=claim.occurred_at, data=stored
-                )
-        job.headers["webhook-signature"] = signing.signature_header(
-            claim.keys, claim.event_id, timestamp, job.body
-        )
-        job.timeout = claim.timeout or settings.WEBHOOKS_HTTP_TIMEOUT
-        lanes.setdefault(claim.endpoint_id, []).append(job)
+        if job is not None:
+            lanes.setdefault(claim.endpoint_id, []).append(job)
 
     for endpoint_id, jobs in lanes.items():
         rate = jobs[0].claim.rate_limit

@@ -102,3 +102,18 @@ def test_deep_and_large_inputs_are_fine() -> None:
     assert compile_mapping({"v": path}).apply(deep) == {"v": 1}
     rows = {"rows": [{"id": i} for i in range(50_000)]}
     assert len(compile_mapping({"ids": "rows[*].id"}).apply(rows)["ids"]) == 50_000
+
+
+def test_an_expression_that_doubles_its_input_is_stopped_while_it_grows() -> None:
+    from schemas_app.transform import MAX_OUTPUT_BYTES, TransformError, compile_mapping
+
+    # 131 characters that would build 2**22 copies of the input, and strings that double
+    for expression in ("|".join(["[@,@]"] * 22), "a | " + "|".join(["join('', [@,@])"] * 30)):
+        mapping = compile_mapping({"x": expression})  # a legal mapping: only its cost is wrong
+        with pytest.raises(TransformError, match=f"over {MAX_OUTPUT_BYTES} bytes") as caught:
+            mapping.apply({"a": "xy" * 50})
+        assert caught.value.pointer == "/x"
+    # shared parts across leaves count too
+    wide = compile_mapping({f"k{i}": "@" for i in range(600)})
+    with pytest.raises(TransformError, match="over"):
+        wide.apply({"blob": "x" * 4000})
