@@ -312,6 +312,10 @@ def api_key_create(
     actor: str = "system",
 ) -> tuple[ApiKey, str]:
     """Create an API key; returns (key row, plaintext key). The plaintext is never stored."""
+    try:
+        ApiKey._meta.get_field("name").clean(name, None)  # its length, before any row is made
+    except ValidationError as exc:
+        raise ValidationError({"name": exc.messages}) from exc
     valid = set(ApiKey.Scope.values)
     bad = [s for s in scopes if s not in valid]
     if bad:

@@ -5,12 +5,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from django.core.management.base import BaseCommand
-
 from deliveries.services import deliveries_requeue_stuck
+from webhooks.management.base import Command as SafeCommand
 
 
-class Command(BaseCommand):
+class Command(SafeCommand):
     help = "Take back expired leases and publish due deliveries that have no live message."
 
     def handle(self, *args: Any, **options: Any) -> None:

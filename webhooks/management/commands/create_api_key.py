@@ -6,15 +6,17 @@ from datetime import timedelta
 from typing import Any
 
 from django.core.exceptions import ValidationError
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import CommandError, CommandParser
 from django.utils import timezone
 
 from webhooks.management.arguments import application_option
+from webhooks.management.base import Command as SafeCommand
+from webhooks.management.base import one_line, positive_days
 from webhooks.models import ApiKey
 from webhooks.services import api_key_create
 
 
-class Command(BaseCommand):
+class Command(SafeCommand):
     help = (
         "Create an API key and print it (alone, on the last line). It is shown only this once. "
         "Without --scopes the key has every scope."
@@ -29,7 +31,10 @@ class Command(BaseCommand):
         )
         parser.add_argument("--application", default=None, help="limit the key to this app uid")
         parser.add_argument(
-            "--expires-in-days", type=float, default=None, help="the key stops working after this"
+            "--expires-in-days",
+            type=positive_days,
+            default=None,
+            help="the key stops working after this many days (above 0, at most 36500)",
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -41,8 +46,6 @@ class Command(BaseCommand):
         application = application_option(options["application"])
         try:
             days = options["expires_in_days"]
-            if days is not None and days <= 0:
-                raise CommandError("--expires-in-days must be positive")
             api_key, key = api_key_create(
                 name=options["name"],
                 scopes=scopes,
@@ -51,7 +54,7 @@ class Command(BaseCommand):
                 actor="cli:create_api_key",
             )
         except ValidationError as exc:
-            raise CommandError("; ".join(exc.messages)) from exc
+            raise CommandError(one_line(exc)) from exc
         self.stderr.write(
             f"Created API key {api_key.prefix!r} ({api_key.name}) with scopes "
             f"{', '.join(scopes)}. Store it now: it cannot be shown again."

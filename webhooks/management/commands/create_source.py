@@ -5,13 +5,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandParser
+from django.core.management.base import CommandParser
 
 from webhooks.management.arguments import application_option
+from webhooks.management.base import Command as SafeCommand
 from webhooks.services import source_create
 
 
-class Command(BaseCommand):
+class Command(SafeCommand):
     help = (
         "Create an event source with its signing secret and an events:write API key, and print "
         "both (shown only this once). Its requests must carry Standard Webhooks headers signed "

@@ -17,9 +17,10 @@ from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import CommandError, CommandParser
 
 from webhooks import signing
+from webhooks.management.base import Command as SafeCommand
 from webhooks.models import Endpoint
 from webhooks.selectors import endpoint_active_secrets
 
@@ -79,7 +80,7 @@ def _check_ed25519(
     return "INVALID: no signature matches"
 
 
-class Command(BaseCommand):
+class Command(SafeCommand):
     help = "Run a local webhook consumer that prints and verifies every delivery it receives."
 
     def add_arguments(self, parser: CommandParser) -> None:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import CommandError, CommandParser
 
+from webhooks.management.base import Command as SafeCommand
 from webhooks.models import ApiKey
 from webhooks.services import api_key_revoke
 
 
-class Command(BaseCommand):
+class Command(SafeCommand):
     help = "Revoke an API key by its prefix (the part before the dot, shown in the admin)."
 
     def add_arguments(self, parser: CommandParser) -> None:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 
 from webhooks.crypto import SecretUnreadable
+from webhooks.management.base import Command as SafeCommand
 from webhooks.services import secrets_reencrypt
 
 
-class Command(BaseCommand):
+class Command(SafeCommand):
     help = (
         "Re-encrypt every stored endpoint secret under the first key of WEBHOOKS_ENCRYPTION_KEYS. "
         "Put the new key first, keep the old ones after it, run this, then drop the old keys."

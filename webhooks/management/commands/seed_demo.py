@@ -6,10 +6,11 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandParser
+from django.core.management.base import CommandParser
 
 from schemas_app.models import EventType
 from schemas_app.services import event_type_create
+from webhooks.management.base import Command as SafeCommand
 from webhooks.models import Endpoint
 from webhooks.services import endpoint_create
 
@@ -39,7 +40,7 @@ EXAMPLE = {
 }
 
 
-class Command(BaseCommand):
+class Command(SafeCommand):
     help = (
         "Register the demo.order.created event type (with a transformation and masking) and an "
         "endpoint on the local listener; print how to listen and send. Safe to run again."

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import CommandError, CommandParser
 
+from webhooks.management.base import Command as SafeCommand
 from webhooks.models import Endpoint
 
 
-class Command(BaseCommand):
+class Command(SafeCommand):
     help = "Send a signed webhook.test event to one endpoint, delivered like any other event."
 
     def add_arguments(self, parser: CommandParser) -> None:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 
 from webhooks.audit import verify_chain
+from webhooks.management.base import Command as SafeCommand
 
 
-class Command(BaseCommand):
+class Command(SafeCommand):
     help = "Walk the audit log's hash chain from the first record and report the first break."
 
     def handle(self, *args: Any, **options: Any) -> None:
