@@ -6,7 +6,7 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin
-from django.core.exceptions import PermissionDenied
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
@@ -16,7 +16,13 @@ from django.utils.html import format_html
 from webhooks.models import Endpoint
 
 from .models import EventType, SchemaVersion
-from .services import PreviewRejected, event_type_preview
+from .services import (
+    PreviewRejected,
+    event_type_create,
+    event_type_fields_check,
+    event_type_preview,
+    event_type_update,
+)
 
 
 class SchemaVersionInline(admin.TabularInline):
@@ -41,13 +47,63 @@ class PreviewForm(forms.Form):
     )
 
 
+class EventTypeAdminForm(forms.ModelForm):
+    """The admin's event type form runs the API's rules (services.event_type_fields_check)."""
+
+    class Meta:
+        model = EventType
+        fields = "__all__"  # noqa: DJ007 - the admin shows every editable field
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean() or {}
+        if self.errors:
+            return cleaned
+        current = self.instance.versions.order_by("-version").first() if self.instance.pk else None
+        try:
+            event_type_fields_check(
+                schema=current.schema if current is not None else {},
+                example=cleaned.get("example"),
+                transform=cleaned.get("transform"),
+                output_schema=cleaned.get("output_schema"),
+                masking=cleaned.get("masking"),
+                sensitive_fields=cleaned.get("sensitive_fields"),
+            )
+        except ValidationError as exc:
+            for field, problems in exc.message_dict.items():
+                self.add_error(field if field in self.fields else None, problems)
+        return cleaned
+
+
 @admin.register(EventType)
 class EventTypeAdmin(admin.ModelAdmin):
+    form = EventTypeAdminForm
     list_display = ["name", "description", "archived", "updated_at", "preview_link"]
     list_filter = ["archived"]
     search_fields = ["name", "description"]
     readonly_fields = ["created_at", "updated_at"]
     inlines = [SchemaVersionInline]
+
+    def save_model(self, request: HttpRequest, obj: EventType, form: Any, change: bool) -> None:
+        """Through the services, as the API does: checked, versioned and audited."""
+        fields = {
+            "description": obj.description,
+            "archived": obj.archived,
+            "example": obj.example,
+            "transform": obj.transform,
+            "output_schema": obj.output_schema,
+            "masking": obj.masking,
+            "sensitive_fields": obj.sensitive_fields,
+        }
+        actor = f"admin:{request.user}"
+        if change:
+            event_type_update(event_type=obj, actor=actor, **fields)
+        else:
+            # a type made here accepts any object until the API gives it a schema
+            created = event_type_create(name=obj.name, schema={}, actor=actor, **fields)
+            obj.pk = created.pk
+
+    def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False  # events refer to their type; archive it instead
 
     @admin.display(description="Preview")
     def preview_link(self, obj: EventType) -> str:

@@ -68,6 +68,44 @@ def _example_checked(example: Any, schema: Any) -> None:
         raise ValidationError({"example": [f"{p.pointer or '/'}: {p.detail}" for p in problems]})
 
 
+def _snapshot(event_type: EventType, version: int | None) -> dict[str, Any]:
+    return {
+        "name": event_type.name,
+        "description": event_type.description,
+        "archived": event_type.archived,
+        "schema_version": version,
+        "transform": event_type.transform,
+        "output_schema": event_type.output_schema,
+        "masking": event_type.masking,
+        "sensitive_fields": list(event_type.sensitive_fields or []),
+    }
+
+
+def _audit(**kwargs: Any) -> None:
+    # The audit log lives in the webhooks app, which depends on this one; imported at call
+    # time so that the dependency does not run both ways at import (see issue 13's layering).
+    from webhooks import audit
+
+    audit.record(object_type="event_type", application="", **kwargs)
+
+
+def event_type_fields_check(
+    *,
+    schema: Any,
+    example: Any = None,
+    transform: Any = None,
+    output_schema: Any = None,
+    masking: Any = None,
+    sensitive_fields: Any = None,
+) -> None:
+    """The rules every way of saving an event type runs (the API, the admin): the example
+    against the schema, the mapping, the output schema, masking rules and sensitive fields.
+    Raises a ValidationError keyed by field."""
+    _example_checked(example, schema)
+    _transform_checked(transform, output_schema)
+    _masking_checked(masking, sensitive_fields or [])
+
+
 class BreakingSchemaChange(Exception):
     """A new schema version breaks what the previous one accepted; pass allow_breaking."""
 
@@ -110,6 +148,12 @@ def event_type_create(
     SchemaVersion.objects.create(
         event_type=event_type, version=1, schema=schema, created_by=actor[:200]
     )
+    _audit(
+        actor=actor,
+        action="event_type.created",
+        object_id=event_type.name,
+        after=_snapshot(event_type, 1),
+    )
     return event_type
 
 
@@ -146,6 +190,7 @@ def event_type_update(
     """
     locked = EventType.objects.select_for_update().get(pk=event_type.pk)
     current = locked.versions.order_by("-version").first()
+    before = _snapshot(locked, current.version if current is not None else None)
     if description is not None:
         locked.description = description
     if archived is not None:
@@ -182,6 +227,16 @@ def event_type_update(
     _transform_checked(locked.transform, locked.output_schema)
     _masking_checked(locked.masking, locked.sensitive_fields)
     locked.save()
+    version = new_version or current
+    after = _snapshot(locked, version.version if version is not None else None)
+    if after != before:
+        _audit(
+            actor=actor,
+            action="event_type.updated",
+            object_id=locked.name,
+            before=before,
+            after=after,
+        )
     return EventTypeUpdate(event_type=locked, new_version=new_version, changes=changes)
 
 

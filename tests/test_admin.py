@@ -230,3 +230,30 @@ def test_a_staff_user_who_may_only_view_cannot_run_the_actions_that_change_thing
     )
     dead_letter.refresh_from_db()
     assert dead_letter.replayed_at is None
+
+
+def test_the_admin_endpoint_form_runs_the_api_checks(record: Delivery, settings: Any) -> None:
+    from django.forms.models import modelform_factory
+
+    from webhooks.admin import EndpointAdmin
+    from webhooks.models import Endpoint
+
+    endpoint = Endpoint.objects.get(pk=record.endpoint_id)
+    Form = modelform_factory(Endpoint, form=EndpointAdmin.form, fields="__all__")
+    base = Form(instance=endpoint)
+    data = {name: base[name].value() for name in base.fields}
+    data = {k: v for k, v in data.items() if v is not None and v is not False}
+    settings.WEBHOOKS_ALLOW_PRIVATE_TARGETS = False
+    for field, value, says in [
+        ("url", "http://[::127.0.0.1]/hook", "cannot receive webhooks"),
+        ("url", "http://169.254.169.254/", "cannot receive webhooks"),
+        ("headers", '{"X-Bad": "a\\r\\nb"}', "visible ASCII"),
+        ("headers", '{"webhook-id": "x"}', "set by the service"),
+        ("retry_schedule", ",".join(["1"] * 21), "at most 20"),
+        ("transforms", '{"order.created": {"x": "a.["}}', "invalid expression"),
+        ("masking", '{"order.created": [{"path": "x", "action": "nope"}]}', ""),
+    ]:
+        form = Form({**data, field: value}, instance=endpoint)
+        assert not form.is_valid(), (field, value)
+        assert says in str(form.errors), (field, form.errors)
+    assert Endpoint.objects.get(pk=endpoint.pk).url == endpoint.url

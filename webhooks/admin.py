@@ -20,6 +20,7 @@ from . import audit, signing
 from .models import ApiKey, Application, AuditRecord, Endpoint, EndpointSecret, Source
 from .services import (
     ENDPOINT_FIELDS,
+    application_delete,
     endpoint_delete,
     endpoint_disable,
     endpoint_fields_check,
@@ -66,9 +67,22 @@ if admin.site.is_registered(LibraryAPIKey):
 
 
 @admin.register(Application)
-class ApplicationAdmin(admin.ModelAdmin):
+class ApplicationAdmin(AuditedAdmin):
     list_display = ["uid", "name", "created_at"]
     search_fields = ["uid", "name"]
+    audit_type = "application"
+    audit_snapshot = staticmethod(audit.application_snapshot)
+
+    @staticmethod
+    def audit_object_id(obj: Any) -> str:
+        return str(obj.uid)
+
+    def delete_model(self, request: HttpRequest, obj: Application) -> None:
+        application_delete(application=obj, actor=f"admin:{request.user}")
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Application]) -> None:
+        for application in queryset:
+            application_delete(application=application, actor=f"admin:{request.user}")
 
 
 class EndpointSecretInline(admin.TabularInline):

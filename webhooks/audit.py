@@ -80,8 +80,12 @@ def record(
     object_id: str,
     before: dict[str, Any] | None = None,
     after: dict[str, Any] | None = None,
+    application: str | None = None,
 ) -> AuditRecord:
-    """Append one record to the chain, in the caller's transaction."""
+    """Append one record to the chain, in the caller's transaction. `application` (the uid the
+    object belongs to) is found from the snapshots or the endpoint when not given."""
+    if application is None:
+        application = _application_of(object_type, str(object_id), before, after)
     with transaction.atomic():
         with connection.cursor() as cursor:
             cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_LOCK])
@@ -94,11 +98,31 @@ def record(
             object_id=str(object_id)[:64],
             before=_json_safe(before),
             after=_json_safe(after),
+            application=application or "",
         )
         entry.prev_hash = last or GENESIS
         entry.hash = _digest(entry.prev_hash, entry)
         entry.save()
         return entry
+
+
+def _application_of(
+    object_type: str, object_id: str, before: dict[str, Any] | None, after: dict[str, Any] | None
+) -> str | None:
+    if object_type == "application":
+        return object_id
+    for snapshot in (after, before):
+        if snapshot and isinstance(snapshot.get("application"), str):
+            return snapshot["application"]
+    if object_type == "endpoint":
+        return (
+            Endpoint.objects.filter(pk=object_id).values_list("application__uid", flat=True).first()
+        )
+    return None
+
+
+def application_snapshot(application: Any) -> dict[str, Any]:
+    return {"uid": application.uid, "name": application.name}
 
 
 def _json_safe(value: dict[str, Any] | None) -> dict[str, Any] | None:

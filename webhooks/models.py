@@ -204,6 +204,9 @@ class AuditRecord(models.Model):
     after = models.JSONField(null=True, blank=True)
     prev_hash = models.CharField(max_length=64)
     hash = models.CharField(max_length=64, unique=True)
+    # the application the changed object belongs to ("": shared or none), so a key limited to
+    # an application reads its own records; not part of the hash
+    application = models.CharField(max_length=64, blank=True, default="", db_index=True)
 
     objects = AuditQuerySet.as_manager()
 

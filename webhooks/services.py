@@ -163,12 +163,59 @@ def endpoint_fields_check(
 
 
 @transaction.atomic
-def application_create(*, uid: str, name: str) -> Application:
+def application_create(*, uid: str, name: str, actor: str = "system") -> Application:
     """Create a consumer application."""
     application = Application(uid=uid, name=name)
     application.full_clean()
     application.save()
+    audit.record(
+        actor=actor,
+        action="application.created",
+        object_type="application",
+        object_id=application.uid,
+        after=audit.application_snapshot(application),
+    )
     return application
+
+
+@transaction.atomic
+def application_update(
+    *, application: Application, actor: str = "system", **fields: Any
+) -> Application:
+    """Change an application's uid or name."""
+    unknown = set(fields) - {"uid", "name"}
+    if unknown:
+        raise TypeError(f"unknown application fields: {sorted(unknown)}")
+    before = audit.application_snapshot(Application.objects.get(pk=application.pk))
+    for name, value in fields.items():
+        setattr(application, name, value)
+    application.full_clean()
+    application.save()
+    after = audit.application_snapshot(application)
+    if after != before:
+        audit.record(
+            actor=actor,
+            action="application.updated",
+            object_type="application",
+            object_id=application.uid,
+            before=before,
+            after=after,
+        )
+    return application
+
+
+@transaction.atomic
+def application_delete(*, application: Application, actor: str = "system") -> None:
+    """Delete an application with its endpoints and events (the audit log keeps the record)."""
+    before = audit.application_snapshot(application)
+    audit.record(
+        actor=actor,
+        action="application.deleted",
+        object_type="application",
+        object_id=application.uid,
+        before=before,
+    )
+    application.delete()
 
 
 @transaction.atomic

@@ -8,7 +8,7 @@ from rest_framework import serializers
 
 from webhooks import headers as headers_rules
 from webhooks import signing
-from webhooks.models import Application, Endpoint
+from webhooks.models import Application, AuditRecord, Endpoint
 from webhooks.scoping import key_application
 from webhooks.services import MAX_RETRY_DELAY, MAX_SCHEDULE_LENGTH, MAX_TIMEOUT_SECONDS
 from webhooks_project.strict import StrictFields
@@ -226,3 +226,22 @@ class EndpointEnabledSerializer(serializers.Serializer):
 class SentTestEventSerializer(serializers.Serializer):
     event = serializers.CharField(help_text="the webhook.test event's id (its webhook-id)")
     delivery = serializers.IntegerField(help_text="the delivery to follow in deliveries/")
+
+
+class AuditRecordSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = AuditRecord
+        fields = [
+            "id",
+            "at",
+            "actor",
+            "action",
+            "object_type",
+            "object_id",
+            "application",
+            "before",
+            "after",
+            "prev_hash",
+            "hash",
+        ]
+        read_only_fields = fields

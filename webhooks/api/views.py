@@ -5,17 +5,22 @@ from __future__ import annotations
 from typing import Any
 
 from django.core.exceptions import ValidationError as DjangoValidationError
-from drf_spectacular.utils import extend_schema
+from django.utils.dateparse import parse_datetime
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import status, viewsets
 from rest_framework.decorators import action
+from rest_framework.exceptions import ValidationError
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from webhooks.models import Application
+from webhooks.models import Application, AuditRecord
 from webhooks.scoping import for_key, key_application, refuse_if_limited
 from webhooks.selectors import endpoint_active_secrets, endpoint_list
 from webhooks.services import (
     application_create,
+    application_delete,
+    application_update,
     endpoint_create,
     endpoint_delete,
     endpoint_secret_rotate,
@@ -26,6 +31,7 @@ from webhooks_project.strict import refuse_body
 
 from .serializers import (
     ApplicationSerializer,
+    AuditRecordSerializer,
     EndpointCreatedSerializer,
     EndpointEnabledSerializer,
     EndpointEnableSerializer,
@@ -51,12 +57,24 @@ class ApplicationViewSet(viewsets.ModelViewSet):
 
     def perform_destroy(self, instance: Application) -> None:
         refuse_if_limited(self.request, "delete its application")
-        instance.delete()
+        application_delete(application=instance, actor=str(self.request.user))
 
     def perform_create(self, serializer: ApplicationSerializer) -> None:
         refuse_if_limited(self.request, "create applications")
         try:
-            serializer.instance = application_create(**serializer.validated_data)
+            serializer.instance = application_create(
+                actor=str(self.request.user), **serializer.validated_data
+            )
+        except DjangoValidationError as exc:
+            raise from_django_validation(exc) from exc
+
+    def perform_update(self, serializer: ApplicationSerializer) -> None:
+        try:
+            serializer.instance = application_update(
+                application=serializer.instance,
+                actor=str(self.request.user),
+                **serializer.validated_data,
+            )
         except DjangoValidationError as exc:
             raise from_django_validation(exc) from exc
 
@@ -186,3 +204,46 @@ class EndpointViewSet(viewsets.ModelViewSet):
                 {**credentials(rotated.secret), "previous_expire_at": rotated.previous_expire_at}
             ).data
         )
+
+
+AUDIT_FILTERS = ("object_type", "object_id", "action", "actor")
+
+
+class AuditRecordViewSet(viewsets.ReadOnlyModelViewSet):
+    """The audit log of configuration changes, newest first; filters `object_type`,
+    `object_id`, `action`, `actor` (exact), `since` and `until` (ISO-8601). A key limited to an
+    application sees its application's records only."""
+
+    serializer_class = AuditRecordSerializer
+
+    def get_queryset(self):  # type: ignore[no-untyped-def]
+        qs = AuditRecord.objects.order_by("-id")
+        limited = key_application(self.request)
+        if limited is not None:
+            qs = qs.filter(application=limited.uid)
+        if self.action != "list":
+            return qs
+        params = self.request.query_params
+        for name in AUDIT_FILTERS:
+            if params.get(name):
+                qs = qs.filter(**{name: params[name]})
+        for name, lookup in (("since", "at__gte"), ("until", "at__lt")):
+            if params.get(name):
+                try:
+                    when = parse_datetime(params[name])
+                except ValueError:
+                    when = None  # well-formed but impossible, e.g. month 13
+                if when is None:
+                    raise ValidationError({name: ["Give an ISO-8601 date and time."]})
+                qs = qs.filter(**{lookup: when})
+        return qs
+
+    @extend_schema(
+        parameters=[
+            *(OpenApiParameter(name, OpenApiTypes.STR) for name in AUDIT_FILTERS),
+            OpenApiParameter("since", OpenApiTypes.DATETIME),
+            OpenApiParameter("until", OpenApiTypes.DATETIME),
+        ]
+    )
+    def list(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        return super().list(request, *args, **kwargs)
