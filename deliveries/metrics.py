@@ -119,6 +119,7 @@ class Delta:
     dead_lettered: int = 0
     attempts: int = 0
     retried: int = 0
+    lost: int = 0
     attempt_ms_sum: float = 0.0
     attempt_hist: list[int] = field(default_factory=lambda: [0] * BUCKETS)
     latency_ms_sum: float = 0.0
@@ -153,6 +154,7 @@ _COUNTERS = (
     "dead_lettered",
     "attempts",
     "retried",
+    "lost",
     "attempt_ms_sum",
     "latency_ms_sum",
 )
@@ -334,6 +336,7 @@ class Summary(Delta):
             "retries": {
                 "failed_attempts_retried": self.retried,
                 "dead_letters": self.dead_lettered,
+                "attempts_lost": self.lost,
             },
         }
 

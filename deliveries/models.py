@@ -118,6 +118,9 @@ class DeliveryAttempt(models.Model):
         SUCCEEDED = "succeeded"
         RETRYING = "retrying"  # failed, another attempt is scheduled
         FAILED = "failed"  # failed, no further attempt
+        # its worker was lost (killed, or its lease expired) before it recorded the answer:
+        # the request may or may not have reached the consumer
+        UNKNOWN = "unknown"
 
     delivery = models.ForeignKey(Delivery, on_delete=models.CASCADE, related_name="attempts")
     number = models.PositiveSmallIntegerField()
@@ -194,6 +197,8 @@ class _Counters(models.Model):
     dead_lettered = models.BigIntegerField(default=0)
     attempts = models.BigIntegerField(default=0)  # HTTP requests made
     retried = models.BigIntegerField(default=0)  # failed attempts followed by another one
+    # tries whose worker died before recording them (the sweeper records them as `unknown`)
+    lost = models.BigIntegerField(default=0, db_default=0)
     attempt_ms_sum = models.FloatField(default=0.0)
     attempt_hist = ArrayField(models.BigIntegerField(), default=list)
     latency_ms_sum = models.FloatField(default=0.0)  # event accepted -> consumer's 2xx

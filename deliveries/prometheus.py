@@ -65,6 +65,7 @@ _COUNTERS = (
     "dead",
     "attempts",
     "retried",
+    "lost",
     "dead_lettered",
     "latency_ms_sum",
     "attempt_ms_sum",
@@ -137,6 +138,11 @@ class DeliveryCollector:
         dead_letters = CounterMetricFamily(
             "webhooks_dead_letters", "Dead letters filed.", labels=labels
         )
+        lost = CounterMetricFamily(
+            "webhooks_attempts_lost",
+            "Tries whose worker was lost before recording them (outcome unknown).",
+            labels=labels,
+        )
         latency = HistogramMetricFamily(
             "webhooks_delivery_latency_seconds",
             "Event accepted to the consumer's 2xx, per successful delivery.",
@@ -151,13 +157,14 @@ class DeliveryCollector:
             attempts.add_metric(key, total["attempts"])
             retried.add_metric(key, total["retried"])
             dead_letters.add_metric(key, total["dead_lettered"])
+            lost.add_metric(key, total["lost"])
             latency.add_metric(
                 key, _buckets(total["latency_hist"], 0.001), total["latency_ms_sum"] / 1000
             )
             duration.add_metric(
                 key, _buckets(total["attempt_hist"], 0.001), total["attempt_ms_sum"] / 1000
             )
-        yield from (finished, attempts, retried, dead_letters, latency, duration)
+        yield from (finished, attempts, retried, dead_letters, lost, latency, duration)
 
         now = timezone.now()
         waiting = backlog(now)

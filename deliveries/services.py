@@ -1285,6 +1285,47 @@ def deliveries_fail_for_endpoint(*, endpoint_id: str, reason: str) -> int:
 # --- The sweeper --------------------------------------------------------------------------------
 
 
+WORKER_LOST = "worker_lost"
+
+
+def _record_lost_attempts(*, delivery_ids: Sequence[int], now: datetime) -> int:
+    """Record the try of each expired claim that left no attempt row (its worker was killed, or
+    its lease ran out, between claiming and recording): outcome `unknown`, error_class
+    `worker_lost`, started when the lease began, and count it in the metrics. Called with the
+    rows locked, before they are given back, so the audit log has every try."""
+    rows = list(
+        Delivery.objects.filter(id__in=delivery_ids)
+        .exclude(attempts__number=F("attempt_count"))
+        .filter(attempt_count__gt=0)
+        .values("id", "attempt_count", "lease_expires_at", "endpoint_id", "event__event_type_id")
+    )
+    if not rows:
+        return 0
+    lease = timedelta(seconds=settings.WEBHOOKS_LEASE_SECONDS)
+    DeliveryAttempt.objects.bulk_create(
+        [
+            DeliveryAttempt(
+                delivery_id=row["id"],
+                number=row["attempt_count"],
+                outcome=DeliveryAttempt.Outcome.UNKNOWN,
+                started_at=(row["lease_expires_at"] or now) - lease,
+                duration_ms=0.0,
+                error="the worker was lost before it recorded this try (killed, or its lease "
+                "ran out): whether the consumer received it is unknown; it is tried again",
+                error_class=WORKER_LOST,
+            )
+            for row in rows
+        ],
+        ignore_conflicts=True,  # recorded meanwhile by a worker that was only late
+    )
+    deltas = metrics.Deltas()
+    for row in rows:
+        deltas.of(row["endpoint_id"], row["event__event_type_id"]).lost += 1
+    metrics.stats_add(deltas, at=now)
+    logger.warning("recorded %d tries whose worker was lost", len(rows))
+    return len(rows)
+
+
 def deliveries_requeue_stuck(*, batch_size: int = 1000, max_batches: int = 50) -> dict[str, int]:
     """Rebuild the work from PostgreSQL: the beat job `requeue_stuck`.
 
@@ -1302,6 +1343,7 @@ def deliveries_requeue_stuck(*, batch_size: int = 1000, max_batches: int = 50) -
             .values_list("id", flat=True)[: batch_size * max_batches]
         )
         if expired:
+            _record_lost_attempts(delivery_ids=expired, now=now)
             reclaimed = Delivery.objects.filter(id__in=expired).update(
                 status=Delivery.Status.PENDING,
                 lease_expires_at=None,

@@ -187,6 +187,10 @@ class _DistributionSerializer(serializers.Serializer):
 class _RetriesSerializer(serializers.Serializer):
     failed_attempts_retried = serializers.IntegerField()
     dead_letters = serializers.IntegerField()
+    attempts_lost = serializers.IntegerField(
+        help_text="Tries whose worker was lost before recording them (outcome unknown); each "
+        "is in the attempt log with error_class worker_lost, and the delivery is tried again."
+    )
 
 
 class _PointSerializer(serializers.Serializer):

@@ -179,7 +179,10 @@ def test_postgres_restarted_under_load_loses_nothing(sink: Sink) -> None:
         # its worker keeps that result and records it once the database answers again (its
         # retry may wait up to 10 s, after another worker already sent and recorded the retry)
         outcomes = _wait_attempts(dsn, sum(received.values()), timeout=30)
-        assert outcomes == {"succeeded": sum(received.values())}
+        # a try whose lease ran out before it was recorded is `unknown` (worker_lost), never
+        # missing; nothing was recorded as failed
+        assert set(outcomes) <= {"succeeded", "unknown"}, outcomes
+        assert sum(outcomes.values()) >= sum(received.values()), outcomes
         # a crash between the consumer's 2xx and our write makes a duplicate; it is rare
         assert duplicates <= 4, f"{duplicates} duplicate requests"
         # beat lived through it and kept sweeping after the database came back

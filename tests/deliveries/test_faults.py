@@ -24,7 +24,7 @@ import pytest
 import redis
 from django.utils import timezone
 
-from deliveries.models import Delivery, DeliveryAttempt, Event
+from deliveries.models import Delivery, DeliveryAttempt, DeliveryTotal, Event
 from schemas_app.services import event_type_create
 from tests.conftest import BASE_DIR, WebServer, WorkerProcess, wait_idle, wait_until, worker_env
 from tests.sink import Sink
@@ -124,8 +124,14 @@ def test_worker_killed_mid_request_is_delivered_after_the_lease(stack: Stack, si
     wait_until(lambda: _all_succeeded(1), timeout=40)
     delivery = Delivery.objects.get(event_id=event["id"])
     attempts = list(DeliveryAttempt.objects.filter(delivery=delivery).order_by("number"))
-    assert [a.outcome for a in attempts] == ["succeeded"]  # the killed try left no row
-    assert delivery.attempt_count == 2  # ... but it counts as an attempt
+    # the killed try is in the audit log, recorded by the sweeper with what is known of it
+    assert [(a.number, a.outcome, a.error_class) for a in attempts] == [
+        (1, "unknown", "worker_lost"),
+        (2, "succeeded", ""),
+    ]
+    assert delivery.attempt_count == 2
+    # and the metrics count it
+    assert DeliveryTotal.objects.get(endpoint_id=delivery.endpoint_id).lost == 1
     # the consumer saw the request twice (unavoidable: we died mid-request), same webhook-id
     requests = sink.requests("slow")
     assert len(requests) == 2

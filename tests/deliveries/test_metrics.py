@@ -164,7 +164,11 @@ def test_the_metrics_api_reports_what_the_worker_recorded(
         "dead": 0,
         "success_rate": round(15 / 18, 6),
     }
-    assert body["retries"] == {"failed_attempts_retried": 1, "dead_letters": 3}
+    assert body["retries"] == {
+        "failed_attempts_retried": 1,
+        "dead_letters": 3,
+        "attempts_lost": 0,
+    }
     assert body["attempt_duration_ms"]["count"] == DeliveryAttempt.objects.count() == 19
     # the latency is from acceptance to the consumer's 2xx, per successful delivery
     latencies = [
