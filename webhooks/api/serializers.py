@@ -245,3 +245,12 @@ class AuditRecordSerializer(serializers.ModelSerializer):
             "hash",
         ]
         read_only_fields = fields
+
+
+class AuditRecordFilterSerializer(serializers.Serializer):
+    object_type = serializers.CharField(required=False, max_length=50)
+    object_id = serializers.CharField(required=False, max_length=64)
+    action = serializers.CharField(required=False, max_length=100)
+    actor = serializers.CharField(required=False, max_length=200)
+    since = serializers.DateTimeField(required=False, help_text="records at or after this")
+    until = serializers.DateTimeField(required=False, help_text="records before this")

@@ -5,12 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from django.core.exceptions import ValidationError as DjangoValidationError
-from django.utils.dateparse import parse_datetime
-from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import extend_schema
 from rest_framework import status, viewsets
 from rest_framework.decorators import action
-from rest_framework.exceptions import ValidationError
 from rest_framework.request import Request
 from rest_framework.response import Response
 
@@ -31,6 +28,7 @@ from webhooks_project.strict import refuse_body
 
 from .serializers import (
     ApplicationSerializer,
+    AuditRecordFilterSerializer,
     AuditRecordSerializer,
     EndpointCreatedSerializer,
     EndpointEnabledSerializer,
@@ -206,9 +204,6 @@ class EndpointViewSet(viewsets.ModelViewSet):
         )
 
 
-AUDIT_FILTERS = ("object_type", "object_id", "action", "actor")
-
-
 class AuditRecordViewSet(viewsets.ReadOnlyModelViewSet):
     """The audit log of configuration changes, newest first; filters `object_type`,
     `object_id`, `action`, `actor` (exact), `since` and `until` (ISO-8601). A key limited to an
@@ -223,27 +218,13 @@ class AuditRecordViewSet(viewsets.ReadOnlyModelViewSet):
             qs = qs.filter(application=limited.uid)
         if self.action != "list":
             return qs
-        params = self.request.query_params
-        for name in AUDIT_FILTERS:
-            if params.get(name):
-                qs = qs.filter(**{name: params[name]})
-        for name, lookup in (("since", "at__gte"), ("until", "at__lt")):
-            if params.get(name):
-                try:
-                    when = parse_datetime(params[name])
-                except ValueError:
-                    when = None  # well-formed but impossible, e.g. month 13
-                if when is None:
-                    raise ValidationError({name: ["Give an ISO-8601 date and time."]})
-                qs = qs.filter(**{lookup: when})
-        return qs
+        filters = AuditRecordFilterSerializer(data=self.request.query_params)
+        filters.is_valid(raise_exception=True)
+        lookups = {"since": "at__gte", "until": "at__lt"}
+        return qs.filter(
+            **{lookups.get(name, name): value for name, value in filters.validated_data.items()}
+        )
 
-    @extend_schema(
-        parameters=[
-            *(OpenApiParameter(name, OpenApiTypes.STR) for name in AUDIT_FILTERS),
-            OpenApiParameter("since", OpenApiTypes.DATETIME),
-            OpenApiParameter("until", OpenApiTypes.DATETIME),
-        ]
-    )
+    @extend_schema(parameters=[AuditRecordFilterSerializer])
     def list(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         return super().list(request, *args, **kwargs)
