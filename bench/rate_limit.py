@@ -28,7 +28,6 @@ from typing import Any
 import psycopg
 
 from bench.run import PY, Stack, api, log, post_batches, sink_stats, write_section
-from webhooks_project.localstack import free_port
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 START, END = "<!-- rate-limit:start -->", "<!-- rate-limit:end -->"
@@ -131,9 +130,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         dsn, key = stack.start_data()
         sink = stack.start_sink()
-        web_port = free_port()
         gunicorn = [PY, "-m", "gunicorn", "webhooks_project.wsgi", "--workers", "2"]
-        stack.spawn("web", [*gunicorn, "--bind", f"127.0.0.1:{web_port}"], ready="Booting worker")
+        _, web_port = stack.spawn_listening(
+            "web", lambda port: [*gunicorn, "--bind", f"127.0.0.1:{port}"], ready="Booting worker"
+        )
         base = f"http://127.0.0.1:{web_port}"
         celery = [PY, "-m", "celery", "-A", "webhooks_project"]
         stack.spawn("worker", [*celery, "worker", "-l", "INFO"], ready=" ready.")

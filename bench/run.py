@@ -28,6 +28,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -39,7 +40,13 @@ import psycopg
 import redis
 import urllib3
 
-from webhooks_project.localstack import LocalPostgres, LocalRedis, free_port
+from webhooks_project.localstack import (
+    PORT_TRIES,
+    ExitedWhileStarting,
+    LocalPostgres,
+    LocalRedis,
+    free_port,
+)
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 PY = sys.executable
@@ -116,10 +123,29 @@ class Stack:
         if ready:
             deadline = time.monotonic() + timeout
             while ready not in log_path.read_text(errors="replace"):
-                if popen.poll() is not None or time.monotonic() > deadline:
+                if popen.poll() is not None:
+                    self.procs.pop(name, None)
+                    raise ExitedWhileStarting(
+                        f"{name} exited while starting:\n{log_path.read_text()[-3000:]}"
+                    )
+                if time.monotonic() > deadline:
                     raise RuntimeError(f"{name} did not start:\n{log_path.read_text()[-3000:]}")
                 time.sleep(0.1)
         return proc
+
+    def spawn_listening(
+        self, name: str, args_for: Callable[[int], list[str]], ready: str
+    ) -> tuple[Proc, int]:
+        """Spawn a server on a free port, on a fresh one if the child exits while starting (the
+        port was taken between choosing it and binding it)."""
+        for tries_left in reversed(range(PORT_TRIES)):
+            port = free_port()
+            try:
+                return self.spawn(name, args_for(port), ready=ready), port
+            except ExitedWhileStarting:
+                if not tries_left:
+                    raise
+        raise AssertionError("unreachable")
 
     @classmethod
     def create(cls, prefix: str, **overrides: str) -> Stack:
@@ -152,8 +178,9 @@ class Stack:
         return dsn, created.stdout.strip().splitlines()[-1]
 
     def start_sink(self) -> str:
-        port = free_port()
-        self.spawn("sink", [PY, "-m", "bench.sink", str(port)], ready="ready")
+        _, port = self.spawn_listening(
+            "sink", lambda port: [PY, "-m", "bench.sink", str(port)], ready="ready"
+        )
         return f"http://127.0.0.1:{port}"
 
     def stop(self, name: str) -> None:
@@ -525,16 +552,15 @@ def main(argv: list[str] | None = None) -> int:
         results["noop"] = measure_noop(stack, noop_count)
         log(f"  {results['noop']['rate']:.0f} tasks/s")
 
-        web_port = free_port()
-        web = stack.spawn(
+        web, web_port = stack.spawn_listening(
             "web",
-            [
+            lambda port: [
                 PY,
                 "-m",
                 "gunicorn",
                 "webhooks_project.wsgi",
                 "--bind",
-                f"127.0.0.1:{web_port}",
+                f"127.0.0.1:{port}",
                 "--workers",
                 "2",
                 "--threads",

@@ -44,6 +44,16 @@ def api(make_api_client: Callable[..., APIClient]) -> APIClient:
     return make_api_client()
 
 
+@pytest.fixture
+def dead_port() -> Iterator[int]:
+    """A port on 127.0.0.1 that refuses every connection for the whole test: bound here and
+    never listened on, so no other process can take it meanwhile (a port merely found free
+    could be taken by a parallel run's server)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield int(sock.getsockname()[1])
+
+
 @pytest.fixture(scope="session")
 def sink_server() -> Iterator[Sink]:
     server = Sink().start()

@@ -23,8 +23,8 @@ def test_healthz_reports_database_and_broker(db: None) -> None:
     assert response.json() == {"status": "ok", "database": "ok", "broker": "ok"}
 
 
-def test_healthz_is_503_when_the_broker_is_away(db: None, settings: Any) -> None:
-    settings.REDIS_URL = f"redis://127.0.0.1:{free_port()}/0"
+def test_healthz_is_503_when_the_broker_is_away(db: None, settings: Any, dead_port: int) -> None:
+    settings.REDIS_URL = f"redis://127.0.0.1:{dead_port}/0"
     response = APIClient().get("/healthz")
     assert response.status_code == 503
     assert response.json()["broker"].startswith("error")
@@ -71,14 +71,16 @@ def test_create_api_key_without_scopes_has_every_scope(db: None) -> None:
 
 @pytest.mark.integration
 @pytest.mark.django_db(transaction=True)
-def test_ingest_answers_202_and_keeps_rows_pending_when_the_broker_is_down(api: APIClient) -> None:
+def test_ingest_answers_202_and_keeps_rows_pending_when_the_broker_is_down(
+    api: APIClient, dead_port: int
+) -> None:
     # given a real web server whose broker address has nothing listening
     api.post("/api/v1/event-types/", {"name": "a.b", "schema": {}}, format="json")
     api.post("/api/v1/endpoints/", {"url": "http://127.0.0.1:9/x"}, format="json")
     out = io.StringIO()
     call_command("create_api_key", "src", stdout=out, stderr=io.StringIO())
     key = out.getvalue().strip().splitlines()[-1]
-    server = WebServer(worker_env(REDIS_URL=f"redis://127.0.0.1:{free_port()}/0")).start()
+    server = WebServer(worker_env(REDIS_URL=f"redis://127.0.0.1:{dead_port}/0")).start()
     try:
         # when an event is posted over HTTP
         request = urllib.request.Request(
@@ -126,29 +128,30 @@ def test_flower_refuses_requests_without_its_basic_auth() -> None:
 
     from tests.conftest import BASE_DIR, terminate
 
-    port = free_port()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "webhooks_project",
-            "flower",
-            f"--port={port}",
-            "--address=127.0.0.1",
-            "--basic-auth=ops:s3cret",
-        ],
-        cwd=BASE_DIR,
-        env=worker_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}/workers"
-    try:
+    def start(port: int) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "webhooks_project",
+                "flower",
+                f"--port={port}",
+                "--address=127.0.0.1",
+                "--basic-auth=ops:s3cret",
+            ],
+            cwd=BASE_DIR,
+            env=worker_env(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+
+    def first_status(proc: subprocess.Popen[bytes], url: str) -> int | None:
+        """Flower's first answer; None if it exited (its port was taken meanwhile)."""
         deadline = time.monotonic() + 30
-        while True:
+        while proc.poll() is None:
             try:
                 urllib.request.urlopen(url, timeout=2)  # noqa: S310 - our own local Flower
                 status = 200
@@ -158,13 +161,25 @@ def test_flower_refuses_requests_without_its_basic_auth() -> None:
                 assert time.monotonic() < deadline, "flower did not start"
                 time.sleep(0.2)
                 continue
-            break
-        assert status == 401
-        token = base64.b64encode(b"ops:s3cret").decode()
-        request = urllib.request.Request(url, headers={"Authorization": f"Basic {token}"})
-        assert urllib.request.urlopen(request, timeout=10).status == 200  # noqa: S310
-    finally:
-        terminate(proc)
+            return status if proc.poll() is None else None  # else: someone else answered
+        return None
+
+    for _ in range(3):  # a free port can be taken before Flower binds it: try another
+        port = free_port()
+        proc = start(port)
+        url = f"http://127.0.0.1:{port}/workers"
+        try:
+            status = first_status(proc, url)
+            if status is None:
+                continue
+            assert status == 401
+            token = base64.b64encode(b"ops:s3cret").decode()
+            request = urllib.request.Request(url, headers={"Authorization": f"Basic {token}"})
+            assert urllib.request.urlopen(request, timeout=10).status == 200  # noqa: S310
+            return
+        finally:
+            terminate(proc)
+    pytest.fail("flower exited on three ports in a row")
 
 
 @pytest.mark.parametrize(("value", "enabled"), [(None, "True"), ("false", "False")])

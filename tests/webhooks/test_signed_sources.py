@@ -17,7 +17,6 @@ from deliveries.models import Event
 from schemas_app.services import event_type_create
 from webhooks.services import CreatedSource, source_create
 from webhooks.signing import generate_secret
-from webhooks_project.localstack import free_port
 
 pytestmark = pytest.mark.django_db
 
@@ -141,12 +140,12 @@ def test_an_unsigned_source_needs_only_its_key(db: None) -> None:
 
 
 def test_with_the_replay_window_unavailable_a_signed_request_is_503(
-    source: CreatedSource, settings: Any
+    source: CreatedSource, settings: Any, dead_port: int
 ) -> None:
     settings.CACHES = {
         "default": {
             "BACKEND": "django.core.cache.backends.redis.RedisCache",
-            "LOCATION": f"redis://127.0.0.1:{free_port()}/0",
+            "LOCATION": f"redis://127.0.0.1:{dead_port}/0",
             "OPTIONS": {"socket_connect_timeout": 0.2, "socket_timeout": 0.2},
         }
     }

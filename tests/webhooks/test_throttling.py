@@ -8,7 +8,6 @@ import pytest
 from rest_framework.test import APIClient
 
 from webhooks_project.env import parse_rate
-from webhooks_project.localstack import free_port
 
 
 @pytest.mark.parametrize(
@@ -43,12 +42,14 @@ def test_a_key_over_its_rate_gets_429_with_retry_after_and_others_do_not(
     assert other.get("/api/v1/endpoints/").status_code == 200
 
 
-def test_with_redis_away_requests_are_let_through(api: APIClient, settings: Any) -> None:
+def test_with_redis_away_requests_are_let_through(
+    api: APIClient, settings: Any, dead_port: int
+) -> None:
     settings.WEBHOOKS_THROTTLE_RATE = "1/min"
     settings.CACHES = {
         "default": {
             "BACKEND": "django.core.cache.backends.redis.RedisCache",
-            "LOCATION": f"redis://127.0.0.1:{free_port()}/0",
+            "LOCATION": f"redis://127.0.0.1:{dead_port}/0",
             "OPTIONS": {"socket_connect_timeout": 0.2, "socket_timeout": 0.2},
         }
     }
