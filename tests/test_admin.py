@@ -230,6 +230,16 @@ def test_a_staff_user_who_may_only_view_cannot_run_the_actions_that_change_thing
     )
     dead_letter.refresh_from_db()
     assert dead_letter.replayed_at is None
+    # header values are secrets: a viewer sees the names only
+    from webhooks.models import Endpoint
+
+    Endpoint.objects.filter(pk=record.endpoint_id).update(
+        headers={"authorization": "Bearer top-secret-token"}
+    )
+    page = client.get(f"/admin/webhooks/endpoint/{record.endpoint_id}/change/")
+    assert page.status_code == 200
+    assert "authorization" in page.content.decode()
+    assert "top-secret-token" not in page.content.decode()
 
 
 def test_the_admin_endpoint_form_runs_the_api_checks(record: Delivery, settings: Any) -> None:

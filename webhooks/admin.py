@@ -17,6 +17,7 @@ from django.utils.html import format_html
 from rest_framework_api_key.models import APIKey as LibraryAPIKey
 
 from . import audit, signing
+from .headers import MASK
 from .models import ApiKey, Application, AuditRecord, Endpoint, EndpointSecret, Source
 from .services import (
     ENDPOINT_FIELDS,
@@ -207,6 +208,20 @@ class EndpointAdmin(AuditedAdmin):
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Endpoint]:
         return _with_health(super().get_queryset(request).select_related("application"))
+
+    def get_fields(self, request: HttpRequest, obj: Endpoint | None = None) -> list[str]:
+        """Header values are secrets: staff who may only view see their names."""
+        fields = list(super().get_fields(request, obj))
+        if obj is not None and not self.has_change_permission(request, obj):
+            fields = ["masked_headers" if f == "headers" else f for f in fields]
+        return fields
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Endpoint | None = None) -> list[str]:
+        return [*super().get_readonly_fields(request, obj), "masked_headers"]
+
+    @admin.display(description="headers")
+    def masked_headers(self, obj: Endpoint) -> str:
+        return ", ".join(f"{name}: {MASK}" for name in (obj.headers or {})) or "–"
 
     @admin.display(description="success (24h)", ordering="recent_succeeded")
     def health(self, obj: Endpoint) -> str:
