@@ -14,25 +14,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
+from webhooks.transport import ERROR_CLASSES
+
 _RNG = random.Random()  # noqa: S311 - jitter, not cryptography; seeding one per call was costly
 RETRYABLE_4XX = frozenset({408, 409, 425, 429})
 RETRY_AFTER_STATUSES = frozenset({429, 503})
 # `secret_unreadable`: the endpoint's secret is under an encryption key no longer configured;
 # retried on the schedule, so restoring the key lets the delivery through.
-RETRYABLE_ERRORS = frozenset(
-    {
-        "refused",
-        "reset",
-        "dns",
-        "tls",
-        "connect_timeout",
-        "read_timeout",
-        "protocol",
-        "connection",
-        "timeout",  # recorded before the classes above were told apart
-        "secret_unreadable",
-    }
-)
+# Every network failure class the transport records is retried; "timeout" is how attempts
+# recorded before those classes were told apart name a timeout.
+RETRYABLE_ERRORS = frozenset({*ERROR_CLASSES, "timeout", "secret_unreadable"})
 
 
 class Verdict(StrEnum):

@@ -51,15 +51,14 @@ class AuditedAdmin(admin.ModelAdmin):
         before = self.audit_snapshot(model.objects.get(pk=obj.pk)) if change else None
         super().save_model(request, obj, form, change)
         after = self.audit_snapshot(obj)
-        if after != before:
-            audit.record(
-                actor=f"admin:{request.user}",
-                action=self.audit_action(before, after),
-                object_type=self.audit_type,
-                object_id=self.audit_object_id(obj),
-                before=before,
-                after=after,
-            )
+        audit.record_change(
+            actor=f"admin:{request.user}",
+            action=self.audit_action(before, after),
+            object_type=self.audit_type,
+            object_id=self.audit_object_id(obj),
+            before=before,
+            after=after,
+        )
 
 
 # The library registers its own concrete key model; ours (with scopes) replaces it.

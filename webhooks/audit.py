@@ -106,6 +106,28 @@ def record(
         return entry
 
 
+def record_change(
+    *,
+    actor: str,
+    action: str,
+    object_type: str,
+    object_id: str,
+    before: dict[str, Any] | None,
+    after: dict[str, Any],
+) -> AuditRecord | None:
+    """Record an update only if the snapshots differ (a save that changed nothing leaves none)."""
+    if after == before:
+        return None
+    return record(
+        actor=actor,
+        action=action,
+        object_type=object_type,
+        object_id=object_id,
+        before=before,
+        after=after,
+    )
+
+
 def _application_of(
     object_type: str, object_id: str, before: dict[str, Any] | None, after: dict[str, Any] | None
 ) -> str | None:

@@ -191,16 +191,14 @@ def application_update(
         setattr(application, name, value)
     application.full_clean()
     application.save()
-    after = audit.application_snapshot(application)
-    if after != before:
-        audit.record(
-            actor=actor,
-            action="application.updated",
-            object_type="application",
-            object_id=application.uid,
-            before=before,
-            after=after,
-        )
+    audit.record_change(
+        actor=actor,
+        action="application.updated",
+        object_type="application",
+        object_id=application.uid,
+        before=before,
+        after=audit.application_snapshot(application),
+    )
     return application
 
 
@@ -306,16 +304,14 @@ def endpoint_update(*, endpoint: Endpoint, actor: str = "system", **fields: Any)
         endpoint.disabled_reason = endpoint.disabled_reason or "disabled by an operator"
     endpoint.full_clean()
     endpoint.save()
-    after = audit.endpoint_snapshot(endpoint)
-    if after != before:
-        audit.record(
-            actor=actor,
-            action="endpoint.updated",
-            object_type="endpoint",
-            object_id=endpoint.pk,
-            before=before,
-            after=after,
-        )
+    audit.record_change(
+        actor=actor,
+        action="endpoint.updated",
+        object_type="endpoint",
+        object_id=endpoint.pk,
+        before=before,
+        after=audit.endpoint_snapshot(endpoint),
+    )
     return endpoint
 
 

@@ -174,7 +174,6 @@ def post(
     URL's host in the Host header and as the TLS server name and certificate name: no second DNS
     lookup happens between the check and the connection.
     """
-    time.perf_counter()
     _request_deadline.at = time.monotonic() + timeout
     _request_deadline.token = None
     try:
