@@ -113,8 +113,21 @@ class _WatchedPool:
         conn = super()._get_conn(timeout)  # type: ignore[misc]
         deadline = getattr(_request_deadline, "at", None)
         if deadline is not None:
+            _stop_watching()  # one connection watched per request
             _request_deadline.token = _deadlines.get().watch(conn, deadline)
         return conn
+
+
+def _stop_watching() -> bool:
+    """Stop watching this thread's connection; whether its deadline had passed (its socket was
+    shut). Idempotent within a request: later calls repeat the first answer."""
+    token = getattr(_request_deadline, "token", None)
+    if token is not None:
+        _request_deadline.token = None
+        _request_deadline.expired = _deadlines.get().forget(token) or getattr(
+            _request_deadline, "expired", False
+        )
+    return bool(getattr(_request_deadline, "expired", False))
 
 
 class _WatchedHTTPPool(_WatchedPool, HTTPConnectionPool):
@@ -176,12 +189,12 @@ def post(
     """
     _request_deadline.at = time.monotonic() + timeout
     _request_deadline.token = None
+    _request_deadline.expired = False
     try:
         result = _post(url, body, headers, timeout, connect_timeout, max_response_bytes, address)
     finally:
-        token = _request_deadline.token
-        _request_deadline.at = _request_deadline.token = None
-        expired = token is not None and _deadlines.get().forget(token)
+        expired = _stop_watching()
+        _request_deadline.at = None
     if expired and not result.ok:
         return TransportResult(
             status_code=None,
@@ -232,7 +245,9 @@ def _post(
             data = response.read(max_response_bytes + 1)
             complete = len(data) <= max_response_bytes
         finally:
-            if complete:
+            # watching stops before the connection goes back to the pool: a socket the watcher
+            # shut (the deadline passed as the answer completed) must not be reused
+            if complete and not _stop_watching():
                 response.release_conn()
             else:
                 response.close()  # never drain a huge or broken answer into memory
