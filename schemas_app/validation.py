@@ -278,7 +278,12 @@ def _check_references_and_patterns(schema: dict[str, Any]) -> None:
     edges: dict[int, list[tuple[int, str]]] = {}
     seen: set[int] = set()
     stack: list[tuple[Any, Any, str]] = [(root, registry.resolver(root["$id"]), "")]
-    while stack:
+    # reference targets are walked after the whole document, so that a problem inside a
+    # subschema is reported at its own place, not at the path of a $ref that leads to it
+    targets: list[tuple[Any, Any, str]] = []
+    while stack or targets:
+        if not stack:
+            stack.append(targets.pop())
         node, resolver, path = stack.pop()
         if not isinstance(node, dict) or id(node) in seen:
             continue
@@ -303,7 +308,7 @@ def _check_references_and_patterns(schema: dict[str, Any]) -> None:
                 ) from exc
             if isinstance(resolved.contents, dict) and not ref.startswith(_META_PREFIX):
                 out.append((id(resolved.contents), where))
-                stack.append((resolved.contents, resolved.resolver, where))
+                targets.append((resolved.contents, resolved.resolver, where))
         for pattern_at, pattern in _patterns_in(node, path):
             try:
                 _regex(pattern)

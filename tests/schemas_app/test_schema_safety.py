@@ -199,3 +199,13 @@ def test_invalid_schema_documents_carry_their_pointer() -> None:
     with pytest.raises(InvalidSchema) as caught:
         check_schema({"properties": {"a": {"type": "nope"}}})
     assert caught.value.pointer == "/properties/a/type"
+
+
+def test_a_problem_is_reported_where_it_stands_not_where_a_ref_leads_to_it() -> None:
+    schema = {
+        "properties": {"b": {"type": "string", "pattern": "(w)\\1"}},
+        "$defs": {"x": {"$ref": "#/properties/b"}},
+    }
+    with pytest.raises(InvalidSchema) as caught:
+        check_schema(schema)
+    assert caught.value.pointer == "/properties/b/pattern"
