@@ -593,7 +593,8 @@ def _prepare(
         )
         return None
     try:
-        clear = payloads.unseal(claim.data, claim.sensitive_fields, crypto.decrypt)
+        sealed: list[Any] = []  # the clear values of sealed fields, kept out of the attempt log
+        clear = payloads.unseal(claim.data, claim.sensitive_fields, crypto.decrypt, sealed)
         payload = payloads.shape(
             event_type=claim.event_type,
             data=clear,
@@ -611,10 +612,9 @@ def _prepare(
     job.url = claim.url
     job.address = target.address
     job.body = build_body(event_type=claim.event_type, occurred_at=claim.occurred_at, data=payload)
-    if claim.sensitive_fields:
+    if sealed:
         # what the event seals, the attempt log seals too (the consumer gets it in clear)
-        secrets = payloads.sealed_values(claim.data, claim.sensitive_fields, crypto.decrypt)
-        stored = payloads.without_sealed(payload, secrets)
+        stored = payloads.without_sealed(payload, sealed)
         if stored != payload:
             job.stored_body = build_body(
                 event_type=claim.event_type, occurred_at=claim.occurred_at, data=stored

@@ -134,27 +134,17 @@ STORED_SEALED = "[sealed]"
 _MIN_CONTAINED = 4  # a sealed string this long is also found inside longer strings
 
 
-def sealed_values(data: Any, paths: list[str], decrypt: Any) -> list[Any]:
-    """The clear values behind the sealed fields of stored `data` (strings and numbers)."""
-    found: list[Any] = []
-
-    def collect(value: Any) -> Any:
-        if isinstance(value, dict) and set(value) == {SEALED}:
-            clear = orjson.loads(decrypt(value[SEALED]))
-            pending = [clear]
-            while pending:
-                item = pending.pop()
-                if isinstance(item, dict):
-                    pending.extend(item.values())
-                elif isinstance(item, list):
-                    pending.extend(item)
-                elif isinstance(item, str | int | float) and not isinstance(item, bool):
-                    found.append(item)
-        return value
-
-    if paths:
-        masking.apply(data, _path_rules(tuple(paths)), hash_key=b"", encrypt=collect)
-    return found
+def _leaves(value: Any) -> list[Any]:
+    leaves, pending = [], [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, dict):
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+        elif isinstance(item, str | int | float) and not isinstance(item, bool):
+            leaves.append(item)
+    return leaves
 
 
 def without_sealed(payload: Any, values: list[Any]) -> Any:
@@ -182,14 +172,18 @@ def without_sealed(payload: Any, values: list[Any]) -> Any:
     return clean(payload)
 
 
-def unseal(data: Any, paths: list[str], decrypt: Any) -> Any:
-    """The inverse of `seal`, for sending."""
+def unseal(data: Any, paths: list[str], decrypt: Any, found: list[Any] | None = None) -> Any:
+    """The inverse of `seal`, for sending. With `found`, the strings and numbers inside every
+    value it opens are appended to it (what `without_sealed` keeps out of the attempt log)."""
     if not paths:
         return data
 
     def opened(value: Any) -> Any:
         if isinstance(value, dict) and set(value) == {SEALED}:
-            return orjson.loads(decrypt(value[SEALED]))
+            clear = orjson.loads(decrypt(value[SEALED]))
+            if found is not None:
+                found.extend(_leaves(clear))
+            return clear
         return value
 
     return masking.apply(data, _path_rules(tuple(paths)), hash_key=b"", encrypt=opened)

@@ -81,12 +81,12 @@ def _snapshot(event_type: EventType, version: int | None) -> dict[str, Any]:
     }
 
 
-def _audit(**kwargs: Any) -> None:
+def _audit_log() -> Any:
     # The audit log lives in the webhooks app, which depends on this one; imported at call
     # time so that the dependency does not run both ways at import (see issue 13's layering).
     from webhooks import audit
 
-    audit.record(object_type="event_type", application="", **kwargs)
+    return audit
 
 
 def event_type_fields_check(
@@ -148,9 +148,10 @@ def event_type_create(
     SchemaVersion.objects.create(
         event_type=event_type, version=1, schema=schema, created_by=actor[:200]
     )
-    _audit(
+    _audit_log().record(
         actor=actor,
         action="event_type.created",
+        object_type="event_type",
         object_id=event_type.name,
         after=_snapshot(event_type, 1),
     )
@@ -228,15 +229,14 @@ def event_type_update(
     _masking_checked(locked.masking, locked.sensitive_fields)
     locked.save()
     version = new_version or current
-    after = _snapshot(locked, version.version if version is not None else None)
-    if after != before:
-        _audit(
-            actor=actor,
-            action="event_type.updated",
-            object_id=locked.name,
-            before=before,
-            after=after,
-        )
+    _audit_log().record_change(
+        actor=actor,
+        action="event_type.updated",
+        object_type="event_type",
+        object_id=locked.name,
+        before=before,
+        after=_snapshot(locked, version.version if version is not None else None),
+    )
     return EventTypeUpdate(event_type=locked, new_version=new_version, changes=changes)
 
 

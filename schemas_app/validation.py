@@ -231,10 +231,16 @@ _REGISTRY: Registry[Any] = Registry(retrieve=_refuse).with_resources(  # type: i
 )
 
 
-def _compile(schema: Any) -> Any:
+def _with_base(schema: Any) -> Any:
+    """`schema` with a base URI of our own unless it has one: relative references resolve
+    against it, never against a file."""
     if isinstance(schema, dict) and "$id" not in schema:
-        # a base URI of our own: relative references resolve against it, never against a file
-        schema = {"$id": _BASE_URI, **schema}
+        return {"$id": _BASE_URI, **schema}
+    return schema
+
+
+def _compile(schema: Any) -> Any:
+    schema = _with_base(schema)
     return StrictValidator(
         schema, registry=_REGISTRY, format_checker=Draft202012Validator.FORMAT_CHECKER
     )
@@ -271,7 +277,7 @@ def _subschemas(node: dict[str, Any], path: str) -> Iterator[tuple[str, Any, boo
 def _check_references_and_patterns(schema: dict[str, Any]) -> None:
     """Refuse a `$ref` that does not resolve inside the document, a reference cycle that never
     descends into the instance, and a pattern RE2 cannot compile; each with its pointer."""
-    root = schema if "$id" in schema else {"$id": _BASE_URI, **schema}
+    root = _with_base(schema)
     resource = Resource.from_contents(root, default_specification=DRAFT202012)
     registry = _REGISTRY.with_resource(root["$id"], resource)
     # in-place edges between subschemas, by object identity: a cycle among them never ends

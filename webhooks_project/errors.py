@@ -15,6 +15,8 @@ from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
+from webhooks_project.pointers import escape_pointer_token
+
 logger = logging.getLogger(__name__)
 
 
@@ -46,16 +48,6 @@ def from_django_validation(exc: DjangoValidationError) -> exceptions.ValidationE
     return exceptions.ValidationError(
         exc.message_dict if hasattr(exc, "error_dict") else exc.messages
     )
-
-
-def escape_pointer_token(token: object) -> str:
-    """Escape one JSON pointer reference token (RFC 6901)."""
-    return str(token).replace("~", "~0").replace("/", "~1")
-
-
-def pointer(*tokens: object) -> str:
-    """Build a JSON pointer from path tokens: pointer("data", 0, "id") == "/data/0/id"."""
-    return "".join("/" + escape_pointer_token(t) for t in tokens)
 
 
 def flatten_errors(detail: Any, prefix: str = "") -> list[dict[str, str]]:

@@ -21,6 +21,8 @@ from django.conf import settings
 from rest_framework import exceptions, status
 from rest_framework.parsers import JSONParser
 
+from webhooks_project.pointers import pointer
+
 _STRINGS = re.compile(rb'"(?:[^"\\]|\\.)*"')
 # a number with 16 or more digits, or an exponent: only those can be changed by a double
 _SUSPECT_NUMBER = re.compile(rb"[0-9][0-9.]{15,}|[0-9][eE]")
@@ -122,10 +124,6 @@ def inexact_value(raw: bytes) -> dict[str, str] | None:
             if as_float in (float("inf"), float("-inf")) or Decimal(repr(as_float)) != value:
                 return _number_problem(path, "has more precision than a double keeps")
     return None
-
-
-def pointer(*tokens: object) -> str:
-    return "".join("/" + str(t).replace("~", "~0").replace("/", "~1") for t in tokens)
 
 
 def _number_problem(path: tuple[Any, ...], why: str) -> dict[str, str]:
