@@ -90,11 +90,18 @@ class WorkerProcess:
     }
 
     def __init__(
-        self, env: dict[str, str], extra_args: list[str] | None = None, role: str = "worker"
+        self,
+        env: dict[str, str],
+        extra_args: list[str] | None = None,
+        role: str = "worker",
+        *,
+        default_command: bool = False,
     ) -> None:
         self.env = env
         self.extra_args = extra_args or []
         self.role_args, self.ready_marker = self.ROLE_ARGS[role]
+        if default_command:
+            self.role_args = [role]
         self.proc: subprocess.Popen[str] | None = None
         self.output: list[str] = []
         self._ready = threading.Event()

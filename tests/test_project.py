@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import signal
+import subprocess
+import sys
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,7 +17,7 @@ from django.core.management import call_command
 from rest_framework.test import APIClient
 
 from deliveries.models import Delivery
-from tests.conftest import WebServer, worker_env
+from tests.conftest import BASE_DIR, WebServer, wait_until, worker_env
 from webhooks.models import ApiKey
 from webhooks_project.localstack import free_port
 
@@ -196,3 +201,34 @@ def test_the_attempt_log_can_be_turned_off(value: str | None, enabled: str) -> N
         "print(logging.getLogger('deliveries.attempts').isEnabledFor(logging.INFO))"
     )
     assert settings_probe(code, env) == enabled
+
+
+def test_keep_starts_a_command_again_when_it_dies_and_stops_with_its_group(
+    tmp_path: Path,
+) -> None:
+    # given a command that dies at once the first time and keeps running the second time
+    runs = tmp_path / "runs"
+    script = (
+        "import os, sys, time; from pathlib import Path; p = Path(sys.argv[1]); "
+        "p.write_text(p.read_text() + 'x' if p.exists() else 'x'); "
+        "sys.exit(3) if len(p.read_text()) < 2 else time.sleep(60)"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "webhooks_project.localstack", "keep", "--"]
+        + [sys.executable, "-c", script, str(runs)],
+        cwd=BASE_DIR,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        # when it dies, then keep starts it again
+        wait_until(lambda: runs.exists() and runs.read_text() == "xx", timeout=30)
+        # when the group is sent SIGTERM (as honcho stops the stack), then both stop for good
+        os.killpg(proc.pid, signal.SIGTERM)
+        assert proc.wait(timeout=20) == 128 + signal.SIGTERM
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert runs.read_text() == "xx"
+    assert "exited with status 3" in proc.stderr.read()

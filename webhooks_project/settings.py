@@ -207,7 +207,17 @@ except ValueError as exc:
     raise ImproperlyConfigured(f"WEBHOOKS_THROTTLE_RATE: {exc}") from exc
 
 CELERY_BROKER_URL = REDIS_URL
+# kombu's Redis transport with one fix: a worker survives Redis restarting under load (see
+# webhooks_project/broker.py). For a rediss:// URL, TLS with certificate checks.
+CELERY_BROKER_TRANSPORT = "webhooks_project.broker:Transport"
+if REDIS_URL.startswith("rediss://"):
+    import ssl
+
+    CELERY_BROKER_USE_SSL = {"ssl_cert_reqs": ssl.CERT_REQUIRED}
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# A worker waits out a broker outage of any length (Celery's default gives up after 100 tries,
+# about an hour, and exits); the rows wait in PostgreSQL meanwhile.
+CELERY_BROKER_CONNECTION_MAX_RETRIES = None
 CELERY_BROKER_CONNECTION_TIMEOUT = env_float("CELERY_BROKER_CONNECTION_TIMEOUT", 2.0)
 CELERY_BROKER_TRANSPORT_OPTIONS = {
     # A message not acknowledged within this many seconds is handed to another worker. It must be

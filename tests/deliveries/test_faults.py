@@ -52,8 +52,10 @@ class Stack:
     beat: WorkerProcess | None = None
     key: str = ""
 
-    def start_worker(self) -> WorkerProcess:
-        self.worker = WorkerProcess(self.env, ["--concurrency", "2"]).start()
+    def start_worker(self, *, default_command: bool = False) -> WorkerProcess:
+        self.worker = WorkerProcess(
+            self.env, ["--concurrency", "2"], default_command=default_command
+        ).start()
         return self.worker
 
     def start_beat(self) -> WorkerProcess:
@@ -252,3 +254,35 @@ def test_two_copies_of_the_same_task_send_once(stack: Stack, sink: Sink) -> None
     # then the consumer received one request
     assert len(sink.requests("dup")) == 1
     assert DeliveryAttempt.objects.count() == 1
+
+
+def test_workers_ride_out_redis_restarting_empty_under_load(stack: Stack, sink: Sink) -> None:
+    # given the default worker command (gossip, mingle and heartbeat as shipped), busy: a slow
+    # consumer keeps deliveries in flight, so the worker holds unacknowledged messages
+    sink.plan("busy", 200, delay=0.3)
+    endpoint_create(url=sink.url("busy"))
+    worker = stack.start_worker(default_command=True)
+    stack.start_beat()
+    assert worker.proc is not None
+    pids = _pool_pids(worker)
+    for n in range(60):
+        assert stack.post_event({"n": n})[0] == 202
+    sink.wait_for(5, "busy")
+    # when Redis is killed under that load and comes back empty on the same port
+    stack.redis.stop(kill=True)
+    shutil.rmtree(stack.tmp / "redis", ignore_errors=True)
+    stack.redis = LocalRedis(stack.tmp / "redis", port=stack.redis.port, persist=False).start()
+    for n in range(60, 80):
+        assert stack.post_event({"n": n})[0] == 202
+    # then everything is delivered, by the same worker processes, which never exited
+    wait_until(lambda: _all_succeeded(80) or worker.proc.poll() is not None, timeout=120)
+    assert worker.proc.poll() is None, "".join(worker.output[-60:])
+    assert _pool_pids(worker) == pids
+    assert "Unrecoverable error" not in "".join(worker.output)
+    received = {json.loads(r.body)["data"]["n"] for r in sink.requests("busy")}
+    assert received == set(range(80))
+
+
+def _pool_pids(worker: WorkerProcess) -> set[int]:
+    assert worker.proc is not None
+    return {worker.proc.pid, *(c.pid for c in psutil.Process(worker.proc.pid).children())}
