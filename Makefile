@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: run test bench bench-quick screenshots lint format clean install
+.PHONY: run test bench bench-quick soak screenshots lint format clean install
 
 install: $(STAMP)
 
@@ -33,6 +33,11 @@ bench: $(STAMP)
 # A small run (under two minutes); `make test` runs it as a smoke check, without thresholds.
 bench-quick: $(STAMP)
 	$(BIN)/python -m bench.run --quick
+
+# A chaos soak (about 10 minutes; too long for CI): workers, Redis, PostgreSQL and the consumer
+# killed and stopped under load; checks nothing is lost (see docs/BENCHMARKS.md).
+soak: $(STAMP)
+	$(BIN)/python -m bench.soak --write docs/BENCHMARKS.md
 
 # The admin screenshots in docs/screenshots/, taken by the browser test.
 screenshots: $(STAMP)

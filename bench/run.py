@@ -154,12 +154,14 @@ class Stack:
         tmp.chmod(0o755)
         env = dict(os.environ)
         env.update(
-            WEBHOOKS_ENV="dev",
-            DJANGO_DEBUG="false",
-            WEBHOOKS_ALLOW_PRIVATE_TARGETS="true",
-            LOG_LEVEL="WARNING",
-            PYTHONPATH=str(BASE_DIR),
-            **overrides,
+            {
+                "WEBHOOKS_ENV": "dev",
+                "DJANGO_DEBUG": "false",
+                "WEBHOOKS_ALLOW_PRIVATE_TARGETS": "true",
+                "LOG_LEVEL": "WARNING",
+                "PYTHONPATH": str(BASE_DIR),
+                **overrides,
+            }
         )
         return cls(tmp, env)
 

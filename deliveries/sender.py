@@ -12,6 +12,12 @@ Bounds, per worker process:
 - `WEBHOOKS_ENDPOINT_QUEUE` deliveries in one endpoint's lane (sending + waiting); beyond that
   they go back to the database for later (`deferred`), so a slow endpoint cannot fill the process.
 
+Leases: a claim holds its row for `WEBHOOKS_LEASE_SECONDS`. A request is started only while the
+claim's lease outlasts the request's whole deadline, so even a worker cut off from PostgreSQL
+never sends past its lease; and one thread renews the leases of every claim still held here
+(waiting in a lane, being sent, waiting to be recorded), so a claim that waits or a recording
+that waits out a database hiccup is not taken back by the sweeper and sent a second time.
+
 The rows stay the truth: if the process dies, claimed rows come back when their lease expires.
 """
 
@@ -23,7 +29,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -50,8 +56,8 @@ class Job:
     started_at: float = 0.0  # time.time() when the request started
     result: transport.TransportResult | None = None
     deferred: float | None = None  # not sent: give the claim back for this many seconds
-    start_by: float = 0.0  # monotonic time after which starting would outlive the claim's lease
     begun: float = 0.0  # monotonic time when its request started (0: not yet)
+    lost: bool = False  # its lease was taken back (a renewal found the row held by another)
 
 
 @dataclass
@@ -85,13 +91,31 @@ def failed(result: transport.TransportResult) -> bool:
     return code is None or code >= 500 or code in (408, 429)
 
 
+# A request starts only if its claim's lease has this many seconds left after its deadline:
+# time for the answer to reach the recorder before the lease could be taken back.
+START_MARGIN = 1.0
+
+
+def renew_every(lease: float) -> float:
+    """Seconds between lease renewals: a sixth of the lease, at most 2 s. A held claim is renewed
+    once it is that old, so while renewals succeed its lease has at least `lease - 2 * every`
+    left, at least `lease - 4`: with the lease at least the request timeout + 5 (settings
+    refuse less), a claim that waited in its lane can still start (`START_MARGIN`)."""
+    return max(0.2, min(2.0, lease / 6))
+
+
 class Sender:
-    """Sends jobs on a thread pool and records them in batches through `record(jobs)`."""
+    """Sends jobs on a thread pool and records them in batches through `record(jobs)`.
+
+    `renew(jobs)` extends the leases of claims still held here (setting `claim.lease` to the new
+    expiry of each one renewed) and returns the delivery ids whose lease was taken back.
+    """
 
     def __init__(
         self,
         *,
         record: Callable[[list[Job]], None],
+        renew: Callable[[list[Job]], Collection[int]],
         threads: int,
         max_in_flight: int,
         endpoint_concurrency: int,
@@ -105,6 +129,7 @@ class Sender:
         flush_max: int = 500,
     ) -> None:
         self._record = record
+        self._renew = renew
         self._executor = ThreadPoolExecutor(threads, thread_name_prefix="webhook-send")
         self._max_in_flight = max_in_flight
         self._endpoint_concurrency = endpoint_concurrency
@@ -119,14 +144,18 @@ class Sender:
         self._max_response_bytes = max_response_bytes
         self._flush_max = flush_max
         self._lanes: dict[str, _Lane] = {}
+        self._held_back: set[str] = set()  # slow lanes with jobs waiting for the thread budget
+        self._slow_share = max(1, threads // 2)
         self._lock = threading.Lock()
         self._done: queue.Queue[Job] = queue.Queue()
         self._in_flight = 0
         self._changed = threading.Condition(self._lock)  # in-flight count went down
+        self._held: dict[int, Job] = {}  # id(job) -> every job admitted and not yet recorded
         self._recorder = threading.Thread(
             target=self._record_loop, name="webhook-recorder", daemon=True
         )
         self._recorder.start()
+        threading.Thread(target=self._renew_loop, name="webhook-leases", daemon=True).start()
         # Sending threads wait for the GIL while the task or the recorder computes; the default
         # 5 ms switch interval made each of a request's several GIL hand-overs cost up to 5 ms
         # (paced p50 at half peak went from 54 to 31 ms with 1 ms).
@@ -150,10 +179,15 @@ class Sender:
         """Queue jobs on the endpoint's lane and say what to do with the ones not taken.
 
         - breaker open: none taken; the rest wait in the database until the cooldown ends;
-        - slow (its oldest request has run `slow_after` seconds): none taken; the rest wait in
-          the database for as long as the lane's backlog could take at the endpoint's timeout;
         - otherwise up to `endpoint_queue` sending and waiting (twice its concurrency until one
           request has ended); the rest come back in a second (a burst larger than the lane).
+
+        A slow endpoint is not parked: its lane drains at `endpoint_concurrency` requests at a
+        time, as fast as it answers. Parking a lane whose oldest request had run 2 s kept an
+        endpoint answering in 0.5-3 s at about half its rate, its deliveries minutes late, and
+        on a busy machine parked healthy endpoints whose requests were only starved of CPU.
+        What protects the other endpoints is the thread budget (`_may_start`), the timeout and
+        the breaker.
         """
         now = time.monotonic()
         with self._lock:
@@ -161,39 +195,52 @@ class Sender:
             if health is not None and health.open_until > now:
                 return Admission(0, health.open_until - now, soon=False)
             lane = self._lanes.setdefault(endpoint_id, _Lane())
-            # Slow means a request has been running at the endpoint for `slow_after`, counted
-            # from when it really started: a job still queued for a thread (this process busy
-            # with many lanes, or starved of CPU) says nothing about the endpoint. Counting
-            # from admission made a fast endpoint look slow with many worker processes, and
-            # its deliveries were parked for the sweeper (8 processes on 2 CPUs: 291/s).
-            begun = [job.begun for job in lane.active.values() if job.begun]
-            if begun and now - min(begun) > self._slow_after:
-                # come back when the lane could have drained: its backlog at the endpoint's
-                # timeout per request, `endpoint_concurrency` at a time (at most 10 minutes)
-                backlog = (len(lane.active) + len(lane.waiting)) / self._endpoint_concurrency
-                timeout = max(job.timeout for job in jobs)
-                return Admission(0, min(600.0, timeout * max(1.0, backlog)), soon=False)
             # Until one of its requests has ended, a lane queues only a little: an endpoint
-            # that hangs from the start must not collect a large queue before it looks slow.
+            # that hangs from the start must not collect a large queue before its timeouts
+            # open its breaker.
             answered = endpoint_id in self._answered
             limit = self._endpoint_queue if answered else 2 * self._endpoint_concurrency
             room = max(0, limit - len(lane.active) - len(lane.waiting))
             taken = list(jobs[:room])
             start = []
             for job in taken:
-                # one that waits in its lane for half its lease is given back rather than sent
-                # late, so a claim is not taken back by the sweeper while it is still queued
-                job.start_by = now + self._lease / 2
-                if len(lane.active) < self._endpoint_concurrency:
-                    lane.active[id(job)] = job
-                    start.append(job)
-                else:
-                    lane.waiting.append(job)
+                self._held[id(job)] = job
+                lane.waiting.append(job)
+            while lane.waiting and self._may_start(endpoint_id, lane, now):
+                start.append(self._activate(endpoint_id, lane))
             if not lane.active and not lane.waiting:
                 del self._lanes[endpoint_id]
         for job in start:
             self._executor.submit(self._send, job)
         return Admission(len(taken), 1.0, soon=True)
+
+    def _slow(self, lane: _Lane, now: float) -> bool:
+        """A lane is slow while a request has been running at its endpoint for `slow_after`,
+        counted from when it really started (a job queued for a thread says nothing about the
+        endpoint)."""
+        return any(job.begun and now - job.begun > self._slow_after for job in lane.active.values())
+
+    def _may_start(self, endpoint_id: str, lane: _Lane, now: float) -> bool:
+        """Whether the lane may start its next request (lock held): below its concurrency, and,
+        for a slow lane, while slow lanes together hold less than half the threads, so
+        endpoints that hang can never take every thread from the ones that answer. A lane held
+        back waits in memory (its leases renewed) and starts when a slow request ends."""
+        if len(lane.active) >= self._endpoint_concurrency:
+            return False
+        if not self._slow(lane, now):
+            return True
+        slow_running = sum(
+            len(other.active) for other in self._lanes.values() if self._slow(other, now)
+        )
+        if slow_running < self._slow_share:
+            return True
+        self._held_back.add(endpoint_id)
+        return False
+
+    def _activate(self, endpoint_id: str, lane: _Lane) -> Job:
+        job = lane.waiting.popleft()
+        lane.active[id(job)] = job
+        return job
 
     def paused_endpoints(self) -> list[str]:
         """Endpoints whose breaker is open in this process right now."""
@@ -208,13 +255,16 @@ class Sender:
 
     def finish(self, job: Job) -> None:
         """Record a job that needs no request (refused target, disabled endpoint)."""
+        with self._lock:
+            self._held[id(job)] = job
         self._done.put(job)
 
     # --- sending (pool threads) ---
 
     def _send(self, job: Job) -> None:
-        if time.monotonic() > job.start_by:
-            # it waited in its lane too long to finish inside its lease: give it back
+        if job.lost or not self._lease_covers(job):
+            # its lease was taken back, or would not outlast the request (renewals failing:
+            # the database is away): give it back rather than risk a second, concurrent send
             job.deferred = 0.0
             job.result = None
             self._done.put(job)
@@ -240,6 +290,11 @@ class Sender:
         self._done.put(job)
         self._next_in_lane(job)
 
+    @staticmethod
+    def _lease_covers(job: Job) -> bool:
+        left = job.claim.lease.timestamp() - time.time()
+        return left >= job.timeout + START_MARGIN
+
     def _next_in_lane(self, job: Job) -> None:
         """The job left its lane: note its answer, and start the next one waiting there."""
         endpoint_id = job.claim.endpoint_id
@@ -257,10 +312,17 @@ class Sender:
                     waiting.deferred = self._breaker_cooldown
                     self._done.put(waiting)
                 lane.waiting.clear()
-            following = lane.waiting.popleft() if lane.waiting else None
-            if following is not None:
-                lane.active[id(following)] = following
-            elif not lane.active:
+            # one request ended: start the next one here, or in a slow lane held back
+            following = None
+            for candidate in (endpoint_id, *self._held_back):
+                other = self._lanes.get(candidate)
+                if other is None or not other.waiting:
+                    self._held_back.discard(candidate)
+                elif self._may_start(candidate, other, now):
+                    self._held_back.discard(candidate)
+                    following = self._activate(candidate, other)
+                    break
+            if not lane.active and not lane.waiting:
                 del self._lanes[endpoint_id]
         if following is not None:
             self._executor.submit(self._send, following)
@@ -295,7 +357,36 @@ class Sender:
                 except queue.Empty:
                     break
             self._record_with_retry(batch)
+            with self._lock:
+                for job in batch:
+                    self._held.pop(id(job), None)
             self._release(len(batch))
+
+    # --- leases (one thread) ---
+
+    def _renew_loop(self) -> None:
+        every = renew_every(self._lease)
+        while True:
+            time.sleep(every)
+            # renew what was claimed or last renewed more than one interval ago
+            soon = time.time() + self._lease - every
+            with self._lock:
+                due = [j for j in self._held.values() if j.claim.lease.timestamp() < soon]
+            if due:
+                self._renew_held(due)
+
+    def _renew_held(self, jobs: list[Job]) -> None:
+        try:
+            lost = set(self._renew(jobs))
+        except Exception:  # noqa: BLE001 - the next round tries again; the check before
+            # each start keeps an unrenewed claim from being sent past its lease
+            logger.warning("renewing %d leases failed", len(jobs), exc_info=True)
+            return
+        for job in jobs:
+            if job.claim.delivery_id in lost:
+                job.lost = True
+        if lost:
+            logger.warning("%d claims held here were taken back meanwhile", len(lost))
 
     def _record_with_retry(self, batch: list[Job]) -> None:
         """Record a batch; wait out our database being away, never wedge on one bad job.

@@ -36,7 +36,7 @@ from webhooks.operational import (
     WEBHOOK_TEST_SCHEMA,
 )
 from webhooks.selectors import endpoint_ids_for_event
-from webhooks.services import check_target, endpoint_disable
+from webhooks.services import check_target, endpoint_disable, max_request_seconds
 from webhooks.ssrf import BlockedTarget, Target
 from webhooks_project.db import binding_cursor
 from webhooks_project.process_local import ProcessLocal
@@ -352,7 +352,8 @@ class Claim:
     schedule: list[int] | None
     keys: list[signing.SigningKey] | None  # of every secret still valid, newest first;
     # None when the stored secret cannot be decrypted (its encryption key is gone)
-    lease: datetime  # the claim's lease expiry, as written in the row: this claim's token
+    lease: datetime  # the claim's lease expiry (renewed while the sender holds the claim)
+    claimed_at: datetime  # when it was claimed, as written in the row: this claim's token
     type_mapping: str | None = None  # JSON text: the event type's transformation
     endpoint_mapping: str | None = None  # JSON text: this endpoint's mapping for the type
     output_schema: str | None = None  # JSON text: what the payload must match
@@ -378,8 +379,9 @@ _T = EventType._meta.db_table
 # transaction): if PostgreSQL crashed right after, the claim is forgotten and the delivery is
 # sent again, a duplicate of the kind a crash always allows, never a loss. Events and attempt
 # records keep synchronous commits. The claim that comes after a lost one has the same attempt
-# number, so the lease expiry written here is what identifies a claim: recording and giving
-# back match it, and a send of a lost claim is recorded under the next free number.
+# number, so the claim time written here (`last_attempt_at`, written by nothing else) is what
+# identifies a claim: renewing, recording and giving back match it, and a send of a lost claim
+# is recorded under the next free number. The lease expiry is not the token: renewals move it.
 _CLAIM_SQL = f"""
 WITH cfg AS (SELECT set_config('synchronous_commit', 'off', true)),
 due AS (
@@ -445,6 +447,7 @@ def deliveries_claim(
             schedule=r[12],
             keys=signing_keys(r[7], r[13]),
             lease=lease,
+            claimed_at=now,
             type_mapping=r[14],
             endpoint_mapping=r[15],
             output_schema=r[16],
@@ -496,18 +499,44 @@ def deliveries_release(*, claims: Sequence[Claim], delay: float, publish: bool =
             UPDATE {_D} AS d
                SET status = 'pending', attempt_count = d.attempt_count - 1,
                    lease_expires_at = NULL, next_attempt_at = %(due)s, dispatched_at = %(sent)s
-              FROM unnest(%(ids)s::bigint[], %(leases)s::timestamptz[]) AS v(id, lease)
-             WHERE d.id = v.id AND d.status = 'in_flight' AND d.lease_expires_at = v.lease
+              FROM unnest(%(ids)s::bigint[], %(claimed)s::timestamptz[]) AS v(id, claimed)
+             WHERE d.id = v.id AND d.status = 'in_flight' AND d.last_attempt_at = v.claimed
             """,  # noqa: S608 - the table name is ours, every value is a parameter
             {
                 "ids": ids,
-                "leases": [c.lease for c in claims],
+                "claimed": [c.claimed_at for c in claims],
                 "due": due,
                 "sent": due if publish else None,
             },
         )
     if publish:
         deliveries_enqueue(delivery_ids=ids, countdown=delay)
+
+
+def leases_renew(jobs: Sequence[Job]) -> set[int]:
+    """Extend the lease of each claim still held (the sender's renewal thread): each row that
+    this claim still holds (same claim time) gets a full lease from now.
+    Returns the delivery ids whose row no longer holds the claim (taken back by the sweeper,
+    or a claim a database crash forgot), which must not be sent. Only the expiry moves, so a
+    renewal whose answer was lost (the database went away) leaves nothing to reconcile."""
+    close_old_connections()  # this thread's connection may have broken with the database
+    lease = timezone.now() + timedelta(seconds=settings.WEBHOOKS_LEASE_SECONDS)
+    claims = [job.claim for job in jobs]
+    with binding_cursor() as cursor:
+        cursor.execute(
+            f"""
+            UPDATE {_D} AS d SET lease_expires_at = %(lease)s
+              FROM unnest(%(ids)s::bigint[], %(claimed)s::timestamptz[]) AS v(id, claimed)
+             WHERE d.id = v.id AND d.status = 'in_flight' AND d.last_attempt_at = v.claimed
+            RETURNING d.id
+            """,  # noqa: S608 - the table name is ours, every value is a parameter
+            {"ids": [c.delivery_id for c in claims], "claimed": [c.claimed_at for c in claims]},
+        )
+        renewed = {row[0] for row in cursor.fetchall()}
+    for claim in claims:
+        if claim.delivery_id in renewed:
+            claim.lease = lease
+    return {c.delivery_id for c in claims} - renewed
 
 
 def build_body(*, event_type: str, occurred_at: datetime, data: Any) -> bytes:
@@ -518,6 +547,7 @@ def build_body(*, event_type: str, occurred_at: datetime, data: Any) -> bytes:
 def _new_sender() -> Sender:
     return Sender(
         record=attempts_record,
+        renew=leases_renew,
         threads=settings.WEBHOOKS_SEND_THREADS,
         max_in_flight=settings.WEBHOOKS_MAX_IN_FLIGHT,
         endpoint_concurrency=settings.WEBHOOKS_ENDPOINT_CONCURRENCY,
@@ -622,8 +652,31 @@ def _prepare(
     job.headers["webhook-signature"] = signing.signature_header(
         claim.keys, claim.event_id, timestamp, job.body
     )
-    job.timeout = claim.timeout or settings.WEBHOOKS_HTTP_TIMEOUT
+    job.timeout = _request_timeout(claim)
     return job
+
+
+_capped: set[str] = set()  # endpoints already warned about, per process
+
+
+def _request_timeout(claim: Claim) -> float:
+    """The request's deadline: the endpoint's own, else WEBHOOKS_HTTP_TIMEOUT. An endpoint
+    timeout saved under a longer lease than today's is held to what the lease covers (saving
+    one longer is refused), with a warning once per process."""
+    most = max_request_seconds()
+    timeout = claim.timeout or settings.WEBHOOKS_HTTP_TIMEOUT
+    if timeout > most:
+        if claim.endpoint_id not in _capped:
+            _capped.add(claim.endpoint_id)
+            logger.warning(
+                "endpoint %s: timeout_seconds %s is longer than WEBHOOKS_LEASE_SECONDS covers; "
+                "its requests get %s s",
+                claim.endpoint_id,
+                claim.timeout,
+                most,
+            )
+        return most
+    return timeout
 
 
 def deliveries_dispatch(*, delivery_ids: Sequence[int]) -> int:
@@ -726,8 +779,8 @@ UPDATE {_D} AS d
        completed_at = v.completed_at, last_status_code = v.code, lease_expires_at = NULL
   FROM unnest(%s::bigint[], %s::timestamptz[], %s::varchar[], %s::timestamptz[],
               %s::timestamptz[], %s::timestamptz[], %s::int[])
-       AS v(id, lease, status, next_at, dispatched_at, completed_at, code)
- WHERE d.id = v.id AND d.status = 'in_flight' AND d.lease_expires_at = v.lease
+       AS v(id, claimed, status, next_at, dispatched_at, completed_at, code)
+ WHERE d.id = v.id AND d.status = 'in_flight' AND d.last_attempt_at = v.claimed
 RETURNING d.id
 """  # noqa: S608 - the table name is ours, every value is a parameter
 _ATTEMPT_COLUMNS = (
@@ -754,7 +807,7 @@ def attempts_record(jobs: Sequence[Job]) -> None:
     """Record finished jobs in one transaction: attempt rows, next states, dead letters.
 
     A delivery's state only changes if this attempt still holds the claim (still in flight,
-    same lease); an attempt whose lease was taken back is recorded but changes nothing else.
+    same claim); an attempt whose lease was taken back is recorded but changes nothing else.
     Short retries are published with a countdown after commit; long ones are parked in the row.
     Jobs marked `deferred` were never sent: their claims are given back.
     """
@@ -898,7 +951,7 @@ def _attempts_write(jobs: Sequence[Job], *, numbers: Sequence[int] | None = None
         else:
             row = (_FINAL_STATUS[decision.verdict], None, None, now)
         for column, value in zip(
-            columns, (claim.delivery_id, claim.lease, *row, result.status_code), strict=True
+            columns, (claim.delivery_id, claim.claimed_at, *row, result.status_code), strict=True
         ):
             column.append(value)
 
@@ -1291,24 +1344,23 @@ WORKER_LOST = "worker_lost"
 def _record_lost_attempts(*, delivery_ids: Sequence[int], now: datetime) -> int:
     """Record the try of each expired claim that left no attempt row (its worker was killed, or
     its lease ran out, between claiming and recording): outcome `unknown`, error_class
-    `worker_lost`, started when the lease began, and count it in the metrics. Called with the
+    `worker_lost`, started when it was claimed, and count it in the metrics. Called with the
     rows locked, before they are given back, so the audit log has every try."""
     rows = list(
         Delivery.objects.filter(id__in=delivery_ids)
         .exclude(attempts__number=F("attempt_count"))
         .filter(attempt_count__gt=0)
-        .values("id", "attempt_count", "lease_expires_at", "endpoint_id", "event__event_type_id")
+        .values("id", "attempt_count", "last_attempt_at", "endpoint_id", "event__event_type_id")
     )
     if not rows:
         return 0
-    lease = timedelta(seconds=settings.WEBHOOKS_LEASE_SECONDS)
     DeliveryAttempt.objects.bulk_create(
         [
             DeliveryAttempt(
                 delivery_id=row["id"],
                 number=row["attempt_count"],
                 outcome=DeliveryAttempt.Outcome.UNKNOWN,
-                started_at=(row["lease_expires_at"] or now) - lease,
+                started_at=row["last_attempt_at"] or now,  # when it was claimed
                 duration_ms=0.0,
                 error="the worker was lost before it recorded this try (killed, or its lease "
                 "ran out): whether the consumer received it is unknown; it is tried again",
@@ -1326,6 +1378,21 @@ def _record_lost_attempts(*, delivery_ids: Sequence[int], now: datetime) -> int:
     return len(rows)
 
 
+def _expired_leases(now: datetime) -> QuerySet[Delivery]:
+    """In-flight rows whose lease ran out, except claims made before PostgreSQL last started,
+    for one lease after that start: their workers may be alive, waiting for the database to
+    record their answers or renew; they get one lease to do so before the sweeper takes any
+    back. Taking them back at once had a delivery sent again while its first answer waited in
+    the recorder."""
+    expired = Delivery.objects.filter(status=Delivery.Status.IN_FLIGHT, lease_expires_at__lt=now)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_postmaster_start_time()")
+        started = cursor.fetchone()[0]
+    if now - started < timedelta(seconds=settings.WEBHOOKS_LEASE_SECONDS):
+        expired = expired.exclude(last_attempt_at__lt=started)
+    return expired
+
+
 def deliveries_requeue_stuck(*, batch_size: int = 1000, max_batches: int = 50) -> dict[str, int]:
     """Rebuild the work from PostgreSQL: the beat job `requeue_stuck`.
 
@@ -1338,8 +1405,8 @@ def deliveries_requeue_stuck(*, batch_size: int = 1000, max_batches: int = 50) -
     reclaimed = 0
     with transaction.atomic():
         expired = list(
-            Delivery.objects.select_for_update(skip_locked=True)
-            .filter(status=Delivery.Status.IN_FLIGHT, lease_expires_at__lt=now)
+            _expired_leases(now)
+            .select_for_update(skip_locked=True)
             .values_list("id", flat=True)[: batch_size * max_batches]
         )
         if expired:

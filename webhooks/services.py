@@ -95,6 +95,13 @@ MAX_RETRY_DELAY = 7 * 24 * 3600
 MAX_TIMEOUT_SECONDS = 60
 
 
+def max_request_seconds() -> int:
+    """The longest request a claim's lease covers: an endpoint's `timeout_seconds` may be at
+    most this (60 s, or less under a lease shorter than 65 s)."""
+    covered = settings.WEBHOOKS_LEASE_SECONDS - settings.WEBHOOKS_LEASE_MARGIN_SECONDS
+    return max(1, min(MAX_TIMEOUT_SECONDS, covered))
+
+
 def _schedule_checked(schedule: Any) -> None:
     if schedule is None:
         return
@@ -143,12 +150,10 @@ def endpoint_fields_check(
     if "retry_schedule" in out:
         _schedule_checked(out["retry_schedule"])
     timeout = out.get("timeout_seconds")
-    if timeout is not None and not (
-        isinstance(timeout, int) and 1 <= timeout <= MAX_TIMEOUT_SECONDS
-    ):
-        raise ValidationError(
-            {"timeout_seconds": f"Give whole seconds from 1 to {MAX_TIMEOUT_SECONDS}."}
-        )
+    most = max_request_seconds()
+    if timeout is not None and not (isinstance(timeout, int) and 1 <= timeout <= most):
+        limit = "" if most == MAX_TIMEOUT_SECONDS else " (what WEBHOOKS_LEASE_SECONDS covers)"
+        raise ValidationError({"timeout_seconds": f"Give whole seconds from 1 to {most}{limit}."})
     if "event_types" in out:
         out["event_types"] = _event_types_checked(out["event_types"] or [])
     if "transforms" in out:

@@ -332,7 +332,10 @@ if not set(WEBHOOKS_METRICS_LABELS) <= {"endpoint", "event_type"} or len(
 WEBHOOKS_METRICS_RETENTION_DAYS = env_int("WEBHOOKS_METRICS_RETENTION_DAYS", 90, minimum=8)
 # Endpoints must use https (registration refuses http; a stored http URL fails as ssrf_blocked).
 WEBHOOKS_HTTPS_ONLY = env_bool("WEBHOOKS_HTTPS_ONLY", not DEV)
-WEBHOOKS_LEASE_SECONDS = env_int("WEBHOOKS_LEASE_SECONDS", 60, minimum=1)
+# How long a claimed delivery stays claimed without a renewal: a worker killed mid-request has
+# its deliveries sent again this long after. It must outlast a whole request (checked below, with
+# WEBHOOKS_HTTP_TIMEOUT); 65 s covers the longest endpoint timeout, 60 s, plus 5.
+WEBHOOKS_LEASE_SECONDS = env_int("WEBHOOKS_LEASE_SECONDS", 65, minimum=1)
 WEBHOOKS_REQUEUE_INTERVAL = _REQUEUE_INTERVAL
 # A due row whose message was published longer ago than this is published again (the message
 # was lost, e.g. Redis restarted empty). Longer than any normal queue wait.
@@ -347,8 +350,9 @@ WEBHOOKS_SEND_THREADS = env_int("WEBHOOKS_SEND_THREADS", 64, minimum=1)
 WEBHOOKS_MAX_IN_FLIGHT = env_int("WEBHOOKS_MAX_IN_FLIGHT", 4000, minimum=1)
 WEBHOOKS_ENDPOINT_CONCURRENCY = env_int("WEBHOOKS_ENDPOINT_CONCURRENCY", 8, minimum=1)
 WEBHOOKS_ENDPOINT_QUEUE = env_int("WEBHOOKS_ENDPOINT_QUEUE", 256, minimum=1)
-# An endpoint whose oldest request has run this long is slow: it takes no more deliveries
-# until that request ends; they wait in the database for the endpoint's timeout.
+# An endpoint with a request running this long is slow: it keeps its own concurrency, but slow
+# endpoints together may hold at most half of a process's sending threads (endpoints that hang
+# never take every thread from the ones that answer).
 WEBHOOKS_SLOW_AFTER = env_float("WEBHOOKS_SLOW_AFTER", 2.0, minimum=0.1)
 # After this many failed requests in a row (5xx, 408, 429, timeouts, connection errors), an
 # endpoint gets nothing for the cooldown; its deliveries wait without using up attempts.
@@ -375,6 +379,18 @@ WEBHOOKS_SECRET_ROTATION_GRACE = env_int("WEBHOOKS_SECRET_ROTATION_GRACE", 24 * 
 # Arrays and objects nested deeper than this are refused (400) before any schema sees them.
 WEBHOOKS_MAX_JSON_DEPTH = env_int("WEBHOOKS_MAX_JSON_DEPTH", 32, minimum=2)
 WEBHOOKS_HTTP_TIMEOUT = env_float("WEBHOOKS_HTTP_TIMEOUT", 15.0, minimum=0.1)
+# A lease shorter than a request would let the sweeper take back a claim whose request is still
+# running, and the delivery would be sent a second time meanwhile (seen: 127 such sends in one
+# run with an 8 s lease and the 15 s timeout). Refused here, where every process reads it
+# (Celery workers do not run Django's system checks). The margin is not a knob.
+WEBHOOKS_LEASE_MARGIN_SECONDS = 5
+if WEBHOOKS_LEASE_SECONDS < WEBHOOKS_HTTP_TIMEOUT + WEBHOOKS_LEASE_MARGIN_SECONDS:
+    raise ImproperlyConfigured(
+        f"WEBHOOKS_LEASE_SECONDS ({WEBHOOKS_LEASE_SECONDS}) must be at least "
+        f"WEBHOOKS_HTTP_TIMEOUT + {WEBHOOKS_LEASE_MARGIN_SECONDS} "
+        f"({WEBHOOKS_HTTP_TIMEOUT + WEBHOOKS_LEASE_MARGIN_SECONDS:g}): a claim's lease must "
+        "outlast a whole request, or a slow request is sent again while it is still running"
+    )
 WEBHOOKS_CONNECT_TIMEOUT = env_float("WEBHOOKS_CONNECT_TIMEOUT", 5.0, minimum=0.1)
 WEBHOOKS_RESPONSE_MAX_BYTES = env_int("WEBHOOKS_RESPONSE_MAX_BYTES", 4096, minimum=0)
 # Each attempt keeps the body it sent, up to this many bytes, for the admin and the API.

@@ -34,11 +34,11 @@ from webhooks_project.localstack import LocalRedis
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
 FAST = {
-    "WEBHOOKS_LEASE_SECONDS": 3,
+    "WEBHOOKS_LEASE_SECONDS": 8,
     "WEBHOOKS_REQUEUE_INTERVAL": 1,
     "WEBHOOKS_REDISPATCH_AFTER": 2,
     "WEBHOOKS_COUNTDOWN_MAX": 1,
-    "WEBHOOKS_HTTP_TIMEOUT": 30,
+    "WEBHOOKS_HTTP_TIMEOUT": 3,
 }
 
 

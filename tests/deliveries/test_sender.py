@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
-from deliveries.sender import Job, Sender
+from deliveries.sender import Job, Sender, _Lane
 from tests.conftest import wait_until
 from tests.sink import Sink
 
@@ -55,14 +56,40 @@ _OPTIONS: dict[str, Any] = {
 }
 
 
-def make_sender(recorded: Recorded, **overrides: float) -> Sender:
-    return Sender(record=recorded, **{**_OPTIONS, **overrides})
+class Leases:
+    """Stands in for the database's leases: renews every claim unless told it was taken."""
+
+    def __init__(self, lease: float = 60.0) -> None:
+        self.lease = lease
+        self.taken: set[int] = set()
+        self.renewed: list[int] = []
+
+    def __call__(self, jobs: list[Job]) -> set[int]:
+        until = datetime.now(UTC) + timedelta(seconds=self.lease)
+        for job in jobs:
+            if job.claim.delivery_id not in self.taken:
+                job.claim.lease = until
+                self.renewed.append(job.claim.delivery_id)
+        return {j.claim.delivery_id for j in jobs} & self.taken
 
 
-def jobs(sink: Sink, path: str, count: int, endpoint: str, timeout: float = 5.0) -> list[Job]:
+def make_sender(
+    recorded: Callable[[list[Job]], None], renew: Leases | None = None, **overrides: float
+) -> Sender:
+    options = {**_OPTIONS, **overrides}
+    return Sender(record=recorded, renew=renew or Leases(options["lease"]), **options)
+
+
+def lease_of(seconds: float) -> datetime:
+    return datetime.now(UTC) + timedelta(seconds=seconds)
+
+
+def jobs(
+    sink: Sink, path: str, count: int, endpoint: str, timeout: float = 5.0, lease: float = 60.0
+) -> list[Job]:
     return [
         Job(
-            claim=SimpleNamespace(endpoint_id=endpoint, delivery_id=n),
+            claim=SimpleNamespace(endpoint_id=endpoint, delivery_id=n, lease=lease_of(lease)),
             url=sink.url(path),
             body=b"{}",
             headers={"content-type": "application/json"},
@@ -141,25 +168,52 @@ def test_a_success_closes_the_breaker(sink: Sink, recorded: Recorded) -> None:
     assert [j.result.status_code for j in recorded.sent()] == [500, 500, 200, 200, 200]
 
 
-def test_a_hanging_endpoint_becomes_slow_and_takes_no_more_while_others_flow(
+def test_a_slow_endpoint_within_its_timeout_drains_at_its_full_concurrency(
     sink: Sink, recorded: Recorded
 ) -> None:
-    sink.plan("hang", 200, delay=3)
-    sender = make_sender(recorded, threads=4)
-    hanging = jobs(sink, "hang", 2, "ep_hang", timeout=1.0)
-    sender.acquire(2)
-    assert sender.admit("ep_hang", hanging).taken == 2
-    time.sleep(0.7)  # past slow_after: its oldest request is still running
-    later = jobs(sink, "hang", 3, "ep_hang", timeout=1.0)
-    admission = sender.admit("ep_hang", later)
-    assert (admission.taken, admission.soon, admission.defer) == (0, False, 1.0)
-    # a healthy endpoint is not held up by it
-    sender.acquire(4)
-    assert sender.admit("ep_ok", jobs(sink, "ok", 4, "ep_ok")).taken == 4
-    wait_until(lambda: len([j for j in recorded.sent() if j.claim.endpoint_id == "ep_ok"]) == 4)
-    assert sender.drain(timeout=10)
-    timeouts = [j for j in recorded.sent() if j.claim.endpoint_id == "ep_hang"]
-    assert [j.result.error_class for j in timeouts] == ["read_timeout", "read_timeout"]
+    # given an endpoint answering in 0.8 s, past slow_after (0.5 s) but within its timeout
+    sink.plan("slow", 200, delay=0.8)
+    sender = make_sender(recorded, endpoint_concurrency=3, endpoint_queue=20)
+    sender.acquire(13)
+    assert sender.admit("ep_slow", jobs(sink, "slow", 1, "ep_slow")).taken == 1
+    wait_until(lambda: recorded.sent(), timeout=10)
+    # when a backlog arrives while its requests are running (it looks slow)
+    assert sender.admit("ep_slow", jobs(sink, "slow", 3, "ep_slow")).taken == 3
+    wait_until(lambda: len(sink.requests("slow")) == 4, timeout=10)
+    time.sleep(0.6)  # its requests have now run past slow_after
+    later = jobs(sink, "slow", 9, "ep_slow")
+    admission = sender.admit("ep_slow", later)
+    # then it is taken, not parked in the database, and sent three at a time
+    assert (admission.taken, admission.soon) == (9, True)
+    assert sender.drain(timeout=30)
+    assert recorded.deferred() == []
+    assert len(recorded.sent()) == 13
+    assert all(j.result and j.result.status_code == 200 for j in recorded.sent())
+
+
+def test_slow_lanes_together_get_at_most_half_the_threads(recorded: Recorded) -> None:
+    # given 8 threads, and lanes whose requests have all run past slow_after
+    sender = make_sender(recorded, threads=8, endpoint_concurrency=4)
+    now = time.monotonic()
+
+    def lane(endpoint: str, running: int, begun: float) -> Any:
+        lane = sender._lanes.setdefault(endpoint, _Lane())
+        for _ in range(running):
+            job = Job(claim=SimpleNamespace(endpoint_id=endpoint), begun=begun)
+            lane.active[id(job)] = job
+        return lane
+
+    slow_a = lane("ep_a", 3, now - 5)
+    fast = lane("ep_fast", 3, now - 0.1)
+    with sender._lock:
+        # three slow requests of four allowed: one more may start
+        assert sender._may_start("ep_a", slow_a, now) is True
+        slow_b = lane("ep_b", 1, now - 5)
+        # four slow requests: no slow lane may start another, a fast one still may
+        assert sender._may_start("ep_a", slow_a, now) is False
+        assert sender._may_start("ep_b", slow_b, now) is False
+        assert sender._may_start("ep_fast", fast, now) is True
+        assert sender._held_back == {"ep_a", "ep_b"}
 
 
 def test_slots_bound_what_a_process_holds(sink: Sink, recorded: Recorded) -> None:
@@ -179,20 +233,52 @@ def test_slots_bound_what_a_process_holds(sink: Sink, recorded: Recorded) -> Non
     assert sender.drain(timeout=10)
 
 
-def test_a_job_that_waited_past_its_lease_is_given_back_not_sent(
+def test_a_held_claim_is_renewed_and_sent_after_waiting_longer_than_its_lease(
     sink: Sink, recorded: Recorded
 ) -> None:
-    # lease 2 s: a job must start within half of it, 1 s, of being admitted
-    sink.plan("queue", 200, delay=1.5)
-    sender = make_sender(recorded, endpoint_concurrency=1, lease=2.0, slow_after=10.0)
-    batch = jobs(sink, "queue", 2, "ep_queue", timeout=2.0)
-    sender.acquire(2)
-    assert sender.admit("ep_queue", batch).taken == 2
+    # given a 6 s lease and an endpoint taking one request at a time, 1 s each
+    sink.plan("queue", 200, delay=1.0)
+    leases = Leases(lease=6.0)
+    sender = make_sender(recorded, leases, endpoint_concurrency=1, lease=6.0, slow_after=10.0)
+    batch = jobs(sink, "queue", 8, "ep_queue", timeout=2.0, lease=6.0)
+    for n, job in enumerate(batch):
+        job.claim.delivery_id = n
+    sender.acquire(8)
+    assert sender.admit("ep_queue", batch[:1]).taken == 1
+    wait_until(lambda: recorded.sent(), timeout=10)
+    # when seven wait in its lane (the last one about 7 s, longer than its lease)
+    assert sender.admit("ep_queue", batch[1:]).taken == 7
+    assert sender.drain(timeout=30)
+    # then their leases were kept alive while they waited, and all were sent
+    assert len(recorded.sent()) == 8
+    assert len(sink.requests("queue")) == 8
+    assert {5, 6, 7} <= set(leases.renewed)
+
+
+def test_a_claim_whose_lease_was_taken_back_or_runs_short_is_given_back_not_sent(
+    sink: Sink, recorded: Recorded
+) -> None:
+    # given a claim the sweeper takes back while it waits in its lane (found at the first
+    # renewal, 1 s in), and one whose lease will not outlast its request (renewals failing:
+    # the database is away)
+    sink.plan("queue", 200, delay=2.0)
+    leases = Leases(lease=6.0)
+    leases.taken = {1}
+    sender = make_sender(recorded, leases, endpoint_concurrency=1, lease=6.0, slow_after=10.0)
+    batch = jobs(sink, "queue", 2, "ep_queue", timeout=3.0, lease=6.0)
+    batch[1].claim.delivery_id = 1
+    batch[1].claim.lease = lease_of(5.0)  # claimed a second ago: renewed at the first round
+    short = jobs(sink, "short", 1, "ep_short", timeout=5.0, lease=5.5)  # 5 s request
+    short[0].claim.delivery_id = 7
+    sender.acquire(3)
+    sender.admit("ep_queue", batch)
+    sender.admit("ep_short", short)
     assert sender.drain(timeout=20)
-    # the first was sent; the second waited behind its 1.5 s answer, past its start-by time
-    assert len(recorded.sent()) == 1
-    assert [j.deferred for j in recorded.deferred()] == [0.0]
+    # then only the first was sent; the others went back to the database, unsent
+    assert [j.claim.delivery_id for j in recorded.sent()] == [0]
+    assert sorted(j.claim.delivery_id for j in recorded.deferred()) == [1, 7]
     assert len(sink.requests("queue")) == 1
+    assert sink.requests("short") == []
 
 
 def test_a_job_whose_recording_fails_for_good_does_not_stop_recording(sink: Sink) -> None:
@@ -204,7 +290,7 @@ def test_a_job_whose_recording_fails_for_good_does_not_stop_recording(sink: Sink
             raise ValueError("cannot record delivery 3")
         recorded(batch)
 
-    sender = Sender(record=record, **{**_OPTIONS, "endpoint_concurrency": 8, "endpoint_queue": 50})
+    sender = make_sender(record, endpoint_concurrency=8, endpoint_queue=50)
 
     # when a batch including that job is sent, and then another batch
     sender.acquire(6)
