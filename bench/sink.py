@@ -70,10 +70,11 @@ class Consumer(asyncio.Protocol):
                 return
             body = self.buffer[head_end + 4 : end]
             self.buffer = self.buffer[end:]
-            self.handle(head.split(b" ", 2), body)
+            self.handle(head, body)
 
-    def handle(self, request_line: list[bytes], body: bytes) -> None:
-        method, path = request_line[0], request_line[1]
+    def handle(self, head: bytes, body: bytes) -> None:
+        """Answer one request: `head` is its request line and headers, without the blank line."""
+        method, path = head.split(b" ", 2)[:2]
         if method == b"GET":
             if path == b"/reset":
                 STATE.reset()

@@ -26,6 +26,7 @@ import argparse
 import os
 import shutil
 import signal
+import sys
 import threading
 import time
 from collections import Counter
@@ -47,8 +48,9 @@ START, END = "<!-- soak:start -->", "<!-- soak:end -->"
 
 
 class Soak:
-    def __init__(self, args: argparse.Namespace) -> None:
+    def __init__(self, args: argparse.Namespace, argv: list[str]) -> None:
         self.args = args
+        self.argv = argv
         self.stack = Stack.create("webhooks-soak-", LOG_LEVEL="INFO")
         self.workers: list[str] = []
         self.exits: dict[str, int] = {}  # worker name -> exit status, for exits not scheduled
@@ -227,7 +229,7 @@ class Soak:
         self.t0 = time.monotonic()
         poster = threading.Thread(target=self.post_events, daemon=True)
         poster.start()
-        for at, fault in self.faults_plan():
+        for at, fault in [] if self.args.no_faults else self.faults_plan():
             while time.monotonic() - self.t0 < at:
                 self.watch_workers()
                 time.sleep(0.2)
@@ -278,6 +280,20 @@ class Soak:
                     "SELECT outcome, count(*) FROM deliveries_deliveryattempt GROUP BY outcome"
                 ).fetchall()
             )
+            latency = {
+                url.removeprefix(self.sink): (round(p50, 2), round(p99, 2), n)
+                for url, p50, p99, n in conn.execute(
+                    "SELECT p.url,"
+                    " percentile_cont(0.5) WITHIN GROUP (ORDER BY x.s),"
+                    " percentile_cont(0.99) WITHIN GROUP (ORDER BY x.s), count(*)"
+                    "  FROM (SELECT d.endpoint_id,"
+                    "        extract(epoch FROM d.completed_at - e.created_at) AS s"
+                    "          FROM deliveries_delivery d"
+                    "          JOIN deliveries_event e ON e.id = d.event_id"
+                    "         WHERE d.status = 'succeeded') x"
+                    "  JOIN webhooks_endpoint p ON p.id = x.endpoint_id GROUP BY p.url"
+                ).fetchall()
+            }
         attempts = {(event, url.removeprefix(self.sink)): n for event, url, _, n in rows}
         statuses = Counter(status for *_, status, _ in rows)
         requests = Counter((wid, path) for path, wid, _, _ in seen)
@@ -285,8 +301,7 @@ class Soak:
         metrics = api(self.base, self.key, "GET", "/api/v1/metrics/?window=24h")
         accepted = set(self.accepted)
         result = {
-            "command": "python -m bench.soak "
-            + " ".join(f"--{k} {v}" for k, v in vars(self.args).items() if k != "write"),
+            "command": " ".join(["python -m bench.soak", *self.argv]),
             "events_accepted": len(accepted),
             "answers": dict(self.answers),
             "events_lost": len(accepted - stored),
@@ -301,11 +316,12 @@ class Soak:
                 max(0, n - attempts.get(key, 0)) for key, n in requests.items()
             ),
             "attempts": outcomes,
+            "latency_seconds": latency,  # accepted -> 2xx recorded: p50, p99, deliveries
             "settled_seconds": settled,
             "faults": [(round(t), what) for t, what in self.faults],
             "worker_restarts_scheduled": len(self.killed),
             "worker_exits_not_scheduled": self.exits,
-            "workers_alive_after_redis": self.same_processes_after_redis(),
+            "workers_alive_after_redis": self.args.no_faults or self.same_processes_after_redis(),
             "metrics": {
                 "succeeded": metrics["deliveries"]["succeeded"],
                 "failed": metrics["deliveries"]["failed"],
@@ -372,9 +388,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--events", type=int, default=4000)
     parser.add_argument("--seconds", type=float, default=240)
     parser.add_argument("--settle", type=float, default=300)
+    parser.add_argument("--no-faults", action="store_true", help="the same load, no faults")
     parser.add_argument("--write", default=None, help="write the report to this Markdown file")
+    argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
-    soak = Soak(args)
+    shown = [a for i, a in enumerate(argv) if "--write" not in (a, argv[i - 1] if i else "")]
+    soak = Soak(args, [a for a in shown if not a.startswith("--write=")])
     try:
         result = soak.run()
     finally:

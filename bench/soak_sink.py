@@ -18,6 +18,8 @@ import sys
 import orjson
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
+from bench import sink
+
 FLAKY_SHARE = 0.3
 SLOW_SECONDS = (0.5, 3.0)
 
@@ -46,31 +48,19 @@ def _verified(path: str, headers: dict[str, str], body: bytes) -> bool:
     return True
 
 
-class Consumer(asyncio.Protocol):
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport
-        self.buffer = b""
+class Consumer(sink.Consumer):
+    """bench/sink.py's parser; every request answered as the soak's endpoints do."""
 
-    def data_received(self, data: bytes) -> None:
-        self.buffer += data
-        while True:
-            head_end = self.buffer.find(b"\r\n\r\n")
-            if head_end < 0:
-                return
-            lines = self.buffer[:head_end].decode("latin-1").split("\r\n")
-            headers = {}
-            for line in lines[1:]:
-                name, _, value = line.partition(":")
-                headers[name.strip().lower()] = value.strip()
-            end = head_end + 4 + int(headers.get("content-length", "0"))
-            if len(self.buffer) < end:
-                return
-            body = self.buffer[head_end + 4 : end]
-            self.buffer = self.buffer[end:]
-            method, path = lines[0].split(" ")[:2]
-            self.handle(method, path, headers, body)
+    def handle(self, head: bytes, body: bytes) -> None:
+        lines = head.decode("latin-1").split("\r\n")
+        headers = {}
+        for line in lines[1:]:
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+        method, path = lines[0].split(" ")[:2]
+        self.answer(method, path, headers, body)
 
-    def handle(self, method: str, path: str, headers: dict[str, str], body: bytes) -> None:
+    def answer(self, method: str, path: str, headers: dict[str, str], body: bytes) -> None:
         write = self.transport.write  # type: ignore[attr-defined]
         if method == "GET" and path == "/dump":
             write(_response(200, orjson.dumps(_seen)))

@@ -150,6 +150,7 @@ class Sender:
         self._done: queue.Queue[Job] = queue.Queue()
         self._in_flight = 0
         self._changed = threading.Condition(self._lock)  # in-flight count went down
+        self._moved = threading.Condition(self._lock)  # a job started, or was given back
         self._held: dict[int, Job] = {}  # id(job) -> every job admitted and not yet recorded
         self._recorder = threading.Thread(
             target=self._record_loop, name="webhook-recorder", daemon=True
@@ -242,6 +243,25 @@ class Sender:
         lane.active[id(job)] = job
         return job
 
+    def wait_started(self, jobs: Sequence[Job], timeout: float) -> bool:
+        """Wait until every job has started its request or been given back, at most `timeout`
+        seconds; whether they all did.
+
+        The task that handed the jobs over waits here, so its worker process stays busy while
+        its lanes are full and Celery hands the next messages to the process's siblings, whose
+        lanes are free. Returning at once let one prefork child take nearly every message: an
+        endpoint answering in 0.5-3 s got one child's `endpoint_concurrency` of a worker's four
+        (9.5 requests/s of the 16.7/s offered, p50 24 s from acceptance to 2xx).
+        """
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while not all(job.begun or job.deferred is not None for job in jobs):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._moved.wait(remaining)
+        return True
+
     def paused_endpoints(self) -> list[str]:
         """Endpoints whose breaker is open in this process right now."""
         now = time.monotonic()
@@ -269,9 +289,13 @@ class Sender:
             job.result = None
             self._done.put(job)
             self._next_in_lane(job)
+            with self._lock:
+                self._moved.notify_all()
             return
         try:
-            job.begun = time.monotonic()
+            with self._lock:
+                job.begun = time.monotonic()
+                self._moved.notify_all()
             job.started_at = time.time()
             job.result = transport.post(
                 job.url,
@@ -312,6 +336,7 @@ class Sender:
                     waiting.deferred = self._breaker_cooldown
                     self._done.put(waiting)
                 lane.waiting.clear()
+                self._moved.notify_all()
             # one request ended: start the next one here, or in a slow lane held back
             following = None
             for candidate in (endpoint_id, *self._held_back):

@@ -727,6 +727,7 @@ def deliveries_dispatch(*, delivery_ids: Sequence[int]) -> int:
         if job is not None:
             lanes.setdefault(claim.endpoint_id, []).append(job)
 
+    handed: list[Job] = []
     for endpoint_id, jobs in lanes.items():
         rate = jobs[0].claim.rate_limit
         if rate:
@@ -738,12 +739,16 @@ def deliveries_dispatch(*, delivery_ids: Sequence[int]) -> int:
                 if not jobs:
                     continue
         admission = sender.admit(endpoint_id, jobs)
+        handed.extend(jobs[: admission.taken])
         rest = jobs[admission.taken :]
         if rest:
             deliveries_release(
                 claims=[j.claim for j in rest], delay=admission.defer, publish=admission.soon
             )
             sender.give_back(len(rest))
+    # busy until they have started (bounded): the next messages go to this worker's other
+    # processes meanwhile, so every process's lanes are used (Sender.wait_started)
+    sender.wait_started(handed, timeout=settings.WEBHOOKS_HANDOFF_WAIT)
     return len(claims)
 
 

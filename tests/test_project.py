@@ -232,3 +232,35 @@ def test_keep_starts_a_command_again_when_it_dies_and_stops_with_its_group(
             os.killpg(proc.pid, signal.SIGKILL)
     assert runs.read_text() == "xx"
     assert "exited with status 3" in proc.stderr.read()
+
+
+def test_a_lease_shorter_than_a_request_is_refused_at_start_up() -> None:
+    # given a lease that a whole request at the HTTP timeout would outlive
+    env = dict(os.environ, WEBHOOKS_LEASE_SECONDS="12", WEBHOOKS_HTTP_TIMEOUT="15")
+    # when any process reads the settings (a worker, the web server, a command)
+    done = subprocess.run(
+        [sys.executable, "manage.py", "check"],
+        cwd=BASE_DIR,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    # then it refuses to start, saying what to change
+    assert done.returncode != 0
+    assert "WEBHOOKS_LEASE_SECONDS (12) must be at least WEBHOOKS_HTTP_TIMEOUT + 5 (20)" in (
+        done.stderr
+    )
+
+
+def test_an_endpoint_timeout_longer_than_the_lease_covers_is_refused(
+    api: APIClient, settings: Any
+) -> None:
+    settings.WEBHOOKS_LEASE_SECONDS = 30
+    url = "http://127.0.0.1:9/hook"
+    refused = api.post("/api/v1/endpoints/", {"url": url, "timeout_seconds": 26}, format="json")
+    assert refused.status_code == 400
+    (error,) = refused.json()["errors"]
+    assert error["pointer"] == "/timeout_seconds"
+    assert "from 1 to 25" in error["detail"]
+    taken = api.post("/api/v1/endpoints/", {"url": url, "timeout_seconds": 25}, format="json")
+    assert taken.status_code == 201

@@ -354,6 +354,9 @@ WEBHOOKS_ENDPOINT_QUEUE = env_int("WEBHOOKS_ENDPOINT_QUEUE", 256, minimum=1)
 # endpoints together may hold at most half of a process's sending threads (endpoints that hang
 # never take every thread from the ones that answer).
 WEBHOOKS_SLOW_AFTER = env_float("WEBHOOKS_SLOW_AFTER", 2.0, minimum=0.1)
+# A delivery task returns once its requests have started, or after this many seconds: while it
+# waits, Celery gives the next messages to the worker's other processes (their lanes are free).
+WEBHOOKS_HANDOFF_WAIT = env_float("WEBHOOKS_HANDOFF_WAIT", 1.0, minimum=0.0)
 # After this many failed requests in a row (5xx, 408, 429, timeouts, connection errors), an
 # endpoint gets nothing for the cooldown; its deliveries wait without using up attempts.
 WEBHOOKS_BREAKER_THRESHOLD = env_int("WEBHOOKS_BREAKER_THRESHOLD", 20, minimum=1)

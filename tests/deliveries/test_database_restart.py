@@ -21,6 +21,9 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -101,22 +104,55 @@ def _wait_attempts(dsn: str, expected: int, timeout: float) -> dict[str, int]:
         time.sleep(0.2)
 
 
-def test_postgres_restarted_under_load_loses_nothing(sink: Sink) -> None:
-    tmp = Path(tempfile.mkdtemp(prefix="pg-restart-"))
+@dataclass
+class OwnStack:
+    """PostgreSQL (migrated from scratch), Redis and gunicorn of one test, an event type and a
+    key; the test adds workers to `processes`."""
+
+    tmp: Path
+    pg: LocalPostgres
+    env: dict[str, str]
+    api: str = ""
+    key: str = ""
+    processes: list[Any] = field(default_factory=list)
+
+    @property
+    def dsn(self) -> str:
+        return self.pg.url("webhooks")
+
+    def start_postgres(self) -> None:
+        self.pg = LocalPostgres(self.tmp / "postgres", port=self.pg.port).start()
+
+
+@contextmanager
+def own_stack(prefix: str) -> Iterator[OwnStack]:
+    tmp = Path(tempfile.mkdtemp(prefix=prefix))
     tmp.chmod(0o755)
     # not `fast`: with asynchronous commit a crash may lose commits that were already answered
     pg = LocalPostgres(tmp / "postgres").start()
     rd = LocalRedis(tmp / "redis", persist=False).start()
-    env = worker_env(REDIS_URL=rd.url(), **FAST)
-    env["DATABASE_URL"] = dsn = pg.url("webhooks")
-    processes: list[Any] = []
+    stack = OwnStack(tmp, pg, worker_env(REDIS_URL=rd.url(), **FAST))
+    stack.env["DATABASE_URL"] = stack.dsn
     try:
-        _manage(env, "migrate", "--noinput", "-v", "0")
-        key = _manage(env, "create_api_key", "faults").strip().splitlines()[-1]
-        web = WebServer(env).start()
-        processes.append(web)
-        api = web.url + "/api/v1"
-        assert _call(f"{api}/event-types/", key, {"name": "order.created", "schema": {}})[0] == 201
+        _manage(stack.env, "migrate", "--noinput", "-v", "0")
+        stack.key = _manage(stack.env, "create_api_key", "faults").strip().splitlines()[-1]
+        web = WebServer(stack.env).start()
+        stack.processes.append(web)
+        stack.api = web.url + "/api/v1"
+        event_type = {"name": "order.created", "schema": {}}
+        assert _call(f"{stack.api}/event-types/", stack.key, event_type)[0] == 201
+        yield stack
+    finally:
+        for proc in reversed(stack.processes):
+            proc.stop()
+        rd.stop()
+        stack.pg.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def test_postgres_restarted_under_load_loses_nothing(sink: Sink) -> None:
+    with own_stack("pg-restart-") as stack:
+        env, api, key, processes = stack.env, stack.api, stack.key, stack.processes
         assert _call(f"{api}/endpoints/", key, {"url": sink.url("pg")})[0] == 201
         processes.append(WorkerProcess(env, ["--concurrency", "4"]).start())
         # beat with its production scheduler (django-celery-beat's DatabaseScheduler): it must
@@ -147,10 +183,11 @@ def test_postgres_restarted_under_load_loses_nothing(sink: Sink) -> None:
         wait_until(lambda: seen(202, 20), timeout=60)
         # when PostgreSQL crashes (SIGKILL) under that load and comes back once the API has
         # answered 503 a few times (the outage was seen)
-        pg.stop(kill=True)
+        stack.pg.stop(kill=True)
         outage = len(answers)
         wait_until(lambda: seen(503, 3, outage), timeout=60)
-        pg = LocalPostgres(tmp / "postgres", port=pg.port).start()
+        stack.start_postgres()
+        dsn = stack.dsn
         back = len(answers)
         wait_until(lambda: seen(202, 20, back) or not poster.is_alive(), timeout=60)
         stop.set()
@@ -201,31 +238,13 @@ def test_postgres_restarted_under_load_loses_nothing(sink: Sink) -> None:
             }
         assert {"requeue_stuck", "disable_failing_endpoints", "prune"} <= jobs
         print(f"accepted {statuses[202]}, refused {statuses[503]}, duplicates {duplicates}")
-    finally:
-        for proc in reversed(processes):
-            proc.stop()
-        rd.stop()
-        pg.stop()
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def test_answers_waiting_out_a_database_outage_longer_than_the_lease_are_not_sent_twice(
     sink: Sink,
 ) -> None:
-    tmp = Path(tempfile.mkdtemp(prefix="pg-outage-"))
-    tmp.chmod(0o755)
-    pg = LocalPostgres(tmp / "postgres").start()
-    rd = LocalRedis(tmp / "redis", persist=False).start()
-    env = worker_env(REDIS_URL=rd.url(), **FAST)
-    env["DATABASE_URL"] = dsn = pg.url("webhooks")
-    processes: list[Any] = []
-    try:
-        _manage(env, "migrate", "--noinput", "-v", "0")
-        key = _manage(env, "create_api_key", "faults").strip().splitlines()[-1]
-        web = WebServer(env).start()
-        processes.append(web)
-        api = web.url + "/api/v1"
-        assert _call(f"{api}/event-types/", key, {"name": "order.created", "schema": {}})[0] == 201
+    with own_stack("pg-outage-") as stack:
+        env, api, key, processes = stack.env, stack.api, stack.key, stack.processes
         # given a consumer that takes a second per request, 8 at a time, and 40 events
         sink.plan("outage", 200, delay=1.0)
         assert _call(f"{api}/endpoints/", key, {"url": sink.url("outage")})[0] == 201
@@ -238,9 +257,10 @@ def test_answers_waiting_out_a_database_outage_longer_than_the_lease_are_not_sen
         sink.wait_for(4, "outage")
         # when PostgreSQL stops cleanly while requests are in flight, and stays away longer
         # than the lease (8 s), so every claim held has expired by the time it is back
-        pg.stop()
+        stack.pg.stop()
         time.sleep(10)  # the outage itself: a duration, not a wait for an event
-        pg = LocalPostgres(tmp / "postgres", port=pg.port).start()
+        stack.start_postgres()
+        dsn = stack.dsn
         # then every delivery succeeds, each sent exactly once: the answers that waited in the
         # recorder were recorded under leases renewed when the database came back, not taken
         # back by the sweeper and sent again
@@ -254,9 +274,3 @@ def test_answers_waiting_out_a_database_outage_longer_than_the_lease_are_not_sen
         outcomes = _wait_attempts(dsn, 40, timeout=30)
         assert outcomes["succeeded"] == 40
         assert set(outcomes) <= {"succeeded", "unknown"}, outcomes
-    finally:
-        for proc in reversed(processes):
-            proc.stop()
-        rd.stop()
-        pg.stop()
-        shutil.rmtree(tmp, ignore_errors=True)
