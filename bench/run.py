@@ -695,8 +695,10 @@ def write_section(path: str, report: str, start: str, end: str) -> None:
     """Replace the part of the file between the `start` and `end` markers (or append it)."""
     target = Path(path)
     text = target.read_text() if target.exists() else ""
+    report = report.strip("\n") + "\n"
     if start in text and end in text:
-        text = text[: text.index(start)] + report + text[text.index(end) + len(end) + 1 :]
+        rest = text[text.index(end) + len(end) :].lstrip("\n")
+        text = text[: text.index(start)] + report + ("\n" + rest if rest else "")
     else:
         text = text.rstrip() + "\n\n" + report
     target.write_text(text)

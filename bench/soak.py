@@ -122,7 +122,8 @@ class Soak:
     def kill_worker(self, name: str) -> None:
         proc = self.stack.procs.pop(name)
         self.killed.add(name)
-        os.killpg(proc.popen.pid, signal.SIGKILL)
+        if proc.popen.poll() is None:  # it may have died already (counted in `exits`)
+            os.killpg(proc.popen.pid, signal.SIGKILL)
         proc.popen.wait()
 
     def note(self, what: str) -> None:
@@ -275,6 +276,17 @@ class Soak:
                 "  LEFT JOIN deliveries_deliveryattempt a ON a.delivery_id = d.id"
                 " GROUP BY d.event_id, p.url, d.status"
             ).fetchall()
+            # deliveries with a try the consumer may have answered after we stopped waiting:
+            # timed out (the consumer was stopped) or lost with its worker
+            unsure = {
+                (event, url.removeprefix(self.sink))
+                for event, url in conn.execute(
+                    "SELECT DISTINCT d.event_id, p.url FROM deliveries_deliveryattempt a"
+                    "  JOIN deliveries_delivery d ON d.id = a.delivery_id"
+                    "  JOIN webhooks_endpoint p ON p.id = d.endpoint_id"
+                    " WHERE a.error_class IN ('read_timeout', 'worker_lost')"
+                ).fetchall()
+            }
             outcomes = dict(
                 conn.execute(
                     "SELECT outcome, count(*) FROM deliveries_deliveryattempt GROUP BY outcome"
@@ -312,6 +324,9 @@ class Soak:
             "requests": sum(requests.values()),
             "unverified": sum(1 for _, _, verified, _ in seen if not verified),
             "duplicates": sum(c - 1 for c in ok_twice.values()),
+            "duplicates_after_timeout_or_lost_worker": sum(
+                c - 1 for key, c in ok_twice.items() if key in unsure
+            ),
             "without_attempt_row": sum(
                 max(0, n - attempts.get(key, 0)) for key, n in requests.items()
             ),
@@ -371,9 +386,10 @@ Faults, in seconds from the start of the load:
 | deliveries not ended when it settled | {r["not_ended"]} |
 | time to settle after ingestion ended | {r["settled_seconds"] and round(r["settled_seconds"])} s |
 | requests the consumer got / not verified (Standard Webhooks library) | {r["requests"]} / {r["unverified"]} |
-| duplicates (a 200 answered twice for one delivery) | {r["duplicates"]} |
+| duplicates (a 200 answered twice for one delivery) / of which after a try that timed out or lost its worker | {r["duplicates"]} / {r["duplicates_after_timeout_or_lost_worker"]} |
 | requests without an attempt row | {r["without_attempt_row"]} |
 | attempts by outcome | {r["attempts"]} |
+| accepted to 2xx recorded, seconds: p50, p99, deliveries, per endpoint | {r["latency_seconds"]} |
 | worker restarts scheduled / exits not scheduled | {r["worker_restarts_scheduled"]} / {r["worker_exits_not_scheduled"] or "none"} |
 | metrics API (24 h) / database | {r["metrics"]} / {r["database"]} |
 

@@ -306,3 +306,20 @@ def test_a_job_whose_recording_fails_for_good_does_not_stop_recording(sink: Sink
     wait_until(lambda: len(recorded.sent()) == 7, timeout=10)
     assert sorted(j.claim.delivery_id for j in recorded.sent()) == [0, 1, 2, 4, 5, 100, 101]
     assert sender.drain(timeout=5)
+
+
+def test_the_task_waits_until_its_requests_have_started_within_a_bound(
+    sink: Sink, recorded: Recorded
+) -> None:
+    # given a lane taking one request at a time, busy with a 1 s request
+    sink.plan("busy", 200, delay=1.0)
+    sender = make_sender(recorded, endpoint_concurrency=1, slow_after=10.0)
+    first, second = jobs(sink, "busy", 2, "ep_busy")
+    second.claim.delivery_id = 1
+    sender.acquire(2)
+    sender.admit("ep_busy", [first, second])
+    # when the task waits for the second to start: not within 0.1 s, then once the first ends
+    assert sender.wait_started([second], timeout=0.1) is False
+    assert sender.wait_started([second], timeout=10) is True
+    assert second.begun
+    assert sender.drain(timeout=10)
