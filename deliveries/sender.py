@@ -140,6 +140,7 @@ class Sender:
         self._lease = lease
         self._health: dict[str, _Health] = {}
         self._answered: set[str] = set()  # endpoints that have answered a request
+        self._latency: dict[str, float] = {}  # endpoint -> moving average request seconds
         self._connect_timeout = connect_timeout
         self._max_response_bytes = max_response_bytes
         self._flush_max = flush_max
@@ -181,7 +182,8 @@ class Sender:
 
         - breaker open: none taken; the rest wait in the database until the cooldown ends;
         - otherwise up to `endpoint_queue` sending and waiting (twice its concurrency until one
-          request has ended); the rest come back in a second (a burst larger than the lane).
+          request has ended); the rest come back when the lane has drained
+          about half its queue (`_drain_seconds`, 1 s for a fast endpoint).
 
         A slow endpoint is not parked: its lane drains at `endpoint_concurrency` requests at a
         time, as fast as it answers. Parking a lane whose oldest request had run 2 s kept an
@@ -209,11 +211,30 @@ class Sender:
                 lane.waiting.append(job)
             while lane.waiting and self._may_start(endpoint_id, lane, now):
                 start.append(self._activate(endpoint_id, lane))
+            defer = self._drain_seconds(endpoint_id, lane, now) if len(taken) < len(jobs) else 1.0
             if not lane.active and not lane.waiting:
                 del self._lanes[endpoint_id]
         for job in start:
             self._executor.submit(self._send, job)
-        return Admission(len(taken), 1.0, soon=True)
+        return Admission(len(taken), defer, soon=True)
+
+    def _drain_seconds(self, endpoint_id: str, lane: _Lane | None, now: float) -> float:
+        """When jobs the lane had no room for should come back (lock held): half the time its
+        queue takes to drain at its concurrency, from the endpoint's recent request durations
+        (or its oldest running request, if longer), at least 1 s and at most 300 s.
+
+        A fixed second made a lane that is full because its endpoint hangs hand the same
+        deliveries back, claim them and refuse them again every second, thousands a second
+        after a few seconds of a hanging endpoint, and the healthy endpoints' deliveries
+        waited behind that churn. Half the drain time keeps a slow but answering lane fed."""
+        if lane is None:
+            return 1.0
+        latency = self._latency.get(endpoint_id, 0.0)
+        running = [now - job.begun for job in lane.active.values() if job.begun]
+        latency = max(latency, *running) if running else latency
+        queued = len(lane.active) + len(lane.waiting)
+        estimate = queued * latency / self._endpoint_concurrency / 2
+        return min(300.0, max(1.0, estimate))
 
     def _slow(self, lane: _Lane, now: float) -> bool:
         """A lane is slow while a request has been running at its endpoint for `slow_after`,
@@ -252,15 +273,28 @@ class Sender:
         lanes are free. Returning at once let one prefork child take nearly every message: an
         endpoint answering in 0.5-3 s got one child's `endpoint_concurrency` of a worker's four
         (9.5 requests/s of the 16.7/s offered, p50 24 s from acceptance to 2xx).
+
+        Jobs in a slow lane (a request there has run `slow_after`) do not hold the task: an
+        endpoint hanging to its timeout kept every message that named it waiting the whole
+        bound, and the healthy endpoints' deliveries in the next messages waited behind it
+        (p50 at half peak 35 ms -> 1.2-14 s in `make bench-quick`).
         """
         deadline = time.monotonic() + timeout
         with self._lock:
-            while not all(job.begun or job.deferred is not None for job in jobs):
+            while not all(self._started_or_slow(job) for job in jobs):
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return False
-                self._moved.wait(remaining)
+                self._moved.wait(min(remaining, 0.05))  # a lane may turn slow meanwhile
         return True
+
+    def _started_or_slow(self, job: Job) -> bool:
+        """Whether a job no longer holds its task (lock held): started, given back, or waiting
+        in a slow lane."""
+        if job.begun or job.deferred is not None:
+            return True
+        lane = self._lanes.get(job.claim.endpoint_id)
+        return lane is None or self._slow(lane, time.monotonic())
 
     def paused_endpoints(self) -> list[str]:
         """Endpoints whose breaker is open in this process right now."""
@@ -330,6 +364,12 @@ class Sender:
                 if len(self._answered) > 100_000:  # bounded memory; they re-prove themselves
                     self._answered.clear()
                 self._answered.add(endpoint_id)
+            if job.result is not None and job.begun:
+                if len(self._latency) > 100_000:
+                    self._latency.clear()
+                took = now - job.begun
+                before = self._latency.get(endpoint_id, took)
+                self._latency[endpoint_id] = before + 0.2 * (took - before)
             if job.result is not None and self._note(endpoint_id, job.result, now):
                 # the breaker just opened: what waits here goes back to the database
                 for waiting in lane.waiting:

@@ -743,7 +743,9 @@ def deliveries_dispatch(*, delivery_ids: Sequence[int]) -> int:
         rest = jobs[admission.taken :]
         if rest:
             deliveries_release(
-                claims=[j.claim for j in rest], delay=admission.defer, publish=admission.soon
+                claims=[j.claim for j in rest],
+                delay=admission.defer,
+                publish=admission.soon and admission.defer <= settings.WEBHOOKS_COUNTDOWN_MAX,
             )
             sender.give_back(len(rest))
     # busy until they have started (bounded): the next messages go to this worker's other

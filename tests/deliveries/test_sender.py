@@ -323,3 +323,21 @@ def test_the_task_waits_until_its_requests_have_started_within_a_bound(
     assert sender.wait_started([second], timeout=10) is True
     assert second.begun
     assert sender.drain(timeout=10)
+
+
+def test_a_job_waiting_in_a_slow_lane_does_not_hold_the_task(
+    sink: Sink, recorded: Recorded
+) -> None:
+    # given a lane taking one request at a time, whose request has run past `slow_after`
+    sink.plan("hang", 200, delay=5.0)
+    sender = make_sender(recorded, endpoint_concurrency=1, slow_after=0.3)
+    first, second = jobs(sink, "hang", 2, "ep_hang")
+    second.claim.delivery_id = 1
+    sender.acquire(2)
+    sender.admit("ep_hang", [first, second])
+    wait_until(lambda: first.begun and time.monotonic() - first.begun > 0.3, timeout=10)
+    # when the task waits for the second, which cannot start before the first ends (5 s)
+    # then the wait ends without it: a slow lane does not keep the task from its next message
+    assert sender.wait_started([second], timeout=2.5) is True
+    assert not second.begun
+    assert sender.drain(timeout=20)
