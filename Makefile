@@ -22,6 +22,7 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/python -m webhooks_project.localstack test -- $(PYTEST_ARGS)
 
 # Throughput and latency against the machine's own limits (see docs/BENCHMARKS.md).

@@ -341,3 +341,26 @@ def test_a_job_waiting_in_a_slow_lane_does_not_hold_the_task(
     assert sender.wait_started([second], timeout=2.5) is True
     assert not second.begun
     assert sender.drain(timeout=20)
+
+
+def test_a_full_lane_hands_the_rest_back_for_about_half_its_drain_time(
+    sink: Sink, recorded: Recorded
+) -> None:
+    # given a fast endpoint whose lane is full: the rest come back in a second
+    sink.plan("fast", 200)
+    sink.plan("hang", 200, delay=5.0)
+    sender = make_sender(recorded, endpoint_concurrency=1, endpoint_queue=2)
+    sender.acquire(9)
+    assert sender.admit("ep_fast", jobs(sink, "fast", 3, "ep_fast")).defer == 1.0
+    # and a hanging one whose lane (two jobs, one at a time) has had a request running 2 s
+    hanging = jobs(sink, "hang", 2, "ep_hang")
+    assert sender.admit("ep_hang", hanging).taken == 2
+    wait_until(lambda: hanging[0].begun and time.monotonic() - hanging[0].begun > 2.0, timeout=10)
+    # when more jobs come for it
+    admission = sender.admit("ep_hang", jobs(sink, "hang", 4, "ep_hang"))
+    # then none are taken, and they come back when half of the 2 x (at least 2 s) queue has
+    # drained: not in a second, to be claimed and refused again and again
+    assert admission.taken == 0
+    assert 2.0 <= admission.defer <= 5.0  # (under MAX_HAND_BACK, 15 s)
+    sender.give_back(4 + 1)
+    assert sender.drain(timeout=30)
