@@ -232,7 +232,8 @@ class Sender:
         A fixed second made a lane that is full because its endpoint hangs hand the same
         deliveries back, claim them and refuse them again every second, thousands a second
         after a few seconds of a hanging endpoint, and the healthy endpoints' deliveries
-        waited behind that churn. Half the drain time keeps a slow but answering lane fed."""
+        waited behind that churn. It costs a slow but answering endpoint whose lane is full: in
+        the chaos soak its p50 from acceptance went from 2.1 to 17.5 s (open in issue 19)."""
         if lane is None:
             return 1.0
         latency = self._latency.get(endpoint_id, 0.0)
