@@ -17,7 +17,7 @@ metrics API equals the database's counts. It exits 1 when a promise did not hold
 
 Traffic goes to 127.0.0.1 only; every loop is bounded in count and time.
 
-Run: python -m bench.soak [--events 4000] [--seconds 240] [--settle 300] [--write FILE]
+Run: python -m bench.soak [--events 4000] [--seconds 240] [--settle 599] [--write FILE]
 """
 
 from __future__ import annotations
@@ -44,6 +44,9 @@ ENDPOINTS = ("ok/1", "ok/2", "ok/3", "flaky/1", "slow/1")
 # Short retries for every endpoint: the soak ends in minutes, and a consumer stopped for 20 s
 # makes every endpoint fail for a while (the default schedule's second retry is at 5 min).
 SCHEDULE = [2, 5, 10, 20, 30, 60, 60, 60, 60, 60]
+# Long enough for a delivery that uses the whole schedule (with 10% jitter, and a timeout per
+# try) to end: a flaky delivery failing nine times in a row was still pending after 300 s.
+SETTLE = round(sum(SCHEDULE) * 1.1 + 11 * 15 + 30)
 START, END = "<!-- soak:start -->", "<!-- soak:end -->"
 
 
@@ -403,7 +406,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.soak")
     parser.add_argument("--events", type=int, default=4000)
     parser.add_argument("--seconds", type=float, default=240)
-    parser.add_argument("--settle", type=float, default=300)
+    parser.add_argument("--settle", type=float, default=SETTLE)
     parser.add_argument("--no-faults", action="store_true", help="the same load, no faults")
     parser.add_argument("--write", default=None, help="write the report to this Markdown file")
     argv = sys.argv[1:] if argv is None else argv

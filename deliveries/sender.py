@@ -64,6 +64,7 @@ class Job:
 class _Lane:
     active: dict[int, Job] = field(default_factory=dict)  # id(job) -> job handed to the pool
     waiting: deque[Job] = field(default_factory=deque)
+    ended: float = 0.0  # monotonic time its last request ended
 
 
 @dataclass(frozen=True)
@@ -225,23 +226,34 @@ class Sender:
         return Admission(len(taken), defer, soon=True)
 
     def _drain_seconds(self, endpoint_id: str, lane: _Lane | None, now: float) -> float:
-        """When jobs the lane had no room for should come back (lock held): half the time its
-        queue takes to drain at its concurrency, from the endpoint's recent request durations
-        (or its oldest running request, if longer), at least 1 s and at most `MAX_HAND_BACK`.
+        """When jobs the lane had no room for should come back (lock held): when its next
+        request is expected to end (each end makes room for one), at least 1 s and at most
+        `MAX_HAND_BACK`.
+
+        A running request is expected to take the endpoint's recent average; one that has run
+        longer is expected to run as long again. A lane of an endpoint answering in 0.5-3 s
+        ends a request every fraction of a second, and hands back for a second; a lane whose
+        requests hang hands back for about as long as they have hung.
 
         A fixed second made a lane that is full because its endpoint hangs hand the same
         deliveries back, claim them and refuse them again every second, thousands a second
         after a few seconds of a hanging endpoint, and the healthy endpoints' deliveries
-        waited behind that churn. It costs a slow but answering endpoint whose lane is full: in
-        the chaos soak its p50 from acceptance went from 2.1 to 17.5 s (open in issue 19)."""
+        waited behind that churn. Half the time the whole queue takes to drain, for every full
+        lane, cost the endpoint answering in 0.5-3 s: in the chaos soak its p50 from acceptance
+        went from 2.1 to 17.5 s."""
         if lane is None:
             return 1.0
         latency = self._latency.get(endpoint_id, 0.0)
-        running = [now - job.begun for job in lane.active.values() if job.begun]
-        latency = max(latency, *running) if running else latency
-        queued = len(lane.active) + len(lane.waiting)
-        estimate = queued * latency / self._endpoint_concurrency / 2
-        return min(MAX_HAND_BACK, max(1.0, estimate))
+        ages = [now - job.begun for job in lane.active.values() if job.begun]
+        if not ages:
+            return 1.0
+        next_end = min(latency - age if age < latency else age for age in ages)
+        return min(MAX_HAND_BACK, max(1.0, next_end))
+
+    def _stalled(self, lane: _Lane, now: float) -> bool:
+        """A lane is stalled while it is slow and no request has ended there for `slow_after`:
+        its endpoint hangs (or has stopped), it is not only slow."""
+        return now - lane.ended > self._slow_after and self._slow(lane, now)
 
     def _slow(self, lane: _Lane, now: float) -> bool:
         """A lane is slow while a request has been running at its endpoint for `slow_after`,
@@ -281,27 +293,30 @@ class Sender:
         endpoint answering in 0.5-3 s got one child's `endpoint_concurrency` of a worker's four
         (9.5 requests/s of the 16.7/s offered, p50 24 s from acceptance to 2xx).
 
-        Jobs in a slow lane (a request there has run `slow_after`) do not hold the task: an
-        endpoint hanging to its timeout kept every message that named it waiting the whole
-        bound, and the healthy endpoints' deliveries in the next messages waited behind it
-        (p50 at half peak 35 ms -> 1.2-14 s in `make bench-quick`).
+        Jobs in a stalled lane (a request there has run `slow_after` and none has ended for as
+        long) do not hold the task: an endpoint hanging to its timeout kept every message that
+        named it waiting the whole bound, and the healthy endpoints' deliveries in the next
+        messages waited behind it (p50 at half peak 35 ms -> 1.2-14 s in `make bench-quick`).
+        A lane that is only slow, its requests ending, still holds it: letting every slow lane
+        go had one child take the messages of an endpoint answering in 0.5-3 s again (p50
+        from acceptance 2.1 -> 16.8 s in the chaos soak).
         """
         deadline = time.monotonic() + timeout
         with self._lock:
-            while not all(self._started_or_slow(job) for job in jobs):
+            while not all(self._started_or_stalled(job) for job in jobs):
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return False
-                self._moved.wait(min(remaining, 0.05))  # a lane may turn slow meanwhile
+                self._moved.wait(min(remaining, 0.05))  # a lane may stall meanwhile
         return True
 
-    def _started_or_slow(self, job: Job) -> bool:
+    def _started_or_stalled(self, job: Job) -> bool:
         """Whether a job no longer holds its task (lock held): started, given back, or waiting
-        in a slow lane."""
+        in a stalled lane."""
         if job.begun or job.deferred is not None:
             return True
         lane = self._lanes.get(job.claim.endpoint_id)
-        return lane is None or self._slow(lane, time.monotonic())
+        return lane is None or self._stalled(lane, time.monotonic())
 
     def paused_endpoints(self) -> list[str]:
         """Endpoints whose breaker is open in this process right now."""
@@ -367,6 +382,7 @@ class Sender:
         with self._lock:
             lane = self._lanes[endpoint_id]
             del lane.active[id(job)]
+            lane.ended = now
             if job.result is not None and endpoint_id not in self._answered:
                 if len(self._answered) > 100_000:  # bounded memory; they re-prove themselves
                     self._answered.clear()

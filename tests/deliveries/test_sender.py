@@ -325,7 +325,7 @@ def test_the_task_waits_until_its_requests_have_started_within_a_bound(
     assert sender.drain(timeout=10)
 
 
-def test_a_job_waiting_in_a_slow_lane_does_not_hold_the_task(
+def test_a_job_waiting_in_a_stalled_lane_does_not_hold_the_task(
     sink: Sink, recorded: Recorded
 ) -> None:
     # given a lane taking one request at a time, whose request has run past `slow_after`
@@ -343,7 +343,33 @@ def test_a_job_waiting_in_a_slow_lane_does_not_hold_the_task(
     assert sender.drain(timeout=20)
 
 
-def test_a_full_lane_hands_the_rest_back_for_about_half_its_drain_time(
+def test_a_job_waiting_in_a_slow_lane_whose_requests_end_holds_the_task(
+    sink: Sink, recorded: Recorded
+) -> None:
+    # given a lane of two at a time that has answered once, with one request hanging past
+    # `slow_after` while short ones keep ending beside it
+    sink.plan("fast", 200)
+    sink.plan("hang", 200, delay=6.0)
+    sink.plan("short", 200, delay=0.1)
+    sender = make_sender(recorded, endpoint_concurrency=2, endpoint_queue=40, slow_after=1.0)
+    (first,) = jobs(sink, "fast", 1, "ep_mixed")
+    sender.acquire(32)
+    sender.admit("ep_mixed", [first])
+    wait_until(lambda: first.result is not None, timeout=10)
+    (hanging,) = jobs(sink, "hang", 1, "ep_mixed")
+    short = jobs(sink, "short", 30, "ep_mixed")  # 3 s of them, one at a time
+    for number, job in enumerate(short, start=2):
+        job.claim.delivery_id = number
+    assert sender.admit("ep_mixed", [hanging, *short]).taken == 31
+    wait_until(lambda: hanging.begun and time.monotonic() - hanging.begun > 1.0, timeout=10)
+    # when the task waits for the last short one
+    # then it waits until it has started: the lane is slow, not stalled
+    assert sender.wait_started([short[-1]], timeout=10) is True
+    assert short[-1].begun
+    assert sender.drain(timeout=30)
+
+
+def test_a_hung_lane_hands_the_rest_back_for_about_as_long_as_it_has_hung(
     sink: Sink, recorded: Recorded
 ) -> None:
     # given a fast endpoint whose lane is full: the rest come back in a second
@@ -358,9 +384,32 @@ def test_a_full_lane_hands_the_rest_back_for_about_half_its_drain_time(
     wait_until(lambda: hanging[0].begun and time.monotonic() - hanging[0].begun > 2.0, timeout=10)
     # when more jobs come for it
     admission = sender.admit("ep_hang", jobs(sink, "hang", 4, "ep_hang"))
-    # then none are taken, and they come back when half of the 2 x (at least 2 s) queue has
-    # drained: not in a second, to be claimed and refused again and again
+    # then none are taken, and they come back when the running request, which has run 2 s
+    # with no answer yet, may have ended: not in a second, to be claimed and refused again
     assert admission.taken == 0
     assert 2.0 <= admission.defer <= 5.0  # (under MAX_HAND_BACK, 15 s)
     sender.give_back(4 + 1)
+    assert sender.drain(timeout=30)
+
+
+def test_a_full_lane_whose_requests_are_ending_hands_the_rest_back_in_a_second(
+    sink: Sink, recorded: Recorded
+) -> None:
+    # given a slow but answering endpoint (1.5 s a request, past `slow_after`), one at a time
+    sink.plan("slow", 200, delay=1.5)
+    sender = make_sender(recorded, endpoint_concurrency=1, endpoint_queue=3)
+    slow = jobs(sink, "slow", 2, "ep_slow")
+    sender.acquire(6)
+    assert sender.admit("ep_slow", slow).taken == 2
+    # whose lane is full (three jobs) once its first request has ended
+    wait_until(lambda: bool(slow[1].begun), timeout=10)
+    assert sender.admit("ep_slow", jobs(sink, "slow", 2, "ep_slow")).taken == 2
+    # and whose second request has run past `slow_after`
+    wait_until(lambda: time.monotonic() - slow[1].begun > 0.6, timeout=10)
+    # when more jobs come for it
+    admission = sender.admit("ep_slow", jobs(sink, "slow", 2, "ep_slow"))
+    # then the rest come back in a second: the second request should end in under a second
+    assert admission.taken == 0
+    assert admission.defer == 1.0
+    sender.give_back(2)
     assert sender.drain(timeout=30)
