@@ -290,6 +290,19 @@ class Soak:
                     " WHERE a.error_class IN ('read_timeout', 'worker_lost')"
                 ).fetchall()
             }
+            # deliveries sent twice because their claim was lost with PostgreSQL (claims commit
+            # without waiting for the WAL flush): both sends answered and were recorded, so two
+            # succeeded attempts. Any other way to two succeeded attempts would be a bug.
+            lost_claim = {
+                (event, url.removeprefix(self.sink))
+                for event, url in conn.execute(
+                    "SELECT d.event_id, p.url FROM deliveries_deliveryattempt a"
+                    "  JOIN deliveries_delivery d ON d.id = a.delivery_id"
+                    "  JOIN webhooks_endpoint p ON p.id = d.endpoint_id"
+                    " WHERE a.outcome = 'succeeded'"
+                    " GROUP BY d.event_id, p.url HAVING count(*) > 1"
+                ).fetchall()
+            }
             outcomes = dict(
                 conn.execute(
                     "SELECT outcome, count(*) FROM deliveries_deliveryattempt GROUP BY outcome"
@@ -330,6 +343,9 @@ class Soak:
             "duplicates_after_timeout_or_lost_worker": sum(
                 c - 1 for key, c in ok_twice.items() if key in unsure
             ),
+            "duplicates_after_lost_claim": sum(
+                c - 1 for key, c in ok_twice.items() if key in lost_claim and key not in unsure
+            ),
             "without_attempt_row": sum(
                 max(0, n - attempts.get(key, 0)) for key, n in requests.items()
             ),
@@ -360,6 +376,9 @@ class Soak:
             "nothing left open": result["not_ended"] == 0 and settled is not None,
             "every request verified": result["unverified"] == 0,
             "every request in the audit log": result["without_attempt_row"] == 0,
+            "every duplicate explained": result["duplicates"]
+            == result["duplicates_after_timeout_or_lost_worker"]
+            + result["duplicates_after_lost_claim"],
             "workers survived Redis": result["workers_alive_after_redis"] and not self.exits,
             "metrics equal the database": result["metrics"] == result["database"],
             "only 202 or 503": set(self.answers) <= {202, 503},
@@ -389,7 +408,7 @@ Faults, in seconds from the start of the load:
 | deliveries not ended when it settled | {r["not_ended"]} |
 | time to settle after ingestion ended | {r["settled_seconds"] and round(r["settled_seconds"])} s |
 | requests the consumer got / not verified (Standard Webhooks library) | {r["requests"]} / {r["unverified"]} |
-| duplicates (a 200 answered twice for one delivery) / of which after a try that timed out or lost its worker | {r["duplicates"]} / {r["duplicates_after_timeout_or_lost_worker"]} |
+| duplicates (a 200 answered twice for one delivery) / of which after a try that timed out or lost its worker / after a claim lost with PostgreSQL | {r["duplicates"]} / {r["duplicates_after_timeout_or_lost_worker"]} / {r.get("duplicates_after_lost_claim", "-")} |
 | requests without an attempt row | {r["without_attempt_row"]} |
 | attempts by outcome | {r["attempts"]} |
 | accepted to 2xx recorded, seconds: p50, p99, deliveries, per endpoint | {r["latency_seconds"]} |
