@@ -9,6 +9,7 @@ COPY webhooks_project ./webhooks_project
 COPY webhooks ./webhooks
 COPY deliveries ./deliveries
 COPY schemas_app ./schemas_app
+COPY audit ./audit
 COPY manage.py ./
 RUN pip install . \
  && DJANGO_SECRET_KEY=build DATABASE_URL=postgres://build@localhost/build \

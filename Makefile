@@ -20,9 +20,7 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/python -m webhooks_project.localstack run
 
-test: $(STAMP)
-	$(BIN)/ruff check .
-	$(BIN)/ruff format --check .
+test: lint
 	$(BIN)/python -m webhooks_project.localstack test -- $(PYTEST_ARGS)
 
 # Throughput and latency against the machine's own limits (see docs/BENCHMARKS.md).
@@ -44,9 +42,11 @@ soak: $(STAMP)
 screenshots: $(STAMP)
 	SCREENSHOTS_DIR=docs/screenshots $(BIN)/python -m webhooks_project.localstack test -- tests/test_browser.py
 
+# Style, formatting and the import rules of docs/ARCHITECTURE.md (run by `make test` first).
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
 format: $(STAMP)
 	$(BIN)/ruff format .

@@ -5,12 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from django.contrib import admin, messages
+from django.contrib import admin
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 
+# importing it registers the endpoint admin (it lives with the engine it needs)
+from .endpoint_admin import replay_and_report
 from .models import DeadLetter, Delivery, Event
-from .services import dead_letters_replay
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -180,16 +181,3 @@ class DeadLetterAdmin(ReadOnlyAdmin):
     @admin.action(description="Replay selected dead letters", permissions=["replay"])
     def replay_selected(self, request: HttpRequest, queryset: QuerySet[DeadLetter]) -> None:
         replay_and_report(self, request, queryset)
-
-
-def replay_and_report(
-    model_admin: admin.ModelAdmin, request: HttpRequest, dead_letters: QuerySet[DeadLetter]
-) -> None:
-    """Replay waiting dead letters as the admin user, and tell them what happened."""
-    result = dead_letters_replay(dead_letters=dead_letters, actor=f"admin:{request.user}")
-    model_admin.message_user(
-        request,
-        f"Replayed {result.replayed} deliveries; skipped {result.skipped_disabled} of "
-        "disabled endpoints (re-enable them first).",
-        messages.SUCCESS if result.replayed else messages.WARNING,
-    )

@@ -10,18 +10,16 @@ from django.conf import settings
 from django.db import InterfaceError, OperationalError
 
 from .metrics import stats_prune
-from .services import (
-    current_sender,
-    deliveries_dispatch,
-    deliveries_requeue_stuck,
-    endpoints_disable_failing,
-    events_prune,
-)
+from .services.dispatch import current_sender, deliveries_dispatch
+from .services.endpoints import endpoints_disable_failing
+from .services.enqueue import DELIVER_BATCH
+from .services.retention import events_prune
+from .services.sweeper import deliveries_requeue_stuck
 
 logger = logging.getLogger(__name__)
 
 
-@shared_task(bind=True, acks_late=True, max_retries=None, ignore_result=True)
+@shared_task(name=DELIVER_BATCH, bind=True, acks_late=True, max_retries=None, ignore_result=True)
 def deliver_batch(self, delivery_ids: list[int]) -> int:  # type: ignore[no-untyped-def]
     """Claim the due deliveries among `delivery_ids` and hand them to this process's sender.
 

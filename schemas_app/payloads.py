@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -21,6 +22,16 @@ import orjson
 from . import masking
 from .transform import Mapping, TransformError, compile_mapping
 from .validation import MAX_ERRORS, validate
+
+
+def iso(value: datetime | None) -> str | None:
+    """A time as the payloads write it: ISO 8601 in UTC with a `Z`."""
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z") if value else None
+
+
+def build_body(*, event_type: str, occurred_at: datetime, data: Any) -> bytes:
+    """Serialize the standard payload once; these exact bytes are signed and sent."""
+    return orjson.dumps({"type": event_type, "timestamp": iso(occurred_at), "data": data})
 
 
 class PayloadRefused(ValueError):

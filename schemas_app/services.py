@@ -12,10 +12,12 @@ from django.db import transaction
 from django.db.models import Max
 from django.utils import timezone
 
+from audit import chain as audit_chain
+
 from . import masking
 from .compatibility import Change, breaking_changes
 from .models import EventType, SchemaVersion
-from .payloads import PayloadRefused, check_mapping, check_sensitive_fields, shape
+from .payloads import PayloadRefused, build_body, check_mapping, check_sensitive_fields, shape
 from .transform import TransformError
 from .validation import InvalidSchema, check_schema, validate
 
@@ -81,14 +83,6 @@ def _snapshot(event_type: EventType, version: int | None) -> dict[str, Any]:
     }
 
 
-def _audit_log() -> Any:
-    # The audit log lives in the webhooks app, which depends on this one; imported at call
-    # time so that the dependency does not run both ways at import (see issue 13's layering).
-    from webhooks import audit
-
-    return audit
-
-
 def event_type_fields_check(
     *,
     schema: Any,
@@ -148,7 +142,7 @@ def event_type_create(
     SchemaVersion.objects.create(
         event_type=event_type, version=1, schema=schema, created_by=actor[:200]
     )
-    _audit_log().record(
+    audit_chain.record(
         actor=actor,
         action="event_type.created",
         object_type="event_type",
@@ -229,7 +223,7 @@ def event_type_update(
     _masking_checked(locked.masking, locked.sensitive_fields)
     locked.save()
     version = new_version or current
-    _audit_log().record_change(
+    audit_chain.record_change(
         actor=actor,
         action="event_type.updated",
         object_type="event_type",
@@ -283,8 +277,6 @@ def event_type_preview(*, event_type: EventType, data: Any, endpoint: Any = None
     The same steps as a delivery, in the same order: validate against the current schema,
     transform, check the output schema, serialize once. Nothing is stored.
     """
-    from deliveries.services import build_body  # deliveries depends on this app
-
     version = event_type.versions.order_by("-version").first()
     schema = version.schema if version is not None else {}
     problems = validate(data, schema, cache_key=(event_type.name, version.pk if version else 0))

@@ -285,10 +285,10 @@ def local_sender(monkeypatch: pytest.MonkeyPatch) -> None:
     dropped at the end)."""
     from django.db import connection
 
-    from deliveries import services
+    from deliveries.services import dispatch
     from webhooks_project.process_local import ProcessLocal
 
-    recorded = services.attempts_record
+    recorded = dispatch.attempts_record
 
     def record(jobs: Any) -> None:
         try:
@@ -296,8 +296,8 @@ def local_sender(monkeypatch: pytest.MonkeyPatch) -> None:
         finally:
             connection.close()
 
-    monkeypatch.setattr(services, "attempts_record", record)
-    monkeypatch.setattr(services, "_senders", ProcessLocal(services._new_sender))
+    monkeypatch.setattr(dispatch, "attempts_record", record)
+    monkeypatch.setattr(dispatch, "_senders", ProcessLocal(dispatch._new_sender))
 
 
 def settings_probe(code: str, env: dict[str, str]) -> str:

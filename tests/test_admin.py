@@ -130,7 +130,8 @@ def test_the_endpoint_list_shows_health_and_filters_by_it(
 def test_rotating_a_secret_in_the_admin_shows_the_new_one_once_and_keeps_the_old_signing(
     admin_client: Client, record: Delivery
 ) -> None:
-    from webhooks.models import AuditRecord, EndpointSecret
+    from audit.models import AuditRecord
+    from webhooks.models import EndpointSecret
 
     response = admin_client.post(
         "/admin/webhooks/endpoint/",
@@ -153,7 +154,8 @@ def test_rotating_a_secret_in_the_admin_shows_the_new_one_once_and_keeps_the_old
 def test_disabling_endpoints_in_the_admin_records_who_did_it(
     admin_client: Client, record: Delivery
 ) -> None:
-    from webhooks.models import AuditRecord, Endpoint
+    from audit.models import AuditRecord
+    from webhooks.models import Endpoint
 
     response = admin_client.post(
         "/admin/webhooks/endpoint/",
@@ -245,7 +247,7 @@ def test_a_staff_user_who_may_only_view_cannot_run_the_actions_that_change_thing
 def test_the_admin_endpoint_form_runs_the_api_checks(record: Delivery, settings: Any) -> None:
     from django.forms.models import modelform_factory
 
-    from webhooks.admin import EndpointAdmin
+    from deliveries.endpoint_admin import EndpointAdmin
     from webhooks.models import Endpoint
 
     endpoint = Endpoint.objects.get(pk=record.endpoint_id)

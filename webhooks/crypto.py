@@ -50,13 +50,3 @@ def rotate(token: str) -> str:
         return fernet().rotate(token.encode("ascii")).decode("ascii")
     except InvalidToken as exc:
         raise SecretUnreadable("no configured encryption key decrypts this secret") from exc
-
-
-def dev_key(seed: str) -> str:
-    """A Fernet key derived from `seed` (the dev SECRET_KEY): only for WEBHOOKS_ENV=dev."""
-    import base64
-    import hashlib
-
-    return base64.urlsafe_b64encode(
-        hashlib.sha256(b"webhooks-dev-fernet:" + seed.encode()).digest()
-    ).decode()

@@ -9,6 +9,7 @@ from django.db import models
 from django.utils import timezone
 from rest_framework_api_key.models import AbstractAPIKey, APIKeyManager
 
+from audit.models import AuditRecord  # noqa: F401 - the audit log's model is this app's (app_label)
 from webhooks_project.identifiers import new_id
 
 uid_validator = RegexValidator(
@@ -180,47 +181,3 @@ class ApiKey(AbstractAPIKey):
     class Meta(AbstractAPIKey.Meta):
         verbose_name = "API key"
         verbose_name_plural = "API keys"
-
-
-class AuditQuerySet(models.QuerySet):
-    def update(self, **kwargs: object) -> int:
-        raise TypeError("audit records are append-only")
-
-    def delete(self) -> tuple[int, dict[str, int]]:
-        raise TypeError("audit records are append-only")
-
-
-class AuditRecord(models.Model):
-    """One configuration change: who, what, on which object, the non-secret fields before and
-    after. Append-only; each record carries the hash of the one before it (webhooks/audit.py),
-    so a changed or removed record shows (`manage.py verify_audit_chain`)."""
-
-    at = models.DateTimeField()
-    actor = models.CharField(max_length=200)
-    action = models.CharField(max_length=100)
-    object_type = models.CharField(max_length=50)
-    object_id = models.CharField(max_length=64)
-    before = models.JSONField(null=True, blank=True)
-    after = models.JSONField(null=True, blank=True)
-    prev_hash = models.CharField(max_length=64)
-    hash = models.CharField(max_length=64, unique=True)
-    # the application the changed object belongs to ("": shared or none), so a key limited to
-    # an application reads its own records; not part of the hash
-    application = models.CharField(max_length=64, blank=True, default="", db_index=True)
-
-    objects = AuditQuerySet.as_manager()
-
-    class Meta:
-        ordering = ["-id"]
-        indexes = [models.Index(fields=["object_type", "object_id"], name="audit_object_idx")]
-
-    def __str__(self) -> str:
-        return f"{self.at:%Y-%m-%d %H:%M:%S} {self.actor} {self.action} {self.object_id}"
-
-    def save(self, *args: object, **kwargs: object) -> None:
-        if self.pk is not None:
-            raise TypeError("audit records are append-only")
-        super().save(*args, **kwargs)  # type: ignore[arg-type]
-
-    def delete(self, *args: object, **kwargs: object) -> tuple[int, dict[str, int]]:
-        raise TypeError("audit records are append-only")

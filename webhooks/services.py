@@ -321,23 +321,6 @@ def endpoint_update(*, endpoint: Endpoint, actor: str = "system", **fields: Any)
 
 
 @transaction.atomic
-def endpoint_disable(*, endpoint_id: str, reason: str, actor: str = "system") -> bool:
-    """Disable an endpoint (if enabled) and record why; returns whether it changed."""
-    changed = Endpoint.objects.filter(pk=endpoint_id, enabled=True).update(
-        enabled=False, disabled_reason=reason[:500], disabled_at=timezone.now()
-    )
-    if changed:
-        audit.record(
-            actor=actor,
-            action="endpoint.disabled",
-            object_type="endpoint",
-            object_id=endpoint_id,
-            after={"enabled": False, "disabled_reason": reason[:500]},
-        )
-    return bool(changed)
-
-
-@transaction.atomic
 def endpoint_delete(*, endpoint: Endpoint, actor: str = "system") -> None:
     """Delete an endpoint with its secrets, deliveries and their attempts."""
     audit.record(

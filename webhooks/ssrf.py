@@ -47,17 +47,6 @@ class Target:
     address: str | None
 
 
-def parse_cidrs(values: Sequence[str]) -> tuple[Network, ...]:
-    """Networks from strings like '10.1.0.0/16'; raises ValueError naming a bad one."""
-    networks = []
-    for value in values:
-        try:
-            networks.append(ipaddress.ip_network(value.strip(), strict=False))
-        except ValueError as exc:
-            raise ValueError(f"{value!r} is not a network in CIDR notation") from exc
-    return tuple(networks)
-
-
 def _embedded(address: Address) -> list[Address]:
     """The IPv4 addresses an IPv6 address carries: IPv4-mapped, NAT64, 6to4, Teredo (its
     server and client) and ISATAP (an interface identifier of ::5efe:a.b.c.d)."""

@@ -154,16 +154,19 @@ class TransportResult:
         return self.status_code is not None and 200 <= self.status_code < 300
 
 
-def _threads() -> int:
-    from django.conf import settings
+_connections_per_host = 16
 
-    return max(16, getattr(settings, "WEBHOOKS_SEND_THREADS", 16))
+
+def keep_connections(per_host: int) -> None:
+    """Keep up to `per_host` connections open to each host (at least 16): as many as the
+    process sends with at once. With fewer, each extra request opens and discards a connection.
+    Call it before the process's first request (the sender does, with its thread count)."""
+    global _connections_per_host
+    _connections_per_host = max(16, per_host)
 
 
 def _new_pool() -> urllib3.PoolManager:
-    # As many keep-alive connections per host as there are sending threads: with fewer, each
-    # extra request opens and discards a connection.
-    manager = urllib3.PoolManager(num_pools=256, maxsize=_threads(), block=False)
+    manager = urllib3.PoolManager(num_pools=256, maxsize=_connections_per_host, block=False)
     manager.pool_classes_by_scheme = {"http": _WatchedHTTPPool, "https": _WatchedHTTPSPool}
     return manager
 

@@ -1,9 +1,12 @@
-"""Typed readers for environment variables, used only by settings.py."""
+"""Typed readers for environment variables, and the parsing settings.py needs (so that settings
+import no app code)."""
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
+from collections.abc import Sequence
 from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
@@ -91,3 +94,26 @@ def parse_rate(rate: str) -> tuple[int, int] | None:
         raise ValueError(f"bad rate {rate!r}; use e.g. 100/s, 6000/min, 100000/h or off")
     count, multiple, unit = match.groups()
     return int(count), int(multiple or 1) * _UNITS[unit[0]]
+
+
+def parse_cidrs(
+    values: Sequence[str],
+) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    """Networks from strings like '10.1.0.0/16'; raises ValueError naming a bad one."""
+    networks = []
+    for value in values:
+        try:
+            networks.append(ipaddress.ip_network(value.strip(), strict=False))
+        except ValueError as exc:
+            raise ValueError(f"{value!r} is not a network in CIDR notation") from exc
+    return tuple(networks)
+
+
+def dev_key(seed: str) -> str:
+    """A Fernet key derived from `seed` (the dev SECRET_KEY): only for WEBHOOKS_ENV=dev."""
+    import base64
+    import hashlib
+
+    return base64.urlsafe_b64encode(
+        hashlib.sha256(b"webhooks-dev-fernet:" + seed.encode()).digest()
+    ).decode()

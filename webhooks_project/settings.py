@@ -14,7 +14,17 @@ import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 from kombu import Queue
 
-from .env import env_bool, env_float, env_int, env_int_list, env_list, env_str, parse_rate
+from .env import (
+    dev_key,
+    env_bool,
+    env_float,
+    env_int,
+    env_int_list,
+    env_list,
+    env_str,
+    parse_cidrs,
+    parse_rate,
+)
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -38,8 +48,6 @@ if not WEBHOOKS_ENCRYPTION_KEYS:
             "python -c 'from cryptography.fernet import Fernet; "
             "print(Fernet.generate_key().decode())'"
         )
-    from webhooks.crypto import dev_key
-
     WEBHOOKS_ENCRYPTION_KEYS = [dev_key(SECRET_KEY)]
 else:
     from cryptography.fernet import Fernet
@@ -298,8 +306,6 @@ WEBHOOKS_ALLOW_PRIVATE_TARGETS = env_bool("WEBHOOKS_ALLOW_PRIVATE_TARGETS", Fals
 # Networks endpoints may be on although they are not public (e.g. a partner over a VPN).
 WEBHOOKS_ALLOWED_TARGET_CIDRS = env_list("WEBHOOKS_ALLOWED_TARGET_CIDRS", [])
 try:
-    from webhooks.ssrf import parse_cidrs
-
     WEBHOOKS_ALLOWED_TARGET_NETWORKS = parse_cidrs(WEBHOOKS_ALLOWED_TARGET_CIDRS)
 except ValueError as exc:
     raise ImproperlyConfigured(f"WEBHOOKS_ALLOWED_TARGET_CIDRS: {exc}") from exc

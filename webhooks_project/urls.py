@@ -12,7 +12,7 @@ from deliveries.prometheus import metrics_view
 from .health import healthz
 
 api_v1 = [
-    path("", include("schemas_app.api.urls")),
+    path("", include("webhooks.api.event_types.urls")),
     path("", include("webhooks.api.urls")),
     path("", include("deliveries.api.urls")),
 ]

@@ -7,7 +7,7 @@ from typing import Any
 from rest_framework import serializers
 
 from deliveries.models import DeadLetter, Delivery, DeliveryAttempt, Event
-from deliveries.services import EventInput
+from deliveries.services.ingest import EventInput
 from webhooks_project.strict import StrictFields
 
 MAX_BATCH = 1000

@@ -1,13 +1,15 @@
-"""Routes for events and deliveries."""
+"""Routes for endpoints (with the engine's actions), events, deliveries, dead letters, metrics."""
 
 from __future__ import annotations
 
 from django.urls import path
 from rest_framework.routers import SimpleRouter
 
+from .endpoints import EndpointViewSet
 from .views import DeadLetterViewSet, DeliveryViewSet, EventViewSet, MetricsView
 
 router = SimpleRouter()
+router.register("endpoints", EndpointViewSet, basename="endpoint")
 router.register("events", EventViewSet, basename="event")
 router.register("deliveries", DeliveryViewSet, basename="delivery")
 router.register("dead-letters", DeadLetterViewSet, basename="dead-letter")

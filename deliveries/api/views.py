@@ -17,11 +17,11 @@ from rest_framework.views import APIView
 from deliveries import metrics
 from deliveries.models import DeadLetter, Delivery, Event
 from deliveries.selectors import attempt_list, dead_letter_list, delivery_list, event_list
-from deliveries.services import (
+from deliveries.services.dead_letters import dead_letters_replay
+from deliveries.services.ingest import (
     EventInput,
     IdempotencyConflict,
     IngestRejected,
-    dead_letters_replay,
     events_ingest,
 )
 from schemas_app.models import EventType

@@ -12,7 +12,8 @@ from django.utils import timezone
 from rest_framework.test import APIClient
 
 from deliveries.models import DeadLetter, Delivery, DeliveryAttempt, Event
-from deliveries.services import endpoints_disable_failing, events_prune
+from deliveries.services.endpoints import endpoints_disable_failing
+from deliveries.services.retention import events_prune
 from schemas_app.services import event_type_create
 from tests.conftest import WorkerProcess, wait_until
 from tests.sink import Sink
@@ -91,7 +92,7 @@ def test_real_attempts_start_and_end_the_failure_run(
 
 
 def test_410_emits_endpoint_disabled(acme: Any) -> None:
-    from deliveries.services import endpoint_disable_with_notice
+    from deliveries.services.endpoints import endpoint_disable_with_notice
 
     gone, _ = endpoint_create(url="http://127.0.0.1:9/gone", application=acme)
     assert endpoint_disable_with_notice(endpoint_id=gone.pk, reason="HTTP 410 Gone")
@@ -235,7 +236,7 @@ def test_prune_deletes_only_old_fully_delivered_events(acme: Any, settings: Any)
 
 
 def test_the_sweeper_paces_a_failing_endpoints_backlog(acme: Any, settings: Any) -> None:
-    from deliveries.services import deliveries_requeue_stuck
+    from deliveries.services.sweeper import deliveries_requeue_stuck
 
     settings.WEBHOOKS_FAILING_ENDPOINT_BATCH = 100
     healthy, _ = endpoint_create(url="http://127.0.0.1:9/ok")

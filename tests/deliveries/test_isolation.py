@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from deliveries.models import DeadLetter, Delivery, DeliveryAttempt, Event
-from deliveries.services import deliveries_dispatch
+from deliveries.services.dispatch import deliveries_dispatch
 from schemas_app import payloads
 from schemas_app.services import event_type_create
 from tests.conftest import wait_until

@@ -12,7 +12,7 @@ from rest_framework.test import APIClient
 
 from deliveries import metrics
 from deliveries.models import DeadLetter, Delivery, DeliveryAttempt, DeliveryStat, DeliveryTotal
-from deliveries.services import deliveries_fail_for_endpoint
+from deliveries.services.endpoints import deliveries_fail_for_endpoint
 from tests.conftest import WorkerProcess, wait_until
 from tests.sink import Sink
 

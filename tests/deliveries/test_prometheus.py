@@ -94,7 +94,7 @@ def test_queue_depth_counts_every_priority_list_of_a_queue() -> None:
 
 
 def test_only_the_allowed_networks_or_the_token_may_scrape(settings) -> None:  # noqa: ANN001
-    from webhooks.ssrf import parse_cidrs
+    from webhooks_project.env import parse_cidrs
 
     assert Client().get("/metrics", REMOTE_ADDR="::1").status_code == 200
     assert Client().get("/metrics", REMOTE_ADDR="::ffff:127.0.0.1").status_code == 200

@@ -11,12 +11,9 @@ from django.utils import timezone
 
 from deliveries.models import Delivery, DeliveryAttempt, DeliveryTotal, Event
 from deliveries.sender import Job
-from deliveries.services import (
-    attempts_record,
-    deliveries_claim,
-    deliveries_dispatch,
-    deliveries_release,
-)
+from deliveries.services.claims import deliveries_claim, deliveries_release
+from deliveries.services.dispatch import deliveries_dispatch
+from deliveries.services.recording import attempts_record
 from schemas_app.services import event_type_create
 from tests.conftest import wait_until
 from webhooks import transport

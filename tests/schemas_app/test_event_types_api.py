@@ -8,8 +8,8 @@ from django.utils import timezone
 from jsonschema import Draft202012Validator
 from rest_framework.test import APIClient
 
-from deliveries.services import build_body
 from schemas_app.models import SchemaVersion
+from schemas_app.payloads import build_body
 from webhooks.operational import OPERATIONAL_EVENT_TYPES
 
 

@@ -12,10 +12,12 @@ from django.db import connection
 from django.test import Client
 from rest_framework.test import APIClient
 
+from audit.models import AuditRecord
 from deliveries.models import DeadLetter, Delivery, Event
+from deliveries.services.endpoints import endpoint_disable
 from schemas_app.services import event_type_create
-from webhooks.models import ApiKey, Application, AuditRecord, Endpoint
-from webhooks.services import api_key_create, endpoint_disable
+from webhooks.models import ApiKey, Application, Endpoint
+from webhooks.services import api_key_create
 
 pytestmark = pytest.mark.django_db
 

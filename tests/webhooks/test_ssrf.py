@@ -24,14 +24,15 @@ from rest_framework.test import APIClient
 
 from deliveries.backoff import Verdict, decide
 from deliveries.models import Delivery, DeliveryAttempt, Event
-from deliveries.services import deliveries_dispatch
+from deliveries.services.dispatch import deliveries_dispatch
 from schemas_app.services import event_type_create
 from tests.conftest import wait_until
 from tests.sink import Sink
 from webhooks import transport
 from webhooks.models import Endpoint
 from webhooks.services import endpoint_create
-from webhooks.ssrf import BlockedTarget, check_url, parse_cidrs
+from webhooks.ssrf import BlockedTarget, check_url
+from webhooks_project.env import parse_cidrs
 from webhooks_project.process_local import ProcessLocal
 
 INTERNAL = [

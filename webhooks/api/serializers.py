@@ -6,9 +6,10 @@ from typing import Any
 
 from rest_framework import serializers
 
+from audit.models import AuditRecord
 from webhooks import headers as headers_rules
 from webhooks import signing
-from webhooks.models import Application, AuditRecord, Endpoint
+from webhooks.models import Application, Endpoint
 from webhooks.scoping import key_application
 from webhooks.services import MAX_RETRY_DELAY, MAX_SCHEDULE_LENGTH, MAX_TIMEOUT_SECONDS
 from webhooks_project.strict import StrictFields

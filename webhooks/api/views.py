@@ -11,7 +11,8 @@ from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from webhooks.models import Application, AuditRecord
+from audit.models import AuditRecord
+from webhooks.models import Application
 from webhooks.scoping import for_key, key_application, refuse_if_limited
 from webhooks.selectors import endpoint_active_secrets, endpoint_list
 from webhooks.services import (
@@ -24,21 +25,17 @@ from webhooks.services import (
     endpoint_update,
 )
 from webhooks_project.errors import from_django_validation
-from webhooks_project.strict import refuse_body
 
 from .serializers import (
     ApplicationSerializer,
     AuditRecordFilterSerializer,
     AuditRecordSerializer,
     EndpointCreatedSerializer,
-    EndpointEnabledSerializer,
-    EndpointEnableSerializer,
     EndpointHeadersSerializer,
     EndpointSecretSerializer,
     EndpointSerializer,
     SecretRotatedSerializer,
     SecretRotateSerializer,
-    SentTestEventSerializer,
     credentials,
 )
 
@@ -126,29 +123,6 @@ class EndpointViewSet(viewsets.ModelViewSet):
     def perform_destroy(self, instance) -> None:  # type: ignore[no-untyped-def]
         endpoint_delete(endpoint=instance, actor=str(self.request.user))
 
-    @extend_schema(request=EndpointEnableSerializer, responses=EndpointEnabledSerializer)
-    @action(detail=True, methods=["post"])
-    def enable(self, request: Request, pk: str | None = None) -> Response:
-        """Re-enable the endpoint; with `replay_missed`, also send what it missed while off."""
-        from deliveries.services import endpoint_enable  # deliveries depends on this app
-
-        endpoint = self.get_object()
-        serializer = EndpointEnableSerializer(data=request.data)
-        serializer.is_valid(raise_exception=True)
-        result = endpoint_enable(
-            endpoint_id=endpoint.pk,
-            actor=str(request.user),
-            replay_missed=serializer.validated_data["replay_missed"],
-        )
-        endpoint.refresh_from_db()
-        data = {
-            "endpoint": EndpointSerializer(endpoint).data,
-            "was_disabled": result.was_disabled,
-            "replayed": result.replayed,
-            "backfilled": result.backfilled,
-        }
-        return Response(data)
-
     @extend_schema(request=None, responses=EndpointSecretSerializer)
     @action(detail=True, methods=["get"])
     def secret(self, request: Request, pk: str | None = None) -> Response:
@@ -163,26 +137,6 @@ class EndpointViewSet(viewsets.ModelViewSet):
         """The endpoint's custom headers with their values (reads of the endpoint mask them)."""
         endpoint = self.get_object()
         return Response({"headers": dict(endpoint.headers or {})})
-
-    @extend_schema(request=None, responses={202: SentTestEventSerializer})
-    @action(detail=True, methods=["post"])
-    def test(self, request: Request, pk: str | None = None) -> Response:
-        """Send this endpoint a signed `webhook.test` event, delivered like any other."""
-        from deliveries.services import EndpointNotSendable, endpoint_send_test
-
-        refuse_body(request.data)
-        endpoint = self.get_object()
-        try:
-            sent = endpoint_send_test(endpoint_id=endpoint.pk, actor=str(request.user))
-        except EndpointNotSendable as exc:
-            return Response(
-                {"error": "conflict", "detail": f"Not sent: {exc}."},
-                status=status.HTTP_409_CONFLICT,
-            )
-        return Response(
-            {"event": sent.event_id, "delivery": sent.delivery_id},
-            status=status.HTTP_202_ACCEPTED,
-        )
 
     @extend_schema(request=SecretRotateSerializer, responses=SecretRotatedSerializer)
     @action(detail=True, methods=["post"], url_path="rotate-secret")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from deliveries.services import deliveries_requeue_stuck
+from deliveries.services.sweeper import deliveries_requeue_stuck
 from webhooks.management.base import Command as SafeCommand
 
 

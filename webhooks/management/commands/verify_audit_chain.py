@@ -6,7 +6,7 @@ from typing import Any
 
 from django.core.management.base import CommandError
 
-from webhooks.audit import verify_chain
+from audit.chain import verify_chain
 from webhooks.management.base import Command as SafeCommand
 
 

@@ -6,6 +6,7 @@ from typing import Any
 
 from django.core.management.base import CommandError, CommandParser
 
+from deliveries.services.endpoints import EndpointNotSendable, endpoint_send_test
 from webhooks.management.base import Command as SafeCommand
 from webhooks.models import Endpoint
 
@@ -17,8 +18,6 @@ class Command(SafeCommand):
         parser.add_argument("endpoint", help="the endpoint id (ep_...)")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        from deliveries.services import EndpointNotSendable, endpoint_send_test
-
         try:
             sent = endpoint_send_test(endpoint_id=options["endpoint"], actor="cli:send_test_event")
         except Endpoint.DoesNotExist as exc:

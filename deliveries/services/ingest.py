@@ -1,0 +1,249 @@
+"""Ingestion: validate events against their schemas and store them with one delivery per
+subscribed endpoint, all or nothing, enqueued after commit."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import orjson
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from deliveries.models import Delivery, Event
+from schemas_app import payloads
+from schemas_app.selectors import schema_version_current
+from schemas_app.validation import validate
+from webhooks import crypto
+from webhooks.models import Application
+from webhooks.selectors import endpoint_ids_for_event
+from webhooks_project.db import binding_cursor
+
+from .enqueue import FRESH_QUEUE, deliveries_enqueue
+
+
+@dataclass(frozen=True)
+class EventInput:
+    """One event as a source posted it, already shaped by the API serializer."""
+
+    type: str
+    data: Any
+    application: str | None = None
+    idempotency_key: str | None = None
+    occurred_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    """The stored event, how many deliveries it has, and whether this call created it."""
+
+    event: Event
+    delivery_count: int
+    created: bool
+
+
+class IdempotencyConflict(Exception):
+    """An idempotency key was used before with a different body; nothing was stored."""
+
+    def __init__(self, errors: list[dict[str, str]]) -> None:
+        super().__init__(f"{len(errors)} idempotency conflict(s)")
+        self.errors = errors
+
+
+def request_hash(item: EventInput) -> str:
+    """The fingerprint of what a request asked for under its idempotency key."""
+    occurred = item.occurred_at.isoformat() if item.occurred_at else None
+    document = {"type": item.type, "data": item.data, "occurred_at": occurred}
+    return hashlib.sha256(orjson.dumps(document, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+class IngestRejected(Exception):
+    """Nothing was stored: `errors` lists each problem with a JSON pointer into the request."""
+
+    def __init__(self, errors: list[dict[str, str]]) -> None:
+        super().__init__(f"{len(errors)} problem(s) in the events")
+        self.errors = errors
+
+
+def _pointer_prefix(index: int | None) -> str:
+    return "" if index is None else f"/{index}"
+
+
+def _check_inputs(
+    items: Sequence[EventInput], *, single: bool, only_application: str | None
+) -> tuple[dict, dict]:
+    """Validate every item; returns (schema versions by type, applications by uid) or raises."""
+    errors: list[dict[str, str]] = []
+    versions = {name: schema_version_current(name=name) for name in {i.type for i in items}}
+    uids = {i.application for i in items if i.application}
+    if only_application is not None:
+        uids &= {only_application}  # any other is unknown to this caller
+    applications = {a.uid: a for a in Application.objects.filter(uid__in=uids)}
+    for index, item in enumerate(items):
+        prefix = _pointer_prefix(None if single else index)
+        version = versions.get(item.type)
+        if version is None:
+            errors.append(
+                {
+                    "pointer": f"{prefix}/type",
+                    "detail": f"Unknown event type {item.type!r}: register it under "
+                    "/api/v1/event-types/ first.",
+                    "code": "unknown_event_type",
+                }
+            )
+        else:
+            for violation in validate(
+                item.data,
+                version.schema,
+                # versions are immutable rows: the row id names this exact schema for good
+                cache_key=(version.event_type.name, version.pk),
+            ):
+                errors.append(
+                    {
+                        "pointer": f"{prefix}/data{violation.pointer}",
+                        "detail": violation.detail,
+                        "keyword": violation.keyword,
+                        "code": "schema_violation",
+                    }
+                )
+        if item.application and item.application not in applications:
+            errors.append(
+                {
+                    "pointer": f"{prefix}/application",
+                    "detail": f"Unknown application {item.application!r}.",
+                    "code": "unknown_application",
+                }
+            )
+    if errors:
+        raise IngestRejected(errors)
+    return versions, applications
+
+
+def events_ingest(
+    *, items: Sequence[EventInput], single: bool = False, only_application: str | None = None
+) -> list[IngestResult]:
+    """Validate and store events with one Delivery per matching endpoint, all or nothing.
+
+    Each event is checked against its type's current schema; any problem rejects the whole call
+    and nothing is stored. A repeated idempotency key returns the stored event and fans out
+    nothing new. The deliveries are enqueued after commit; if the broker is down they wait as
+    `pending` rows for the sweeper. With `only_application` (a key limited to it), an item naming
+    any other application is refused as naming an unknown one.
+    """
+    versions, applications = _check_inputs(items, single=single, only_application=only_application)
+    try:
+        return _store(items, versions, applications, single)
+    except IntegrityError:
+        # Another request stored the same idempotency key between our lookup and insert; its
+        # row is committed now, so a second pass finds it and returns it.
+        return _store(items, versions, applications, single)
+
+
+@transaction.atomic
+def _store(
+    items: Sequence[EventInput],
+    versions: dict,
+    applications: dict[str, Application],
+    single: bool = False,
+) -> list[IngestResult]:
+    now = timezone.now()
+    keys = {i.idempotency_key for i in items if i.idempotency_key}
+    stored: dict[tuple[int | None, str], Event] = {}
+    if keys:
+        for event in Event.objects.filter(idempotency_key__in=keys):
+            stored[(event.application_id, event.idempotency_key)] = event  # type: ignore[index]
+    # plan: (event, created) per item, in order; a key repeated in one batch makes one event
+    plan: list[tuple[Event, bool]] = []
+    new_events: list[Event] = []
+    conflicts: list[dict[str, str]] = []
+    for index, item in enumerate(items):
+        app = applications[item.application] if item.application else None
+        key = (app.pk if app else None, item.idempotency_key) if item.idempotency_key else None
+        fingerprint = request_hash(item) if key is not None else ""
+        if key is not None and key in stored:
+            earlier = stored[key]
+            # events stored before fingerprints were kept have none: they cannot conflict
+            if earlier.request_hash and earlier.request_hash != fingerprint:
+                conflicts.append(
+                    {
+                        "pointer": f"{_pointer_prefix(None if single else index)}/idempotency_key",
+                        "detail": f"idempotency_key {item.idempotency_key!r} was already used "
+                        f"for event {earlier.id} with a different body; use a new key for a "
+                        "new event, or send exactly the same body to get that event back.",
+                        "code": "idempotency_conflict",
+                        "event": earlier.id,
+                    }
+                )
+            plan.append((earlier, False))
+            continue
+        sensitive = versions[item.type].event_type.sensitive_fields
+        event = Event(
+            event_type_id=item.type,
+            schema_version=versions[item.type],
+            application=app,
+            # sensitive fields are stored encrypted: no dump, log or admin page shows them
+            data=payloads.seal(item.data, sensitive, crypto.encrypt) if sensitive else item.data,
+            idempotency_key=item.idempotency_key,
+            request_hash=fingerprint,
+            occurred_at=item.occurred_at or now,
+            created_at=now,
+        )
+        new_events.append(event)
+        if key is not None:
+            stored[key] = event
+        plan.append((event, True))
+    if conflicts:
+        raise IdempotencyConflict(conflicts)
+    Event.objects.bulk_create(new_events)
+
+    event_ids: list[str] = []
+    endpoint_ids: list[str] = []
+    counts: dict[str, int] = {}
+    targets: dict[tuple[str, int | None], list[str]] = {}
+    for event in new_events:
+        combo = (event.event_type_id, event.application_id)
+        if combo not in targets:
+            targets[combo] = endpoint_ids_for_event(event_type=combo[0], application_id=combo[1])
+        event_ids.extend([event.id] * len(targets[combo]))
+        endpoint_ids.extend(targets[combo])
+        counts[event.id] = len(targets[combo])
+    delivery_ids = deliveries_insert(event_ids=event_ids, endpoint_ids=endpoint_ids, now=now)
+    if delivery_ids:
+        transaction.on_commit(
+            lambda: deliveries_enqueue(delivery_ids=delivery_ids, queue=FRESH_QUEUE), robust=True
+        )
+
+    results = []
+    for event, created in plan:
+        count = counts.get(event.id)
+        if count is None:  # stored by an earlier request
+            count = event.deliveries.count()
+        results.append(IngestResult(event=event, delivery_count=count, created=created))
+    return results
+
+
+def deliveries_insert(*, event_ids: list[str], endpoint_ids: list[str], now: datetime) -> list[int]:
+    """Insert one pending Delivery per (event, endpoint) pair in one statement; returns the ids.
+
+    Two array parameters instead of a row of parameters per delivery: a fan-out of thousands
+    binds and plans in a fraction of the time `bulk_create` takes.
+    """
+    if not event_ids:
+        return []
+    with binding_cursor() as cursor:
+        cursor.execute(
+            f"""
+            INSERT INTO {Delivery._meta.db_table}
+                   (event_id, endpoint_id, status, attempt_count, retry_base,
+                    next_attempt_at, dispatched_at, created_at)
+            SELECT t.event_id, t.endpoint_id, 'pending', 0, 0, %(now)s, %(now)s, %(now)s
+              FROM unnest(%(events)s::varchar[], %(endpoints)s::varchar[])
+                   AS t(event_id, endpoint_id)
+            RETURNING id
+            """,  # noqa: S608 - the table name is ours, every value is a parameter
+            {"events": event_ids, "endpoints": endpoint_ids, "now": now},
+        )
+        return [row[0] for row in cursor.fetchall()]
