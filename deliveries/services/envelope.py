@@ -46,7 +46,7 @@ def envelope(
     keys: list[signing.SigningKey],
     *,
     timestamp: int,
-    hash_key: str,
+    hash_key: bytes,
     decrypt: Callable[[str], Any],
 ) -> Envelope:
     """The signed body for one claim. Raises `payloads.PayloadRefused` when the payload cannot
