@@ -73,27 +73,11 @@ def record(
 
 
 def record_change(
-    *,
-    actor: str,
-    action: str,
-    object_type: str,
-    object_id: str,
-    before: dict[str, Any] | None,
-    after: dict[str, Any],
-    application: str | None = None,
+    *, before: dict[str, Any] | None, after: dict[str, Any], **fields: Any
 ) -> AuditRecord | None:
-    """Record an update only if the snapshots differ (a save that changed nothing leaves none)."""
-    if after == before:
-        return None
-    return record(
-        actor=actor,
-        action=action,
-        object_type=object_type,
-        object_id=object_id,
-        before=before,
-        after=after,
-        application=application,
-    )
+    """`record` for an update, only if the snapshots differ (a save that changed nothing leaves
+    none)."""
+    return None if after == before else record(before=before, after=after, **fields)
 
 
 def _application_of(
