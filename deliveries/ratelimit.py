@@ -69,7 +69,7 @@ _client: tuple[int, Script] | None = None  # per process: a forked child makes i
 def _script() -> Script:
     global _client
     if _client is None or _client[0] != os.getpid():
-        location = settings.CACHES["default"]["LOCATION"]
+        location = str(settings.CACHES["default"]["LOCATION"])
         client = redis.Redis.from_url(location, socket_connect_timeout=0.5, socket_timeout=0.5)
         _client = (os.getpid(), client.register_script(_TAKE))
     return _client[1]

@@ -20,7 +20,7 @@ logger = logging.getLogger(__name__)
 
 
 @shared_task(name=DELIVER_BATCH, bind=True, acks_late=True, max_retries=None, ignore_result=True)
-def deliver_batch(self, delivery_ids: list[int]) -> int:  # type: ignore[no-untyped-def]
+def deliver_batch(self, delivery_ids: list[int]) -> int:
     """Claim the due deliveries among `delivery_ids` and hand them to this process's sender.
 
     The task returns once they are handed over; the sender records each attempt as it ends and

@@ -87,7 +87,7 @@ def apply(
     rules: list[Rule],
     *,
     hash_key: bytes,
-    encrypt: Callable[[Any], str] | None,
+    encrypt: Callable[[Any], Any] | None,
 ) -> Any:
     """A copy of `payload` with every rule applied (the original is left untouched).
 

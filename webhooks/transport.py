@@ -219,7 +219,7 @@ def _post(
 ) -> TransportResult:
     started = time.perf_counter()
     try:
-        options = {
+        options: dict[str, Any] = {
             "body": body,
             "redirect": False,
             "retries": False,

@@ -25,6 +25,7 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
+from typing import Any
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 RUN_DIR = BASE_DIR / ".run"
@@ -47,7 +48,7 @@ class ExitedWhileStarting(RuntimeError):
 PORT_TRIES = 5
 
 
-def _wait_for(check, what: str, timeout: float, proc: subprocess.Popen | None = None) -> None:  # type: ignore[no-untyped-def]
+def _wait_for(check, what: str, timeout: float, proc: subprocess.Popen | None = None) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
@@ -82,7 +83,7 @@ class LocalPostgres:
 
         return Path(POSTGRES_BIN_PATH)
 
-    def _run_as(self) -> dict[str, object]:
+    def _run_as(self) -> dict[str, Any]:
         if os.geteuid() != 0:
             return {}
         import pwd
@@ -127,7 +128,7 @@ class LocalPostgres:
                 check=True,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.PIPE,
-                **run_as,  # type: ignore[arg-type]
+                **run_as,
             )
         for tries_left in reversed(range(PORT_TRIES)):
             try:

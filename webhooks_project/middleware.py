@@ -69,7 +69,7 @@ class BodyLimitMiddleware:
             return _error(413, "payload_too_large", f"Request body exceeds {limit} bytes.")
         body = b"".join(chunks)
         request.META["CONTENT_LENGTH"] = str(len(body))
-        request._stream = LimitedStream(io.BytesIO(body), len(body))  # type: ignore[attr-defined]
+        request._stream = LimitedStream(io.BytesIO(body), len(body))
         return None
 
 

@@ -55,7 +55,7 @@ class EventViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Ge
 
     write_scope = "events:write"
 
-    def get_queryset(self):  # type: ignore[no-untyped-def]
+    def get_queryset(self):
         if self.action == "retrieve":
             qs = Event.objects.select_related("application", "schema_version").prefetch_related(
                 "deliveries"
@@ -67,7 +67,7 @@ class EventViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Ge
                 qs = qs.filter(event_type_id=event_type)
         return for_key(self.request, qs, "application_id")
 
-    def get_serializer_class(self):  # type: ignore[no-untyped-def]
+    def get_serializer_class(self):
         return EventDetailSerializer if self.action == "retrieve" else EventSerializer
 
     @extend_schema(
@@ -122,9 +122,7 @@ class EventViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Ge
             raise ValidationError(unknown)
         serializer = EventCreateSerializer(data=request.data, many=True)
         if not serializer.is_valid():
-            raise UnprocessableEntity(
-                {str(i): e for i, e in enumerate(serializer.errors) if e}  # type: ignore[arg-type]
-            )
+            raise UnprocessableEntity({str(i): e for i, e in enumerate(serializer.errors) if e})
         items = _bound(
             request, [EventCreateSerializer.input_from(v) for v in serializer.validated_data]
         )
@@ -163,7 +161,7 @@ class DeliveryViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
     serializer_class = DeliverySerializer
     write_scope = None
 
-    def get_queryset(self):  # type: ignore[no-untyped-def]
+    def get_queryset(self):
         params = self.request.query_params
         status_filter = params.get("status")
         if status_filter and status_filter not in Delivery.Status.values:
@@ -212,7 +210,7 @@ class DeadLetterViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewse
         serializer.is_valid(raise_exception=True)
         return dict(serializer.validated_data)
 
-    def get_queryset(self):  # type: ignore[no-untyped-def]
+    def get_queryset(self):
         if self.action in ("list", "replay_many"):
             params = self.request.query_params if self.action == "list" else self.request.data
             include = str(self.request.query_params.get("include_replayed", "")).lower()

@@ -47,7 +47,7 @@ class ApplicationViewSet(viewsets.ModelViewSet):
     lookup_field = "uid"
     write_scope = "endpoints:manage"
 
-    def get_queryset(self):  # type: ignore[no-untyped-def]
+    def get_queryset(self):
         return for_key(self.request, Application.objects.all(), "pk")
 
     def perform_destroy(self, instance: Application) -> None:
@@ -81,7 +81,7 @@ class EndpointViewSet(viewsets.ModelViewSet):
     write_scope = "endpoints:manage"
     scope_for_action = {"secret": "endpoints:manage", "reveal_headers": "endpoints:manage"}
 
-    def get_queryset(self):  # type: ignore[no-untyped-def]
+    def get_queryset(self):
         return for_key(self.request, endpoint_list(), "application_id")
 
     def get_serializer(self, *args: Any, **kwargs: Any) -> Any:
@@ -120,7 +120,7 @@ class EndpointViewSet(viewsets.ModelViewSet):
         except DjangoValidationError as exc:
             raise from_django_validation(exc) from exc
 
-    def perform_destroy(self, instance) -> None:  # type: ignore[no-untyped-def]
+    def perform_destroy(self, instance) -> None:
         endpoint_delete(endpoint=instance, actor=str(self.request.user))
 
     @extend_schema(request=None, responses=EndpointSecretSerializer)
@@ -165,7 +165,7 @@ class AuditRecordViewSet(viewsets.ReadOnlyModelViewSet):
 
     serializer_class = AuditRecordSerializer
 
-    def get_queryset(self):  # type: ignore[no-untyped-def]
+    def get_queryset(self):
         qs = AuditRecord.objects.order_by("-id")
         limited = key_application(self.request)
         if limited is not None:

@@ -44,7 +44,7 @@ class EventTypeViewSet(
     write_scope = "event-types:manage"
     scope_for_action = {"preview": "read"}  # a POST that changes nothing
 
-    def get_queryset(self):  # type: ignore[no-untyped-def]
+    def get_queryset(self):
         return event_type_list()
 
     def create(self, request: Request, *args: object, **kwargs: object) -> Response:
