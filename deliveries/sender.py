@@ -32,11 +32,14 @@ from collections import deque
 from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
 from django.db import InterfaceError, OperationalError
 
 from webhooks import transport
+
+if TYPE_CHECKING:  # claims imports this module; the type is all this one needs of it
+    from deliveries.services.claims import Claim
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +48,7 @@ logger = logging.getLogger(__name__)
 class Job:
     """One claimed delivery on its way out: what to send, and what came back."""
 
-    claim: Any  # services.Claim
+    claim: Claim
     url: str = ""
     address: str | None = None  # the checked IP to connect to (webhooks.ssrf.Target)
     body: bytes = b""
