@@ -51,7 +51,7 @@ def record(
     """Append one record to the chain, in the caller's transaction. `application` (the uid the
     object belongs to) is taken from the snapshots when not given."""
     if application is None:
-        application = _application_of(object_type, str(object_id), before, after)
+        application = application_of(object_type, str(object_id), before, after)
     with transaction.atomic():
         with connection.cursor() as cursor:
             cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_LOCK])
@@ -80,9 +80,10 @@ def record_change(
     return None if after == before else record(before=before, after=after, **fields)
 
 
-def _application_of(
+def application_of(
     object_type: str, object_id: str, before: dict[str, Any] | None, after: dict[str, Any] | None
 ) -> str | None:
+    """The uid of the application a change belongs to, as far as the record itself says."""
     if object_type == "application":
         return object_id
     for snapshot in (after, before):

@@ -51,27 +51,27 @@ def application_snapshot(application: Any) -> dict[str, Any]:
 
 def record(
     *,
-    actor: str,
-    action: str,
     object_type: str,
     object_id: str,
     before: dict[str, Any] | None = None,
     after: dict[str, Any] | None = None,
     application: str | None = None,
+    **fields: Any,
 ) -> AuditRecord:
     """`audit.chain.record`, with an endpoint's application looked up when no snapshot names it."""
-    if application is None and object_type == "endpoint" and not _names_application(before, after):
+    if application is None:
+        application = chain.application_of(object_type, str(object_id), before, after)
+    if application is None and object_type == "endpoint":
         application = (
             Endpoint.objects.filter(pk=object_id).values_list("application__uid", flat=True).first()
         )
     return chain.record(
-        actor=actor,
-        action=action,
         object_type=object_type,
         object_id=object_id,
         before=before,
         after=after,
         application=application,
+        **fields,
     )
 
 
@@ -81,7 +81,3 @@ def record_change(
     """`record` for an update, only if the snapshots differ (a save that changed nothing leaves
     none)."""
     return None if after == before else record(before=before, after=after, **fields)
-
-
-def _names_application(*snapshots: dict[str, Any] | None) -> bool:
-    return any(s and isinstance(s.get("application"), str) for s in snapshots)
