@@ -273,36 +273,19 @@ class Soak:
         seen = orjson.loads(HTTP.request("GET", self.sink + "/dump", timeout=60).data)
         with psycopg.connect(self.dsn) as conn:
             stored = {r[0] for r in conn.execute("SELECT id FROM deliveries_event")}
+            # per delivery: its status, its attempts, whether a try timed out (the consumer
+            # was stopped) or was lost with its worker, so the consumer may have answered after
+            # we stopped waiting; and how many attempts succeeded. Two succeeded attempts mean
+            # a claim lost with PostgreSQL (claims commit without waiting for the WAL flush):
+            # both sends answered and were recorded. Any other way there would be a bug.
             rows = conn.execute(
-                "SELECT d.event_id, p.url, d.status, count(a.id)"
+                "SELECT d.event_id, p.url, d.status, count(a.id),"
+                "       coalesce(bool_or(a.error_class IN ('read_timeout', 'worker_lost')), false),"
+                "       count(a.id) FILTER (WHERE a.outcome = 'succeeded')"
                 "  FROM deliveries_delivery d JOIN webhooks_endpoint p ON p.id = d.endpoint_id"
                 "  LEFT JOIN deliveries_deliveryattempt a ON a.delivery_id = d.id"
                 " GROUP BY d.event_id, p.url, d.status"
             ).fetchall()
-            # deliveries with a try the consumer may have answered after we stopped waiting:
-            # timed out (the consumer was stopped) or lost with its worker
-            unsure = {
-                (event, url.removeprefix(self.sink))
-                for event, url in conn.execute(
-                    "SELECT DISTINCT d.event_id, p.url FROM deliveries_deliveryattempt a"
-                    "  JOIN deliveries_delivery d ON d.id = a.delivery_id"
-                    "  JOIN webhooks_endpoint p ON p.id = d.endpoint_id"
-                    " WHERE a.error_class IN ('read_timeout', 'worker_lost')"
-                ).fetchall()
-            }
-            # deliveries sent twice because their claim was lost with PostgreSQL (claims commit
-            # without waiting for the WAL flush): both sends answered and were recorded, so two
-            # succeeded attempts. Any other way to two succeeded attempts would be a bug.
-            lost_claim = {
-                (event, url.removeprefix(self.sink))
-                for event, url in conn.execute(
-                    "SELECT d.event_id, p.url FROM deliveries_deliveryattempt a"
-                    "  JOIN deliveries_delivery d ON d.id = a.delivery_id"
-                    "  JOIN webhooks_endpoint p ON p.id = d.endpoint_id"
-                    " WHERE a.outcome = 'succeeded'"
-                    " GROUP BY d.event_id, p.url HAVING count(*) > 1"
-                ).fetchall()
-            }
             outcomes = dict(
                 conn.execute(
                     "SELECT outcome, count(*) FROM deliveries_deliveryattempt GROUP BY outcome"
@@ -322,8 +305,10 @@ class Soak:
                     "  JOIN webhooks_endpoint p ON p.id = x.endpoint_id GROUP BY p.url"
                 ).fetchall()
             }
-        attempts = {(event, url.removeprefix(self.sink)): n for event, url, _, n in rows}
-        statuses = Counter(status for *_, status, _ in rows)
+        attempts = {(event, url.removeprefix(self.sink)): n for event, url, _, n, _, _ in rows}
+        unsure = {(event, url.removeprefix(self.sink)) for event, url, *_, u, _ in rows if u}
+        lost_claim = {(e, url.removeprefix(self.sink)) for e, url, *_, ok in rows if ok > 1}
+        statuses = Counter(status for _, _, status, *_ in rows)
         requests = Counter((wid, path) for path, wid, _, _ in seen)
         ok_twice = Counter((wid, path) for path, wid, _, status in seen if status == 200)
         metrics = api(self.base, self.key, "GET", "/api/v1/metrics/?window=24h")
