@@ -349,22 +349,24 @@ def test_a_job_waiting_in_a_slow_lane_whose_requests_end_holds_the_task(
     # given a lane of two at a time that has answered once, with one request hanging past
     # `slow_after` while short ones keep ending beside it
     sink.plan("fast", 200)
-    sink.plan("hang", 200, delay=6.0)
+    sink.plan("hang", 200, delay=15.0)
     sink.plan("short", 200, delay=0.1)
-    sender = make_sender(recorded, endpoint_concurrency=2, endpoint_queue=40, slow_after=1.0)
+    # (`slow_after` 2 s: a loaded machine may stretch the gap between two short answers well
+    # past their 0.1 s without the lane looking stalled)
+    sender = make_sender(recorded, endpoint_concurrency=2, endpoint_queue=100, slow_after=2.0)
     (first,) = jobs(sink, "fast", 1, "ep_mixed")
-    sender.acquire(32)
+    sender.acquire(82)
     sender.admit("ep_mixed", [first])
     wait_until(lambda: first.result is not None, timeout=10)
     (hanging,) = jobs(sink, "hang", 1, "ep_mixed")
-    short = jobs(sink, "short", 30, "ep_mixed")  # 3 s of them, one at a time
+    short = jobs(sink, "short", 80, "ep_mixed")  # at least 8 s of them, one at a time
     for number, job in enumerate(short, start=2):
         job.claim.delivery_id = number
-    assert sender.admit("ep_mixed", [hanging, *short]).taken == 31
-    wait_until(lambda: hanging.begun and time.monotonic() - hanging.begun > 1.0, timeout=10)
+    assert sender.admit("ep_mixed", [hanging, *short]).taken == 81
+    wait_until(lambda: hanging.begun and time.monotonic() - hanging.begun > 2.0, timeout=10)
     # when the task waits for the last short one
     # then it waits until it has started: the lane is slow, not stalled
-    assert sender.wait_started([short[-1]], timeout=10) is True
+    assert sender.wait_started([short[-1]], timeout=60) is True
     assert short[-1].begun
     assert sender.drain(timeout=30)
 
