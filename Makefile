@@ -47,6 +47,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
+	$(MAKE) --no-print-directory typecheck
 
 # mypy with the Django and DRF stubs (pyproject: tool.mypy). Not yet in `make test`: it still
 # reports errors the stubs and the code disagree on (issue 13).

@@ -45,15 +45,14 @@ class ReadOnlyInline(admin.TabularInline):
 
 class DeliveryInline(ReadOnlyInline):
     model = Delivery
-    fields = [
+    fields = readonly_fields = (
         "endpoint",
         "status",
         "attempt_count",
         "last_status_code",
         "next_attempt_at",
         "completed_at",
-    ]
-    readonly_fields = fields
+    )
     show_change_link = True
 
 

@@ -4,6 +4,7 @@ answers in milliseconds however many attempts there are."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -45,16 +46,18 @@ def endpoint_rows(scope: metrics.Scope) -> list[EndpointRow]:
             "id", "url", "enabled", "disabled_reason"
         )
     }
-    rows = [
-        EndpointRow(
-            endpoint_id=endpoint_id,
-            url=known.get(endpoint_id, {}).get("url", "(deleted)"),
-            enabled=known.get(endpoint_id, {}).get("enabled", False),
-            disabled_reason=known.get(endpoint_id, {}).get("disabled_reason", ""),
-            summary=summary,
+    rows = []
+    for endpoint_id, summary in summaries.items():
+        endpoint = known.get(endpoint_id)
+        rows.append(
+            EndpointRow(
+                endpoint_id=endpoint_id,
+                url=endpoint["url"] if endpoint else "(deleted)",
+                enabled=endpoint["enabled"] if endpoint else False,
+                disabled_reason=endpoint["disabled_reason"] if endpoint else "",
+                summary=summary,
+            )
         )
-        for endpoint_id, summary in summaries.items()
-    ]
     rows.sort(
         key=lambda r: (
             -(r.failures + r.summary.retried),
@@ -105,7 +108,7 @@ def _charts(points: list[tuple[datetime, metrics.Summary]], window: str) -> dict
     return {"success": success, "latency": latency, "volume": volume}
 
 
-def _overdue(delivery: dict[str, Any] | None, now: datetime) -> dict[str, Any] | None:
+def _overdue(delivery: Mapping[str, Any] | None, now: datetime) -> dict[str, Any] | None:
     if delivery is None:
         return None
     return {

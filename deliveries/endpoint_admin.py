@@ -171,14 +171,14 @@ class EndpointAdmin(AuditedAdmin):
     def get_queryset(self, request: HttpRequest) -> QuerySet[Endpoint]:
         return _with_health(super().get_queryset(request).select_related("application"))
 
-    def get_fields(self, request: HttpRequest, obj: Endpoint | None = None) -> list[str]:
+    def get_fields(self, request: HttpRequest, obj: Endpoint | None = None) -> list[Any]:
         """Header values are secrets: staff who may only view see their names."""
         fields = list(super().get_fields(request, obj))
         if obj is not None and not self.has_change_permission(request, obj):
             fields = ["masked_headers" if f == "headers" else f for f in fields]
         return fields
 
-    def get_readonly_fields(self, request: HttpRequest, obj: Endpoint | None = None) -> list[str]:
+    def get_readonly_fields(self, request: HttpRequest, obj: Endpoint | None = None) -> list[Any]:
         return [*super().get_readonly_fields(request, obj), "masked_headers"]
 
     @admin.display(description="headers")
@@ -190,12 +190,13 @@ class EndpointAdmin(AuditedAdmin):
         finished = getattr(obj, "recent_finished", None)
         if not finished:
             return "–"
-        rate = (obj.recent_succeeded or 0) / finished
+        succeeded = getattr(obj, "recent_succeeded", None) or 0
+        rate = succeeded / finished
         color = "#2e7d32" if rate >= 0.99 else "#ef6c00" if rate >= 0.9 else "#c62828"
         return format_html(
             '<span style="color:{}" title="{} of {} deliveries">{}%</span>',
             color,
-            obj.recent_succeeded or 0,
+            succeeded,
             finished,
             f"{rate * 100:.1f}",
         )

@@ -50,7 +50,8 @@ def queue_depths(client: redis.Redis, queues: Sequence[str]) -> dict[str, int]:
 
 def _buckets(hist: Sequence[int], scale: float) -> list[tuple[str, float]]:
     """Cumulative Prometheus buckets from our per-bucket counts; bounds converted by `scale`."""
-    out, running = [], 0
+    out: list[tuple[str, float]] = []
+    running = 0
     for i, bound in enumerate(BOUNDS_MS):
         running += hist[i] if i < len(hist) else 0
         out.append((repr(bound * scale), running))

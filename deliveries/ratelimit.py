@@ -95,7 +95,10 @@ def held_back() -> dict[str, int]:
     """How many times each endpoint's deliveries were held back by its limit, since Redis
     started (a counter for Prometheus; one delivery held back twice counts twice)."""
     counts = _script().registered_client.hgetall(HELD_KEY)
-    return {endpoint.decode(): int(count) for endpoint, count in counts.items()}
+    return {
+        endpoint.decode() if isinstance(endpoint, bytes) else endpoint: int(count)
+        for endpoint, count in counts.items()
+    }
 
 
 def due_in(grant: Grant, rate: int, count: int) -> list[float]:

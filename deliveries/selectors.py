@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -74,7 +75,7 @@ class Backlog:
     disabled_endpoints: int
     # the pending delivery longest past its due time (id, endpoint_id, event_id,
     # attempt_count, next_attempt_at), or None when none is overdue
-    most_overdue: dict[str, Any] | None
+    most_overdue: Mapping[str, Any] | None
 
 
 def backlog(now: datetime) -> Backlog:

@@ -185,6 +185,6 @@ def encrypter(document: dict[str, Any]) -> Callable[[Any], str]:
     def encrypt(value: Any) -> str:
         token = jwe.JWE(orjson.dumps(value), protected=header)
         token.add_recipient(key)
-        return token.serialize(compact=True)
+        return str(token.serialize(compact=True))  # jwcrypto has no types
 
     return encrypt

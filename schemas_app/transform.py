@@ -119,7 +119,7 @@ class _Sizes:
         return self._known[id(value)][1]
 
 
-class _BoundedInterpreter(visitor.TreeInterpreter):
+class _BoundedInterpreter(visitor.TreeInterpreter):  # type: ignore[misc]  # jmespath: no types
     """JMESPath's interpreter, measuring each result as it is built (see the module's doc)."""
 
     def __init__(self, sizes: _Sizes) -> None:

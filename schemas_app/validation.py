@@ -226,6 +226,7 @@ StrictValidator = extend(
     Draft202012Validator, {name: _charged(fn) for name, fn in _keywords.items()}
 )
 # The meta-schemas are shipped with jsonschema (jsonschema-specifications), not fetched.
+# (attrs takes the private field `_retrieve` as `retrieve`; mypy sees only the field's name)
 _REGISTRY: Registry[Any] = Registry(retrieve=_refuse).with_resources(  # type: ignore[call-arg]
     SPECIFICATIONS.items()
 )

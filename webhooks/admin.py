@@ -27,7 +27,7 @@ class AuditedAdmin(admin.ModelAdmin):
     audit_type = ""
 
     @staticmethod
-    def audit_snapshot(obj: Any) -> dict[str, Any]:
+    def audit_snapshot(obj: Any, /) -> dict[str, Any]:
         raise NotImplementedError
 
     @staticmethod

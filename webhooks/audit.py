@@ -18,7 +18,7 @@ def endpoint_snapshot(endpoint: Endpoint) -> dict[str, Any]:
     return {
         "url": endpoint.url,
         "description": endpoint.description,
-        "application": endpoint.application.uid if endpoint.application_id else None,
+        "application": endpoint.application.uid if endpoint.application is not None else None,
         "event_types": list(endpoint.event_types),
         "enabled": endpoint.enabled,
         "disabled_reason": endpoint.disabled_reason,
@@ -38,7 +38,7 @@ def api_key_snapshot(api_key: ApiKey) -> dict[str, Any]:
         "name": api_key.name,
         "prefix": api_key.prefix,
         "scopes": list(api_key.scopes),
-        "application": api_key.application.uid if api_key.application_id else None,
+        "application": api_key.application.uid if api_key.application is not None else None,
         "source": api_key.source_id,
         "expiry_date": api_key.expiry_date.isoformat() if api_key.expiry_date else None,
         "revoked": api_key.revoked,

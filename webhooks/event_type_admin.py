@@ -28,8 +28,7 @@ from webhooks.models import Endpoint
 
 class SchemaVersionInline(admin.TabularInline):
     model = SchemaVersion
-    fields = ["version", "schema", "created_at", "created_by", "changes"]
-    readonly_fields = fields
+    fields = readonly_fields = ("version", "schema", "created_at", "created_by", "changes")
     extra = 0
     can_delete = False
 
@@ -38,7 +37,8 @@ class SchemaVersionInline(admin.TabularInline):
 
 
 class PreviewForm(forms.Form):
-    data = forms.JSONField(
+    # the form's metaclass moves declared fields off the class, so this does not shadow .data
+    data = forms.JSONField(  # type: ignore[assignment]
         widget=forms.Textarea(attrs={"rows": 12, "cols": 80}), help_text="A sample event's data."
     )
     endpoint = forms.ModelChoiceField(

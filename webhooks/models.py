@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, ClassVar, cast
+
 from django.contrib.postgres.fields import ArrayField
 from django.contrib.postgres.indexes import GinIndex
 from django.core.validators import MinValueValidator, RegexValidator
@@ -150,6 +152,14 @@ class ApiKeyManager(APIKeyManager):
         # authentication reads the key's source and application on every request
         return super().get_usable_keys().select_related("source", "application")
 
+    # the library types these as its abstract model; they return ours
+    def get_from_key(self, key: str) -> ApiKey:
+        return cast(ApiKey, super().get_from_key(key))
+
+    def create_key(self, **kwargs: Any) -> tuple[ApiKey, str]:
+        api_key, key = super().create_key(**kwargs)
+        return cast(ApiKey, api_key), key
+
 
 class ApiKey(AbstractAPIKey):
     """An API key for sources and operators; only its hash and 8-character prefix are kept."""
@@ -168,7 +178,7 @@ class ApiKey(AbstractAPIKey):
         Application, null=True, blank=True, on_delete=models.CASCADE, related_name="api_keys"
     )
     last_used_at = models.DateTimeField(null=True, blank=True)
-    objects = ApiKeyManager()
+    objects: ClassVar[ApiKeyManager] = ApiKeyManager()
     source = models.ForeignKey(
         Source,
         null=True,

@@ -110,7 +110,7 @@ class _WatchedPool:
     """A connection pool whose connections are watched against the calling thread's deadline."""
 
     def _get_conn(self, timeout: float | None = None) -> Any:
-        conn = super()._get_conn(timeout)  # type: ignore[misc]
+        conn = super()._get_conn(timeout)  # type: ignore[misc]  # the pool it is mixed into
         deadline = getattr(_request_deadline, "at", None)
         if deadline is not None:
             _stop_watching()  # one connection watched per request

@@ -173,7 +173,7 @@ class LocalPostgres:
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            **run_as,  # type: ignore[call-overload]
+            **run_as,  # type: ignore[call-overload]  # user/group only as root; a dict to mypy
         )
         log.close()
         _wait_for(self._ready, f"PostgreSQL (log: {self.log_path})", timeout, self.proc)

@@ -69,7 +69,8 @@ class BodyLimitMiddleware:
             return _error(413, "payload_too_large", f"Request body exceeds {limit} bytes.")
         body = b"".join(chunks)
         request.META["CONTENT_LENGTH"] = str(len(body))
-        request._stream = LimitedStream(io.BytesIO(body), len(body))
+        # WSGIRequest itself sets a LimitedStream here; the stubs say BinaryIO
+        request._stream = LimitedStream(io.BytesIO(body), len(body))  # type: ignore[assignment]
         return None
 
 

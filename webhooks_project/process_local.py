@@ -27,7 +27,7 @@ class ProcessLocal(Generic[T]):
                 if self._pid != pid:
                     self._value = self._factory()
                     self._pid = pid
-        return self._value  # type: ignore[return-value]
+        return self._value  # type: ignore[return-value]  # set above for this pid
 
     def current(self) -> T | None:
         """This process's instance if it has been built, else None."""

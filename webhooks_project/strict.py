@@ -35,7 +35,7 @@ class StrictFields:
     not checked (pagination and format parameters live there)."""
 
     def to_internal_value(self, data: Any) -> Any:
-        unknown = unknown_fields(data, self.fields)  # type: ignore[attr-defined]
+        unknown = unknown_fields(data, self.fields)  # type: ignore[attr-defined]  # the serializer's
         if unknown:
             raise serializers.ValidationError(unknown)
-        return super().to_internal_value(data)  # type: ignore[misc]
+        return super().to_internal_value(data)  # type: ignore[misc]  # the serializer's

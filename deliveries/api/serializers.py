@@ -8,6 +8,7 @@ from rest_framework import serializers
 
 from deliveries.models import DeadLetter, Delivery, DeliveryAttempt, Event
 from deliveries.services.ingest import EventInput
+from webhooks.models import Application
 from webhooks_project.strict import StrictFields
 
 MAX_BATCH = 1000
@@ -17,7 +18,8 @@ class EventCreateSerializer(StrictFields, serializers.Serializer):
     """What a source posts: the type, the data, and optional application, key and time."""
 
     type = serializers.CharField(max_length=200)
-    data = serializers.JSONField(help_text="Checked against the event type's JSON Schema.")
+    # the serializer's metaclass moves declared fields off the class: .data is not shadowed
+    data = serializers.JSONField(help_text="Checked against the event type's JSON Schema.")  # type: ignore[assignment]
     application = serializers.CharField(max_length=64, required=False, allow_null=True)
     idempotency_key = serializers.CharField(max_length=200, required=False, allow_null=True)
     occurred_at = serializers.DateTimeField(required=False, allow_null=True)
@@ -54,7 +56,9 @@ class DeliverySerializer(serializers.ModelSerializer):
 
 class EventSerializer(serializers.ModelSerializer):
     type = serializers.CharField(source="event_type_id", read_only=True)
-    application = serializers.SlugRelatedField(slug_field="uid", read_only=True)
+    application: serializers.SlugRelatedField[Application] = serializers.SlugRelatedField(
+        slug_field="uid", read_only=True
+    )
     schema_version = serializers.IntegerField(source="schema_version.version", read_only=True)
     deliveries = serializers.SerializerMethodField()
 
@@ -81,6 +85,7 @@ class EventSerializer(serializers.ModelSerializer):
 class EventDetailSerializer(EventSerializer):
     """An event with its deliveries listed in full."""
 
+    # in full here, where the parent has a method field (ids)
     deliveries = DeliverySerializer(many=True, read_only=True)  # type: ignore[assignment]
 
 

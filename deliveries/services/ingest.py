@@ -154,7 +154,7 @@ def _store(
     stored: dict[tuple[int | None, str], Event] = {}
     if keys:
         for event in Event.objects.filter(idempotency_key__in=keys):
-            stored[(event.application_id, event.idempotency_key)] = event  # type: ignore[index]
+            stored[(event.application_id, event.idempotency_key)] = event  # type: ignore[index]  # key__in: not NULL
     # plan: (event, created) per item, in order; a key repeated in one batch makes one event
     plan: list[tuple[Event, bool]] = []
     new_events: list[Event] = []

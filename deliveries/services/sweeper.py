@@ -58,7 +58,7 @@ def _record_lost_attempts(*, delivery_ids: Sequence[int], now: datetime) -> int:
     )
     deltas = metrics.Deltas()
     for row in rows:
-        deltas.of(row["endpoint_id"], row["event__event_type_id"]).lost += 1
+        deltas.of(row["endpoint_id"], row["event__event_type_id"]).lost += 1  # type: ignore[arg-type]  # the stubs type a string primary key's _id as int
     metrics.stats_add(deltas, at=now)
     logger.warning("recorded %d tries whose worker was lost", len(rows))
     return len(rows)

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from django.core.exceptions import ValidationError as DjangoValidationError
 from drf_spectacular.utils import extend_schema
 from rest_framework import status, viewsets
 from rest_framework.decorators import action
+from rest_framework.relations import RelatedField
 from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.serializers import BaseSerializer, Serializer
 
 from audit.models import AuditRecord
-from webhooks.models import Application
+from webhooks.models import Application, Endpoint
 from webhooks.scoping import for_key, key_application, refuse_if_limited
 from webhooks.selectors import endpoint_active_secrets, endpoint_list
 from webhooks.services import (
@@ -40,7 +42,7 @@ from .serializers import (
 )
 
 
-class ApplicationViewSet(viewsets.ModelViewSet):
+class ApplicationViewSet(viewsets.ModelViewSet[Application]):
     """Consumer organisations; an event posted for one goes only to its endpoints."""
 
     serializer_class = ApplicationSerializer
@@ -54,7 +56,7 @@ class ApplicationViewSet(viewsets.ModelViewSet):
         refuse_if_limited(self.request, "delete its application")
         application_delete(application=instance, actor=str(self.request.user))
 
-    def perform_create(self, serializer: ApplicationSerializer) -> None:
+    def perform_create(self, serializer: BaseSerializer[Application]) -> None:
         refuse_if_limited(self.request, "create applications")
         try:
             serializer.instance = application_create(
@@ -63,7 +65,8 @@ class ApplicationViewSet(viewsets.ModelViewSet):
         except DjangoValidationError as exc:
             raise from_django_validation(exc) from exc
 
-    def perform_update(self, serializer: ApplicationSerializer) -> None:
+    def perform_update(self, serializer: BaseSerializer[Application]) -> None:
+        assert serializer.instance is not None  # an update has its instance
         try:
             serializer.instance = application_update(
                 application=serializer.instance,
@@ -74,7 +77,7 @@ class ApplicationViewSet(viewsets.ModelViewSet):
             raise from_django_validation(exc) from exc
 
 
-class EndpointViewSet(viewsets.ModelViewSet):
+class EndpointViewSet(viewsets.ModelViewSet[Endpoint]):
     """Endpoints that receive signed webhooks."""
 
     serializer_class = EndpointSerializer
@@ -88,10 +91,11 @@ class EndpointViewSet(viewsets.ModelViewSet):
         serializer = super().get_serializer(*args, **kwargs)
         if kwargs.get("many"):
             return serializer  # lists are read-only
-        field = serializer.fields.get("application")
-        if field is not None and not field.read_only:
+        field = cast(Serializer, serializer).fields.get("application")
+        if isinstance(field, RelatedField) and not field.read_only:
             # another application's uid is "does not exist", like one that does not
-            field.queryset = for_key(self.request, Application.objects.all(), "pk")
+            # (the stubs read RelatedField.queryset as a manager descriptor)
+            field.queryset = for_key(self.request, Application.objects.all(), "pk")  # type: ignore[arg-type]
         return serializer
 
     @extend_schema(responses={201: EndpointCreatedSerializer})
@@ -110,7 +114,8 @@ class EndpointViewSet(viewsets.ModelViewSet):
         data.update(credentials(secret))
         return Response(data, status=status.HTTP_201_CREATED)
 
-    def perform_update(self, serializer: EndpointSerializer) -> None:
+    def perform_update(self, serializer: BaseSerializer[Endpoint]) -> None:
+        assert serializer.instance is not None  # an update has its instance
         try:
             serializer.instance = endpoint_update(
                 endpoint=serializer.instance,
