@@ -18,10 +18,10 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/python -m webhooks_project.localstack run
+	$(BIN)/python -m devstack run
 
 test: lint
-	$(BIN)/python -m webhooks_project.localstack test -- $(PYTEST_ARGS)
+	$(BIN)/python -m devstack test -- $(PYTEST_ARGS)
 
 # Throughput and latency against the machine's own limits (see docs/BENCHMARKS.md).
 bench: $(STAMP)
@@ -40,7 +40,7 @@ soak: $(STAMP)
 
 # The admin screenshots in docs/screenshots/, taken by the browser test.
 screenshots: $(STAMP)
-	SCREENSHOTS_DIR=docs/screenshots $(BIN)/python -m webhooks_project.localstack test -- tests/test_browser.py
+	SCREENSHOTS_DIR=docs/screenshots $(BIN)/python -m devstack test -- tests/test_browser.py
 
 # Style, formatting and the import rules of docs/ARCHITECTURE.md (run by `make test` first).
 lint: $(STAMP)

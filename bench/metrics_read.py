@@ -258,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "webhooks_project.settings")
     os.environ["LOG_LEVEL"] = "WARNING"
     sys.path.insert(0, str(BASE_DIR))
-    from webhooks_project.localstack import start_services, stop_services
+    from devstack.services import start_services, stop_services
 
     tmp = Path(tempfile.mkdtemp(prefix="metrics-read-"))
     tmp.chmod(0o755)
@@ -285,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(tmp, ignore_errors=True)
     print(report)
     if args.write:
-        from bench.run import write_section
+        from bench.report import write_section
 
         write_section(args.write, report, START, END)
         log(f"wrote {args.write}")

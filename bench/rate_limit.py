@@ -27,7 +27,9 @@ from typing import Any
 
 import psycopg
 
-from bench.run import PY, Stack, api, log, post_batches, sink_stats, write_section
+from bench.report import write_section
+from bench.scenarios import post_batches
+from bench.stack import PY, Stack, api, log, sink_stats
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 START, END = "<!-- rate-limit:start -->", "<!-- rate-limit:end -->"
@@ -130,11 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         dsn, key = stack.start_data()
         sink = stack.start_sink()
-        gunicorn = [PY, "-m", "gunicorn", "webhooks_project.wsgi", "--workers", "2"]
-        _, web_port = stack.spawn_listening(
-            "web", lambda port: [*gunicorn, "--bind", f"127.0.0.1:{port}"], ready="Booting worker"
-        )
-        base = f"http://127.0.0.1:{web_port}"
+        _, base = stack.serve_web("web", workers=2)
         celery = [PY, "-m", "celery", "-A", "webhooks_project"]
         stack.spawn("worker", [*celery, "worker", "-l", "INFO"], ready=" ready.")
         stack.spawn("beat", [*celery, "beat", "-l", "INFO"], ready="beat: Starting")

@@ -116,7 +116,7 @@ class Consumer(asyncio.Protocol):
 async def main(port: int) -> None:
     loop = asyncio.get_running_loop()
     server = await loop.create_server(Consumer, "127.0.0.1", port, backlog=1024)
-    print("ready", flush=True)
+    print("ready", server.sockets[0].getsockname()[1], flush=True)  # port 0: the one it got
     async with server:
         await server.serve_forever()
 

@@ -37,8 +37,9 @@ import orjson
 import psycopg
 import urllib3
 
-from bench.run import HTTP, PY, Stack, api, log, write_section
-from webhooks_project.localstack import LocalPostgres, LocalRedis
+from bench.report import write_section
+from bench.stack import HTTP, PY, Stack, api, log
+from devstack.services import LocalPostgres, LocalRedis
 
 ENDPOINTS = ("ok/1", "ok/2", "ok/3", "flaky/1", "slow/1")
 # Short retries for every endpoint: the soak ends in minutes, and a consumer stopped for 20 s
@@ -69,19 +70,8 @@ class Soak:
         self.dsn, self.key = self.stack.start_data()
         self.pg: LocalPostgres = self.stack.services[0]
         self.redis: LocalRedis = self.stack.services[1]
-        _, port = self.stack.spawn_listening(
-            "sink", lambda p: [PY, "-m", "bench.soak_sink", str(p)], ready="ready"
-        )
-        self.sink = f"http://127.0.0.1:{port}"
-        _, web_port = self.stack.spawn_listening(
-            "web",
-            lambda p: (
-                [PY, "-m", "gunicorn", "webhooks_project.wsgi", "--bind", f"127.0.0.1:{p}"]
-                + ["--workers", "2", "--threads", "4"]
-            ),
-            ready="Booting worker",
-        )
-        self.base = f"http://127.0.0.1:{web_port}"
+        self.sink = self.stack.start_sink("bench.soak_sink")
+        _, self.base = self.stack.serve_web("web", workers=2, threads=4)
         for _ in range(2):
             self.start_worker()
         self.stack.spawn(
@@ -125,9 +115,7 @@ class Soak:
     def kill_worker(self, name: str) -> None:
         proc = self.stack.procs.pop(name)
         self.killed.add(name)
-        if proc.popen.poll() is None:  # it may have died already (counted in `exits`)
-            os.killpg(proc.popen.pid, signal.SIGKILL)
-        proc.popen.wait()
+        proc.kill()  # the whole group; it may have died already (counted in `exits`)
 
     def note(self, what: str) -> None:
         self.faults.append((time.monotonic() - self.t0, what))
@@ -164,11 +152,12 @@ class Soak:
             self.note(f"SIGKILLed worker2's process group; started {self.start_worker()}")
 
         def stop_consumer() -> None:
-            sink = self.stack.procs["sink"].popen
-            sink.send_signal(signal.SIGSTOP)
+            sink = self.stack.procs["sink"]
+            assert sink.popen is not None
+            sink.popen.send_signal(signal.SIGSTOP)
             self.note("consumer SIGSTOPped for 20 s")
             time.sleep(20)
-            sink.send_signal(signal.SIGCONT)
+            sink.popen.send_signal(signal.SIGCONT)
             self.note("consumer SIGCONTed")
 
         return [
@@ -198,9 +187,9 @@ class Soak:
     def watch_workers(self) -> None:
         for name in self.workers:
             proc = self.stack.procs.get(name)
-            if proc is not None and proc.popen.poll() is not None and name not in self.exits:
-                self.exits[name] = proc.popen.returncode
-                log(f"{name} exited with {proc.popen.returncode} (not scheduled)")
+            if proc is not None and not proc.alive() and name not in self.exits:
+                self.exits[name] = proc.returncode
+                log(f"{name} exited with {proc.returncode} (not scheduled)")
 
     # --- the load ---
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,7 @@ import pytest
 from django.conf import settings
 from rest_framework.test import APIClient
 
+from devstack.process import Child, listening_socket
 from tests.sink import Sink
 from webhooks.models import ApiKey
 from webhooks.services import api_key_create
@@ -69,23 +72,11 @@ def sink(sink_server: Sink) -> Iterator[Sink]:
     sink_server.reset()
 
 
-def terminate(proc: subprocess.Popen[Any] | None, timeout: float = 20) -> None:
-    """Stop a child started in its own session: SIGTERM, then SIGKILL its group if it lingers."""
-    if proc is None or proc.poll() is not None:
-        return
-    proc.terminate()
-    try:
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, 9)
-        proc.wait()
-
-
-class WorkerProcess:
+class WorkerProcess(Child):
     """A `celery -A webhooks_project worker` (or `beat`) child process on the test database."""
 
     ROLE_ARGS = {
-        "worker": (["worker", "--without-gossip", "--without-mingle"], " ready."),
+        "worker": (["worker", "--without-gossip", "--without-mingle"], r" ready\."),
         "beat": (["beat"], "beat: Starting"),
     }
 
@@ -97,51 +88,20 @@ class WorkerProcess:
         *,
         default_command: bool = False,
     ) -> None:
-        self.env = env
-        self.extra_args = extra_args or []
-        self.role_args, self.ready_marker = self.ROLE_ARGS[role]
+        role_args, self.ready_marker = self.ROLE_ARGS[role]
         if default_command:
-            self.role_args = [role]
-        self.proc: subprocess.Popen[str] | None = None
-        self.output: list[str] = []
-        self._ready = threading.Event()
+            role_args = [role]
+        command = [sys.executable, "-m", "celery", "-A", "webhooks_project", *role_args]
+        super().__init__(role, [*command, "--loglevel", "INFO", *(extra_args or [])], env=env)
 
-    def start(self, timeout: float = 60) -> WorkerProcess:
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "webhooks_project",
-                *self.role_args,
-                "--loglevel",
-                "INFO",
-                *self.extra_args,
-            ],
-            cwd=BASE_DIR,
-            env=self.env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,
-        )
-        threading.Thread(target=self._pump, daemon=True).start()
-        if not self._ready.wait(timeout):
-            self.stop()
-            raise RuntimeError("celery did not start:\n" + "".join(self.output[-50:]))
+    def start(self, *, ready: Any = None, timeout: float = 60) -> WorkerProcess:
+        super().start(ready=ready or self.ready_marker, timeout=timeout)
         return self
 
-    def _pump(self) -> None:
-        assert self.proc is not None
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.output.append(line)
-            if self.ready_marker in line:
-                self._ready.set()
-
-    def stop(self, timeout: float = 20) -> None:
-        terminate(self.proc, timeout)
+    @property
+    def proc(self) -> subprocess.Popen[bytes]:
+        assert self.popen is not None
+        return self.popen
 
 
 def worker_env(**overrides: Any) -> dict[str, str]:
@@ -162,64 +122,36 @@ def celery_worker(django_db_setup: None, django_db_blocker: Any) -> Iterator[Wor
     worker.stop()
 
 
-class WebServer:
-    """The real web server (gunicorn) as a child process, on a port of its own.
-
-    The listening socket is bound here (port 0) and handed to gunicorn (`--bind fd://N`), so no
-    other process can take the port between choosing it and the server listening on it.
-    """
+class WebServer(Child):
+    """The real web server (gunicorn) as a child process, on a socket bound here and handed to
+    it (`--bind fd://N`), so no other process can take the port first (`devstack.process`)."""
 
     def __init__(self, env: dict[str, str]) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(128)
+        self.sock = listening_socket(backlog=128)
         self.port = int(self.sock.getsockname()[1])
-        self.env = env
-        self.proc: subprocess.Popen[bytes] | None = None
+        args = [sys.executable, "-m", "gunicorn", "webhooks_project.wsgi"]
+        args += ["--bind", f"fd://{self.sock.fileno()}", "--workers", "1", "--threads", "4"]
+        super().__init__("gunicorn", args, env=env, pass_fds=[self.sock.fileno()])
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 30) -> WebServer:
-        import urllib.error
-        import urllib.request
+    def _answers(self) -> bool:
+        try:
+            urllib.request.urlopen(self.url + "/healthz", timeout=2)  # noqa: S310
+        except urllib.error.HTTPError:
+            pass  # it answers (503 is fine: the broker may be down on purpose)
+        except OSError:
+            return False
+        return True
 
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "gunicorn",
-                "webhooks_project.wsgi",
-                "--bind",
-                f"fd://{self.sock.fileno()}",
-                "--workers",
-                "1",
-                "--threads",
-                "4",
-            ],
-            cwd=BASE_DIR,
-            env=self.env,
-            pass_fds=[self.sock.fileno()],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                urllib.request.urlopen(self.url + "/healthz", timeout=2)  # noqa: S310
-                return self
-            except urllib.error.HTTPError:
-                return self  # it answers (503 is fine: the broker may be down on purpose)
-            except OSError:
-                time.sleep(0.1)
-        self.stop()
-        raise RuntimeError("web server did not start")
+    def start(self, *, ready: Any = None, timeout: float = 30) -> WebServer:
+        super().start(ready=ready or self._answers, timeout=timeout)
+        return self
 
-    def stop(self) -> None:
-        terminate(self.proc)
+    def stop(self, *, sig: int = signal.SIGTERM, timeout: float = 20) -> None:
+        super().stop(sig=sig, timeout=timeout)
         self.sock.close()
 
 
@@ -316,7 +248,7 @@ def settings_probe(code: str, env: dict[str, str]) -> str:
 
 def pg_dump() -> str:
     """The whole test database as `pg_dump` prints it (what a leaked backup would hold)."""
-    from webhooks_project.localstack import LocalPostgres
+    from devstack.services import LocalPostgres
 
     db = settings.DATABASES["default"]
     return subprocess.run(

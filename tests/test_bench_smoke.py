@@ -32,7 +32,7 @@ def test_the_quick_benchmark_runs_and_loses_nothing() -> None:
 def test_a_report_section_is_replaced_in_place_and_keeps_the_text_after_it(tmp_path):
     """`--write` splices its section between its markers, idempotently, and leaves a blank line
     before whatever follows (a missing one once glued the next heading onto the marker)."""
-    from bench.run import write_section
+    from bench.report import write_section
 
     doc = tmp_path / "B.md"
     doc.write_text("# B\n\n<!-- s:start -->\nold\n<!-- s:end -->\n## Next\n")

@@ -19,7 +19,6 @@ from rest_framework.test import APIClient
 from deliveries.models import Delivery
 from tests.conftest import BASE_DIR, WebServer, wait_until, worker_env
 from webhooks.models import ApiKey
-from webhooks_project.localstack import free_port
 
 
 def test_healthz_reports_database_and_broker(db: None) -> None:
@@ -107,84 +106,68 @@ def test_ingest_answers_202_and_keeps_rows_pending_when_the_broker_is_down(
 def test_flower_gets_basic_auth_from_the_environment_or_a_password_generated_once(
     tmp_path: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from webhooks_project import localstack
+    from devstack import cli
 
-    monkeypatch.setattr(localstack, "RUN_DIR", tmp_path)
+    monkeypatch.setattr(cli, "RUN_DIR", tmp_path)
     monkeypatch.delenv("FLOWER_BASIC_AUTH", raising=False)
-    generated = localstack._flower_auth()
+    generated = cli._flower_auth()
     user, password = generated.split(":", 1)
     assert user == "admin"
     assert len(password) >= 16
-    assert localstack._flower_auth() == generated  # kept under .run/ between runs
+    assert cli._flower_auth() == generated  # kept under .run/ between runs
     assert (tmp_path / "flower-auth").stat().st_mode & 0o077 == 0
     monkeypatch.setenv("FLOWER_BASIC_AUTH", "ops:s3cret")
-    assert localstack._flower_auth() == "ops:s3cret"
+    assert cli._flower_auth() == "ops:s3cret"
     monkeypatch.setenv("FLOWER_BASIC_AUTH", "no-password")
     with pytest.raises(SystemExit, match="user:password"):
-        localstack._flower_auth()
+        cli._flower_auth()
 
 
 def test_flower_refuses_requests_without_its_basic_auth() -> None:
     import base64
-    import subprocess
     import sys
-    import time
     import urllib.error
 
-    from tests.conftest import BASE_DIR, terminate
+    from devstack.process import Child, ExitedWhileStarting, on_free_port
 
-    def start(port: int) -> subprocess.Popen[bytes]:
-        return subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "webhooks_project",
-                "flower",
-                f"--port={port}",
-                "--address=127.0.0.1",
-                "--basic-auth=ops:s3cret",
-            ],
-            cwd=BASE_DIR,
-            env=worker_env(),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-
-    def first_status(proc: subprocess.Popen[bytes], url: str) -> int | None:
-        """Flower's first answer; None if it exited (its port was taken meanwhile)."""
-        deadline = time.monotonic() + 30
-        while proc.poll() is None:
-            try:
-                urllib.request.urlopen(url, timeout=2)  # noqa: S310 - our own local Flower
-                status = 200
-            except urllib.error.HTTPError as exc:
-                status = exc.code
-            except OSError:
-                assert time.monotonic() < deadline, "flower did not start"
-                time.sleep(0.2)
-                continue
-            return status if proc.poll() is None else None  # else: someone else answered
-        return None
-
-    for _ in range(3):  # a free port can be taken before Flower binds it: try another
-        port = free_port()
-        proc = start(port)
-        url = f"http://127.0.0.1:{port}/workers"
+    def status(url: str) -> int | None:
         try:
-            status = first_status(proc, url)
-            if status is None:
-                continue
-            assert status == 401
-            token = base64.b64encode(b"ops:s3cret").decode()
-            request = urllib.request.Request(url, headers={"Authorization": f"Basic {token}"})
-            assert urllib.request.urlopen(request, timeout=10).status == 200  # noqa: S310
-            return
-        finally:
-            terminate(proc)
-    pytest.fail("flower exited on three ports in a row")
+            return int(urllib.request.urlopen(url, timeout=2).status)  # noqa: S310 - local
+        except urllib.error.HTTPError as exc:
+            return exc.code
+        except OSError:
+            return None
+
+    def start(port: int) -> tuple[Child, str]:
+        """Flower on `port`, answering; a fresh port if it exits (the port was taken)."""
+        args = [sys.executable, "-m", "celery", "-A", "webhooks_project", "flower"]
+        args += [f"--port={port}", "--address=127.0.0.1", "--basic-auth=ops:s3cret"]
+        flower = Child("flower", args, env=worker_env())
+        url = f"http://127.0.0.1:{port}/workers"
+        answered: list[int] = []
+
+        def answers() -> bool:
+            code = status(url)
+            if code is not None:
+                answered.append(code)
+            return code is not None
+
+        flower.start(ready=answers)
+        if not flower.alive():  # another server answered before ours gave up on the port
+            raise ExitedWhileStarting("flower exited")
+        flowers.append(flower)
+        assert answered[0] == 401
+        return flower, url
+
+    flowers: list[Child] = []
+    try:
+        _, url = on_free_port(start)
+        token = base64.b64encode(b"ops:s3cret").decode()
+        request = urllib.request.Request(url, headers={"Authorization": f"Basic {token}"})
+        assert urllib.request.urlopen(request, timeout=10).status == 200  # noqa: S310
+    finally:
+        for flower in flowers:
+            flower.stop()
 
 
 @pytest.mark.parametrize(("value", "enabled"), [(None, "True"), ("false", "False")])
@@ -214,7 +197,7 @@ def test_keep_starts_a_command_again_when_it_dies_and_stops_with_its_group(
         "sys.exit(3) if len(p.read_text()) < 2 else time.sleep(60)"
     )
     proc = subprocess.Popen(
-        [sys.executable, "-m", "webhooks_project.localstack", "keep", "--"]
+        [sys.executable, "-m", "devstack", "keep", "--"]
         + [sys.executable, "-c", script, str(runs)],
         cwd=BASE_DIR,
         stderr=subprocess.PIPE,

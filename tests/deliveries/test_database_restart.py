@@ -30,9 +30,9 @@ from typing import Any
 import psycopg
 import pytest
 
+from devstack.services import LocalPostgres, LocalRedis
 from tests.conftest import BASE_DIR, WebServer, WorkerProcess, wait_until, worker_env
 from tests.sink import Sink
-from webhooks_project.localstack import LocalPostgres, LocalRedis
 
 pytestmark = pytest.mark.integration
 

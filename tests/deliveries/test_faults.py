@@ -25,11 +25,11 @@ import redis
 from django.utils import timezone
 
 from deliveries.models import Delivery, DeliveryAttempt, DeliveryTotal, Event
+from devstack.services import LocalRedis
 from schemas_app.services import event_type_create
 from tests.conftest import BASE_DIR, WebServer, WorkerProcess, wait_idle, wait_until, worker_env
 from tests.sink import Sink
 from webhooks.services import api_key_create, endpoint_create
-from webhooks_project.localstack import LocalRedis
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 

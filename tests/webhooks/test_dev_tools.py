@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import io
-import re
-import subprocess
 import sys
-import threading
 import time
 
 import pytest
@@ -15,7 +12,8 @@ from rest_framework.test import APIClient
 from standardwebhooks import Webhook
 
 from deliveries.models import Delivery
-from tests.conftest import BASE_DIR, WorkerProcess, terminate, wait_until, worker_env
+from devstack.process import Child
+from tests.conftest import WorkerProcess, wait_until, worker_env
 from tests.sink import Sink
 from webhooks import signing, transport
 from webhooks.management.commands.listen import check
@@ -53,28 +51,15 @@ def test_a_test_event_reaches_only_its_endpoint_signed(
 
 def test_the_listener_prints_each_delivery_and_whether_it_verifies() -> None:
     secret = signing.generate_secret()
-    proc = subprocess.Popen(
+    listener = Child(
+        "listen",
         [sys.executable, "manage.py", "listen", "--port", "0", "--secret", secret],
-        cwd=BASE_DIR,
         env=worker_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
     )
-    lines: list[str] = []
-
-    def pump() -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            lines.append(line)
-
-    threading.Thread(target=pump, daemon=True).start()
     try:
-        banner = wait_until(
-            lambda: next((line for line in lines if "listening on" in line), None), timeout=30
-        )
-        port = int(re.search(r"127\.0\.0\.1:(\d+)/", banner).group(1))
+        listener.start(ready=r"listening on http://127\.0\.0\.1:(\d+)/", timeout=30)
+        assert listener.ready_match is not None
+        port = int(listener.ready_match.group(1))
         url = f"http://127.0.0.1:{port}/hook"
         body = b'{"type": "order.created", "data": {"id": "o-1"}}'
 
@@ -93,13 +78,13 @@ def test_the_listener_prints_each_delivery_and_whether_it_verifies() -> None:
 
         assert send(secret, "msg_good") == 204
         assert send(signing.generate_secret(), "msg_forged") == 401
-        wait_until(lambda: sum("-->" in line for line in lines) == 2)
-        text = "".join(lines)
+        wait_until(lambda: listener.text().count("-->") == 2)
+        text = listener.text()
         assert "msg_good  OK" in text
         assert "msg_forged  INVALID: no signature matches" in text
         assert '"id": "o-1"' in text
     finally:
-        terminate(proc)
+        listener.stop()
 
 
 def test_the_listener_checks_ed25519_endpoints_too() -> None:

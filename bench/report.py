@@ -1,0 +1,106 @@
+"""The benchmark's report: its Markdown, and writing a section of docs/BENCHMARKS.md."""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+
+def write_section(path: str, report: str, start: str, end: str) -> None:
+    """Replace the part of the file between the `start` and `end` markers (or append it)."""
+    target = Path(path)
+    text = target.read_text() if target.exists() else ""
+    report = report.strip("\n") + "\n"
+    if start in text and end in text:
+        rest = text[text.index(end) + len(end) :].lstrip("\n")
+        text = text[: text.index(start)] + report + ("\n" + rest if rest else "")
+    else:
+        text = text.rstrip() + "\n\n" + report
+    target.write_text(text)
+
+
+def render(r: dict[str, Any]) -> str:
+    raw = r["raw"]["rate"]
+    a = r["args"]
+    cmd = "make bench" if not a["quick"] else "make bench-quick"
+    lines = [
+        "# Benchmarks",
+        "",
+        f"Produced by `{cmd}` (`python -m bench.run"
+        + (" --quick" if a["quick"] else "")
+        + f"`) on {time.strftime('%Y-%m-%d')}: {platform.platform()}, "
+        f"{os.cpu_count()} CPUs, {round(psutil.virtual_memory().total / 2**30, 1)} GiB, "
+        f"Python {platform.python_version()}. Everything on loopback: PostgreSQL (fsync on), "
+        "Redis, gunicorn (2 processes x 4 threads), the default `celery -A webhooks_project "
+        "worker`, beat, an asyncio sink, and the load generator share the machine.",
+        "",
+        f"Events: {a['events']}, fan-out {a['fanout']}, payload filler {a['payload_bytes']} B, "
+        f"{a['batch']} events per batch POST, failing fraction {a['failing_fraction']}.",
+        "Ratios are to the raw loop measured in the same run (the machines are shared and noisy).",
+        "",
+        "| measurement | value | ratio to raw loop |",
+        "|---|---|---|",
+        f"| raw loop: sign + POST, one process (the limit) | {raw:.0f} req/s | 1.00 |",
+        f"| Celery no-op task on Redis (the one-task-per-message floor) | {r['noop']['rate']:.0f} tasks/s | {r['noop']['rate'] / raw:.2f} |",
+    ]
+    h = r["healthy"]
+    lines += [
+        f"| pipeline end to end, all healthy (first POST to last receipt, every attempt recorded) | {h['rate']:.0f} deliveries/s | **{h['rate'] / raw:.2f}** |",
+        f"| ingestion through `POST /events/batch/`, alone (worker paused; {r['args']['batch']} events per POST, 4 clients) | {r['ingest']['rate']:.0f} events/s | — |",
+        f"| ingestion through `POST /events/batch/`, during the all-healthy run | {h['ingest_rate']:.0f} events/s | — |",
+        f"| latency at half peak ({r['paced']['target_rate']:.0f}/s), client's send to receipt: p50 / p99 / mean | {r['paced']['p50_ms']:.1f} / {r['paced']['p99_ms']:.1f} / {r['paced']['mean_ms']:.1f} ms | — |",
+        f"| latency at half peak, service's acceptance (event `timestamp`) to receipt: p50 / p99 | {r['paced']['accepted_p50_ms']:.1f} / {r['paced']['accepted_p99_ms']:.1f} ms | — |",
+    ]
+    for mode, label in (("fail", "answering 500"), ("hang", "hanging past the timeout")):
+        if mode not in r:
+            continue
+        m = r[mode]
+        lines += [
+            f"| {label}: healthy endpoints' throughput | {m['rate']:.0f} deliveries/s | {m['rate'] / raw:.2f} (vs all healthy: {m['rate'] / h['rate']:.2f}) |",
+            f"| {label}: healthy endpoints' latency at half peak, p50 / p99 | {m['paced']['p50_ms']:.1f} / {m['paced']['p99_ms']:.1f} ms | p99 vs all healthy: {m['paced']['p99_ms'] / max(r['paced']['p99_ms'], 1e-9):.2f} |",
+            f"| {label}: worker peak RSS / CPU during the burst | {m['processes']['worker']['peak_rss_mb']} MB / {m['processes']['worker']['cpu_s']} s | — |",
+        ]
+
+    def verdict(ok: bool) -> str:
+        return "met" if ok else "**not met**"
+
+    pc = r["paced"]
+    lines += [
+        "",
+        "Targets (issue 4), judged on this run:",
+        "",
+        "| target | this run | |",
+        "|---|---|---|",
+        f"| end to end >= 0.5 x raw loop | {h['rate'] / raw:.2f} x | {verdict(h['rate'] / raw >= 0.5)} |",
+        f"| p99 < 100 ms at half peak (client's send to receipt) | {pc['p99_ms']:.0f} ms | {verdict(pc['p99_ms'] < 100)} |",
+        f"| p50 < 20 ms at half peak (client's send to receipt) | {pc['p50_ms']:.0f} ms | {verdict(pc['p50_ms'] < 20)} |",
+        f"| ingestion >= 2,000 events/s (alone) | {r['ingest']['rate']:.0f} /s | {verdict(r['ingest']['rate'] >= 2000)} |",
+    ]
+    for mode in ("fail", "hang"):
+        if mode in r:
+            m = r[mode]
+            t_ok = m["rate"] * 2 >= h["rate"]
+            p_ok = m["paced"]["p99_ms"] <= 2 * pc["p99_ms"]
+            lines.append(
+                f"| {mode}: healthy throughput and p99 within 2x of all healthy | "
+                f"{h['rate'] / m['rate']:.2f}x slower, p99 {m['paced']['p99_ms'] / pc['p99_ms']:.2f}x | "
+                f"{verdict(t_ok and p_ok)} |"
+            )
+    lines += [
+        "",
+        f"All-healthy burst: every one of {h['deliveries_ok']} deliveries received, "
+        f"{h['attempts_recorded']} attempt rows recorded; p50 / p99 from ingest to receipt "
+        f"during the burst {h['p50_ms']:.0f} / {h['p99_ms']:.0f} ms (queueing included). "
+        f"Process CPU seconds and peak RSS during the burst: "
+        + ", ".join(
+            f"{n} {v['cpu_s']} s / {v['peak_rss_mb']} MB" for n, v in h["processes"].items()
+        )
+        + f"; raw loop CPU {r['raw']['cpu_seconds']:.1f} s for {r['raw']['count']} requests.",
+        "",
+    ]
+    return "\n".join(lines)
