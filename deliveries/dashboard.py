@@ -18,7 +18,7 @@ from django.utils.safestring import SafeString
 
 from webhooks.models import Endpoint
 
-from . import charts, metrics
+from . import charts, metrics_reading
 from .selectors import backlog
 
 TABLE_ROWS = 50
@@ -30,16 +30,16 @@ class EndpointRow:
     url: str
     enabled: bool
     disabled_reason: str
-    summary: metrics.Summary
+    summary: metrics_reading.Summary
 
     @property
     def failures(self) -> int:
         return self.summary.failed + self.summary.dead
 
 
-def endpoint_rows(scope: metrics.Scope) -> list[EndpointRow]:
+def endpoint_rows(scope: metrics_reading.Scope) -> list[EndpointRow]:
     """Endpoints with deliveries finished in the window, the most failing first."""
-    summaries = metrics.by_endpoint(scope)
+    summaries = metrics_reading.by_endpoint(scope)
     known = {
         e["id"]: e
         for e in Endpoint.objects.filter(pk__in=summaries).values(
@@ -73,7 +73,9 @@ def _label(at: datetime, window: str) -> str:
     return local.strftime("%H:%M" if window != "7d" else "%a %H:%M")
 
 
-def _charts(points: list[tuple[datetime, metrics.Summary]], window: str) -> dict[str, SafeString]:
+def _charts(
+    points: list[tuple[datetime, metrics_reading.Summary]], window: str
+) -> dict[str, SafeString]:
     labels = [_label(start, window) for start, _ in points]
     summaries = [s for _, s in points]
     success = charts.line_chart(
@@ -120,18 +122,18 @@ def _overdue(delivery: Mapping[str, Any] | None, now: datetime) -> dict[str, Any
 
 def dashboard_view(request: HttpRequest) -> HttpResponse:
     window = request.GET.get("window", "24h")
-    if window not in metrics.WINDOWS:
+    if window not in metrics_reading.WINDOWS:
         window = "24h"
     now = timezone.now()
-    scope = metrics.window_scope(window, now=now)
-    points = metrics.series(scope, metrics.STEPS[window])
-    summary = metrics.total(points)
+    scope = metrics_reading.window_scope(window, now=now)
+    points = metrics_reading.series(scope, metrics_reading.STEPS[window])
+    summary = metrics_reading.total(points)
     waiting = backlog(now)
     context = {
         **admin.site.each_context(request),
         "title": "Delivery dashboard",
         "window": window,
-        "windows": list(metrics.WINDOWS),
+        "windows": list(metrics_reading.WINDOWS),
         "summary": summary,
         "numbers": summary.as_dict(),
         "charts": _charts(points, window),

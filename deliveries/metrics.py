@@ -16,8 +16,7 @@ Prometheus histograms. Means are exact.
 from __future__ import annotations
 
 import bisect
-import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -54,26 +53,14 @@ BOUNDS_MS: tuple[float, ...] = (
 )
 BUCKETS = len(BOUNDS_MS) + 1
 
-WINDOWS: dict[str, timedelta] = {
-    "1h": timedelta(hours=1),
-    "24h": timedelta(hours=24),
-    "7d": timedelta(days=7),
-}
-# The step of the time series for each window: 60, 96 and 84 points.
-STEPS: dict[str, timedelta] = {
-    "1h": timedelta(minutes=1),
-    "24h": timedelta(minutes=15),
-    "7d": timedelta(hours=2),
-}
 # Every outcome is added at each of these spans (seconds); a window reads the coarsest span that
 # still draws its series, so a week is 168 hourly rows per endpoint and type, not 10,080.
 SPANS = (60, 900, 3600)
-WINDOW_SPANS: dict[str, int] = {"1h": 60, "24h": 900, "7d": 3600}
 # How long rows of each span are kept (days); the hourly ones for WEBHOOKS_METRICS_RETENTION_DAYS.
 SPAN_RETENTION_DAYS: dict[int, int] = {60: 2, 900: 14}
 
 
-def _rounded(value: float | None) -> float | None:
+def rounded(value: float | None) -> float | None:
     return None if value is None else round(value, 3)
 
 
@@ -147,7 +134,7 @@ class Deltas(dict[tuple[str, str], Delta]):
         return self[key]
 
 
-_COUNTERS = (
+COUNTERS = (
     "succeeded",
     "failed",
     "dead",
@@ -158,14 +145,14 @@ _COUNTERS = (
     "attempt_ms_sum",
     "latency_ms_sum",
 )
-_HISTS = ("attempt_hist", "latency_hist")
+HISTS = ("attempt_hist", "latency_hist")
 
 
 def _upsert(table: str, key: Sequence[str], source: str) -> str:
     """INSERT ... SELECT from `source` (which has the key, counter and histogram columns),
     adding to the existing row on conflict (histograms element by element)."""
-    columns = (*key, *_COUNTERS, *_HISTS)
-    sums = ", ".join(f"{c} = cur.{c} + EXCLUDED.{c}" for c in _COUNTERS)
+    columns = (*key, *COUNTERS, *HISTS)
+    sums = ", ".join(f"{c} = cur.{c} + EXCLUDED.{c}" for c in COUNTERS)
     # element by element, spelled out: no subquery per row
     hists = ", ".join(
         f"{h} = ARRAY["
@@ -174,7 +161,7 @@ def _upsert(table: str, key: Sequence[str], source: str) -> str:
             for i in range(1, BUCKETS + 1)
         )
         + "]"
-        for h in _HISTS
+        for h in HISTS
     )
     return (
         f"INSERT INTO {table} AS cur ({', '.join(columns)}) "  # noqa: S608 - names are ours
@@ -188,15 +175,15 @@ _INPUT_TYPES = {
     "bucket": "timestamptz",
     "endpoint_id": "text",
     "event_type": "text",
-    **{c: "float8" if c.endswith("_sum") else "bigint" for c in _COUNTERS},
-    **dict.fromkeys(_HISTS, "text"),  # '{1,0,...}': unnest cannot take arrays of arrays
+    **{c: "float8" if c.endswith("_sum") else "bigint" for c in COUNTERS},
+    **dict.fromkeys(HISTS, "text"),  # '{1,0,...}': unnest cannot take arrays of arrays
 }
 # One statement, one round trip: every span's rows and the totals (from the minute rows).
 _STATS_SQL = (
     "WITH v AS (SELECT span, bucket, endpoint_id, event_type, "  # noqa: S608 - names are ours
-    + ", ".join(_COUNTERS)
+    + ", ".join(COUNTERS)
     + ", "
-    + ", ".join(f"{h}::bigint[] AS {h}" for h in _HISTS)
+    + ", ".join(f"{h}::bigint[] AS {h}" for h in HISTS)
     + " FROM unnest("
     + ", ".join(f"%s::{t}[]" for t in _INPUT_TYPES.values())
     + f") AS x({', '.join(_INPUT_TYPES)})), "
@@ -238,9 +225,9 @@ def stats_add(deltas: Deltas, *, at: datetime) -> None:
             columns["bucket"].append(bucket)
             columns["endpoint_id"].append(endpoint_id)
             columns["event_type"].append(event_type)
-            for c in _COUNTERS:
+            for c in COUNTERS:
                 columns[c].append(getattr(d, c))
-            for h in _HISTS:
+            for h in HISTS:
                 columns[h].append("{" + ",".join(map(str, getattr(d, h))) + "}")
     with binding_cursor() as cursor:
         cursor.execute(_STATS_SQL, list(columns.values()))
@@ -267,213 +254,3 @@ def stats_prune(*, batch_size: int = 10_000, max_batches: int = 100) -> int:
                 if cursor.rowcount < batch_size:
                     break
     return deleted
-
-
-# --- Reading -------------------------------------------------------------------------------------
-
-
-@dataclass
-class Summary(Delta):
-    """The metrics over some rows of the rollup: the same counts as a delta, summed."""
-
-    @classmethod
-    def of(cls, rows: Iterable[dict[str, Any]]) -> Summary:
-        summary = cls()
-        for row in rows:
-            summary.add(row)
-        return summary
-
-    def add(self, row: dict[str, Any]) -> None:
-        for name in _COUNTERS:
-            setattr(self, name, getattr(self, name) + (row.get(name) or 0))
-        for name in _HISTS:
-            setattr(self, name, add_hists(getattr(self, name), row.get(name)))
-
-    @property
-    def finished(self) -> int:
-        return self.succeeded + self.failed + self.dead
-
-    @property
-    def success_rate(self) -> float | None:
-        return round(self.succeeded / self.finished, 6) if self.finished else None
-
-    @property
-    def latency_mean(self) -> float | None:
-        return self.latency_ms_sum / self.succeeded if self.succeeded else None
-
-    @property
-    def latency_p95(self) -> float | None:
-        return percentile(self.latency_hist, 0.95)
-
-    @staticmethod
-    def _distribution(count: int, total_ms: float, hist: Sequence[int]) -> dict[str, Any]:
-        def q(p: float) -> float | None:
-            return _rounded(percentile(hist, p))
-
-        return {
-            "count": count,
-            "mean": _rounded(total_ms / count) if count else None,
-            "p50": q(0.5),
-            "p95": q(0.95),
-            "p99": q(0.99),
-        }
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "deliveries": {
-                "finished": self.finished,
-                "succeeded": self.succeeded,
-                "failed": self.failed,
-                "dead": self.dead,
-                "success_rate": self.success_rate,
-            },
-            "latency_ms": self._distribution(
-                self.succeeded, self.latency_ms_sum, self.latency_hist
-            ),
-            "attempt_duration_ms": self._distribution(
-                self.attempts, self.attempt_ms_sum, self.attempt_hist
-            ),
-            "retries": {
-                "failed_attempts_retried": self.retried,
-                "dead_letters": self.dead_lettered,
-                "attempts_lost": self.lost,
-            },
-        }
-
-
-# sum(bigint) is numeric in PostgreSQL: cast back so Python gets ints and floats.
-_SUMS = ", ".join(
-    f"sum({c})::{'float8' if c.endswith('_sum') else 'bigint'} AS {c}" for c in _COUNTERS
-)
-
-
-@dataclass(frozen=True)
-class Scope:
-    """Which rows of the rollup to read."""
-
-    since: datetime  # read from the start of the bucket holding it
-    until: datetime
-    endpoint_ids: Sequence[str] | None = None  # None: every endpoint
-    event_type: str | None = None
-    span: int = 60  # which rows: minutes, quarters or hours (SPANS)
-
-
-def _where(scope: Scope) -> tuple[str, list[Any]]:
-    clauses = ["span = %s", "bucket >= %s", "bucket < %s"]
-    params: list[Any] = [scope.span, floor_to(scope.since, scope.span), scope.until]
-    if scope.endpoint_ids is not None:
-        clauses.append("endpoint_id = ANY(%s)")
-        params.append(list(scope.endpoint_ids))
-    if scope.event_type is not None:
-        clauses.append("event_type = %s")
-        params.append(scope.event_type)
-    return " AND ".join(clauses), params
-
-
-def _grouped(
-    scope: Scope, group: str | None, group_params: Sequence[Any] = ()
-) -> list[dict[str, Any]]:
-    """Sums of the rollup rows in scope, grouped by `group` (an SQL expression) or not at all.
-
-    Two statements: the counters, then both histograms summed element-wise (unnest with
-    ordinality, grouped by position), so a week of rows comes back as one row per group.
-    """
-    where, where_params = _where(scope)
-    params = [*group_params, *where_params]
-    table = DeliveryStat._meta.db_table
-    g = group or "0"
-    counters_sql = f"SELECT {g} AS g, {_SUMS} FROM {table} WHERE {where} GROUP BY 1"  # noqa: S608
-    hists_sql = (
-        f"SELECT {g} AS g, x.i, sum(x.a)::bigint, sum(x.l)::bigint "  # noqa: S608 - names are ours
-        f"FROM {table}, unnest(attempt_hist, latency_hist) WITH ORDINALITY AS x(a, l, i) "
-        f"WHERE {where} GROUP BY 1, 2"
-    )
-    with connection.cursor() as cursor:
-        cursor.execute(counters_sql, params)
-        names = [c.name for c in cursor.description]
-        rows = {}
-        for raw in cursor.fetchall():
-            row = dict(zip(names, raw, strict=True))
-            row["attempt_hist"] = [0] * BUCKETS
-            row["latency_hist"] = [0] * BUCKETS
-            rows[row["g"]] = row
-        cursor.execute(hists_sql, params)
-        for key, i, attempts, latencies in cursor.fetchall():
-            row = rows[key]
-            for name, value in (("attempt_hist", attempts), ("latency_hist", latencies)):
-                hist = row[name]
-                while len(hist) < i:
-                    hist.append(0)
-                hist[i - 1] += int(value or 0)
-    return list(rows.values())
-
-
-def summary(scope: Scope) -> Summary:
-    rows = _grouped(scope, None)
-    return Summary.of(rows)
-
-
-def series(scope: Scope, step: timedelta) -> list[tuple[datetime, Summary]]:
-    """The metrics per `step` from `scope.since`, every step present (empty ones too)."""
-    seconds = int(step.total_seconds())
-    origin = floor_to(scope.since, scope.span)
-    rows = _grouped(
-        scope, "floor(extract(epoch FROM bucket - %s::timestamptz) / %s)::int", (origin, seconds)
-    )
-    by_step = {int(row["g"]): Summary.of([row]) for row in rows}
-    count = math.ceil((scope.until - origin).total_seconds() / seconds)
-    return [(origin + i * step, by_step.get(i, Summary())) for i in range(count)]
-
-
-def total(points: Iterable[tuple[datetime, Summary]]) -> Summary:
-    """The whole window's metrics from its series (no second read of the rollup)."""
-    return Summary.of(vars(s) for _, s in points)
-
-
-def by_endpoint(scope: Scope) -> dict[str, Summary]:
-    return {row["g"]: Summary.of([row]) for row in _grouped(scope, "endpoint_id")}
-
-
-def window_scope(
-    window: str,
-    *,
-    now: datetime | None = None,
-    endpoint_ids: Sequence[str] | None = None,
-    event_type: str | None = None,
-) -> Scope:
-    until = now or timezone.now()
-    return Scope(
-        since=until - WINDOWS[window],
-        until=until,
-        endpoint_ids=endpoint_ids,
-        event_type=event_type,
-        span=WINDOW_SPANS[window],
-    )
-
-
-def report(scope: Scope, *, window: str) -> dict[str, Any]:
-    """The API's answer: the window's totals and its time series."""
-    step = STEPS[window]
-    points = []
-    steps = series(scope, step)
-    for start, s in steps:
-        points.append(
-            {
-                "start": start,
-                "succeeded": s.succeeded,
-                "failed": s.failed,
-                "dead": s.dead,
-                "success_rate": s.success_rate,
-                "latency_ms_mean": _rounded(s.latency_mean),
-                "latency_ms_p95": _rounded(s.latency_p95),
-                "failed_attempts_retried": s.retried,
-                "dead_letters": s.dead_lettered,
-            }
-        )
-    return {
-        "window": window,
-        "since": floor_to(scope.since, scope.span),
-        "until": scope.until,
-        **total(steps).as_dict(),
-        "series": {"step_seconds": int(step.total_seconds()), "points": points},
-    }

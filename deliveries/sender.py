@@ -1,4 +1,6 @@
-"""The per-process sending machinery: HTTP threads, per-endpoint lanes, and a batching recorder.
+"""The per-process sending machinery: HTTP threads and per-endpoint lanes, with a batching
+recorder and a lease renewer (`deliveries.recorder`) and a breaker per endpoint
+(`deliveries.breaker`).
 
 A `deliver_batch` task claims its deliveries and hands them here; it does not wait for the HTTP
 answers. Threads send (pooled keep-alive connections), results go on a queue, and one recorder
@@ -24,7 +26,6 @@ The rows stay the truth: if the process dies, claimed rows come back when their 
 from __future__ import annotations
 
 import logging
-import queue
 import sys
 import threading
 import time
@@ -32,35 +33,14 @@ from collections import deque
 from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
-
-from django.db import InterfaceError, OperationalError
 
 from webhooks import transport
 
-if TYPE_CHECKING:  # claims imports this module; the type is all this one needs of it
-    from deliveries.services.claims import Claim
+from .breaker import Breakers
+from .job import Job
+from .recorder import LeaseRenewer, Recorder
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(slots=True)
-class Job:
-    """One claimed delivery on its way out: what to send, and what came back."""
-
-    claim: Claim
-    url: str = ""
-    address: str | None = None  # the checked IP to connect to (webhooks.ssrf.Target)
-    body: bytes = b""
-    stored_body: bytes | None = None  # what the attempt log keeps, if not `body` (sealed fields)
-    headers: dict[str, str] = field(default_factory=dict)
-    stored_headers: dict[str, str] = field(default_factory=dict)
-    timeout: float = 15.0
-    started_at: float = 0.0  # time.time() when the request started
-    result: transport.TransportResult | None = None
-    deferred: float | None = None  # not sent: give the claim back for this many seconds
-    begun: float = 0.0  # monotonic time when its request started (0: not yet)
-    lost: bool = False  # its lease was taken back (a renewal found the row held by another)
 
 
 @dataclass
@@ -80,21 +60,6 @@ class Admission:
     soon: bool
 
 
-@dataclass
-class _Health:
-    """A circuit breaker per endpoint: after `threshold` failed requests in a row, the endpoint
-    gets no requests for `cooldown` seconds; then the next answer closes or reopens it."""
-
-    failures: int = 0
-    open_until: float = 0.0
-
-
-def failed(result: transport.TransportResult) -> bool:
-    """Whether an answer says the endpoint is down or overloaded (not: the request was bad)."""
-    code = result.status_code
-    return code is None or code >= 500 or code in (408, 429)
-
-
 # A request starts only if its claim's lease has this many seconds left after its deadline:
 # time for the answer to reach the recorder before the lease could be taken back.
 START_MARGIN = 1.0
@@ -104,14 +69,6 @@ START_MARGIN = 1.0
 # for minutes after the consumer had been stopped for 20 s (every request then looked hung):
 # its p50/p99 in the chaos soak went from 2.1/26.8 s to 17.5/231 s.
 MAX_HAND_BACK = 15.0
-
-
-def renew_every(lease: float) -> float:
-    """Seconds between lease renewals: a sixth of the lease, at most 2 s. A held claim is renewed
-    once it is that old, so while renewals succeed its lease has at least `lease - 2 * every`
-    left, at least `lease - 4`: with the lease at least the request timeout + 5 (settings
-    refuse less), a claim that waited in its lane can still start (`START_MARGIN`)."""
-    return max(0.2, min(2.0, lease / 6))
 
 
 class Sender:
@@ -138,36 +95,27 @@ class Sender:
         max_response_bytes: int,
         flush_max: int = 500,
     ) -> None:
-        self._record = record
-        self._renew = renew
         self._executor = ThreadPoolExecutor(threads, thread_name_prefix="webhook-send")
         self._max_in_flight = max_in_flight
         self._endpoint_concurrency = endpoint_concurrency
         self._endpoint_queue = endpoint_queue
         self._slow_after = slow_after
-        self._breaker_threshold = breaker_threshold
-        self._breaker_cooldown = breaker_cooldown
+        self._breakers = Breakers(threshold=breaker_threshold, cooldown=breaker_cooldown)
         self._lease = lease
-        self._health: dict[str, _Health] = {}
         self._answered: set[str] = set()  # endpoints that have answered a request
         self._latency: dict[str, float] = {}  # endpoint -> moving average request seconds
         self._connect_timeout = connect_timeout
         self._max_response_bytes = max_response_bytes
-        self._flush_max = flush_max
         self._lanes: dict[str, _Lane] = {}
         self._held_back: set[str] = set()  # slow lanes with jobs waiting for the thread budget
         self._slow_share = max(1, threads // 2)
         self._lock = threading.Lock()
-        self._done: queue.Queue[Job] = queue.Queue()
         self._in_flight = 0
         self._changed = threading.Condition(self._lock)  # in-flight count went down
         self._moved = threading.Condition(self._lock)  # a job started, or was given back
         self._held: dict[int, Job] = {}  # id(job) -> every job admitted and not yet recorded
-        self._recorder = threading.Thread(
-            target=self._record_loop, name="webhook-recorder", daemon=True
-        )
-        self._recorder.start()
-        threading.Thread(target=self._renew_loop, name="webhook-leases", daemon=True).start()
+        self._recorder = Recorder(record, self._recorded, flush_max=flush_max)
+        self._renewer = LeaseRenewer(renew, self._held_due, lease=lease)
         # Sending threads wait for the GIL while the task or the recorder computes; the default
         # 5 ms switch interval made each of a request's several GIL hand-overs cost up to 5 ms
         # (paced p50 at half peak went from 54 to 31 ms with 1 ms).
@@ -204,9 +152,9 @@ class Sender:
         """
         now = time.monotonic()
         with self._lock:
-            health = self._health.get(endpoint_id)
-            if health is not None and health.open_until > now:
-                return Admission(0, health.open_until - now, soon=False)
+            cooling = self._breakers.open_for(endpoint_id, now)
+            if cooling:
+                return Admission(0, cooling, soon=False)
             lane = self._lanes.setdefault(endpoint_id, _Lane())
             # Until one of its requests has ended, a lane queues only a little: an endpoint
             # that hangs from the start must not collect a large queue before its timeouts
@@ -325,7 +273,7 @@ class Sender:
         """Endpoints whose breaker is open in this process right now."""
         now = time.monotonic()
         with self._lock:
-            return [e for e, health in self._health.items() if health.open_until > now]
+            return self._breakers.paused(now)
 
     def give_back(self, count: int) -> None:
         """Return slots taken for jobs that were not admitted."""
@@ -336,7 +284,7 @@ class Sender:
         """Record a job that needs no request (refused target, disabled endpoint)."""
         with self._lock:
             self._held[id(job)] = job
-        self._done.put(job)
+        self._recorder.put(job)
 
     # --- sending (pool threads) ---
 
@@ -346,7 +294,7 @@ class Sender:
             # the database is away): give it back rather than risk a second, concurrent send
             job.deferred = 0.0
             job.result = None
-            self._done.put(job)
+            self._recorder.put(job)
             self._next_in_lane(job)
             with self._lock:
                 self._moved.notify_all()
@@ -370,7 +318,7 @@ class Sender:
             job.result = transport.TransportResult(
                 status_code=None, duration_ms=0.0, error=repr(exc)[:500], error_class="protocol"
             )
-        self._done.put(job)
+        self._recorder.put(job)
         self._next_in_lane(job)
 
     @staticmethod
@@ -396,11 +344,11 @@ class Sender:
                 took = now - job.begun
                 before = self._latency.get(endpoint_id, took)
                 self._latency[endpoint_id] = before + 0.2 * (took - before)
-            if job.result is not None and self._note(endpoint_id, job.result, now):
+            if job.result is not None and self._breakers.note(endpoint_id, job.result, now):
                 # the breaker just opened: what waits here goes back to the database
                 for waiting in lane.waiting:
-                    waiting.deferred = self._breaker_cooldown
-                    self._done.put(waiting)
+                    waiting.deferred = self._breakers.cooldown
+                    self._recorder.put(waiting)
                 lane.waiting.clear()
                 self._moved.notify_all()
             # one request ended: start the next one here, or in a slow lane held back
@@ -418,97 +366,18 @@ class Sender:
         if following is not None:
             self._executor.submit(self._send, following)
 
-    def _note(self, endpoint_id: str, result: transport.TransportResult, now: float) -> bool:
-        """Feed the endpoint's breaker (lock held); True when this answer opened it."""
-        if not failed(result):
-            self._health.pop(endpoint_id, None)
-            return False
-        health = self._health.setdefault(endpoint_id, _Health())
-        health.failures += 1
-        if health.failures >= self._breaker_threshold and health.open_until <= now:
-            health.open_until = now + self._breaker_cooldown
-            health.failures = self._breaker_threshold - 1  # after the cooldown, one more trips it
-            logger.warning(
-                "endpoint %s: %d failed requests in a row, pausing it for %.0f s",
-                endpoint_id,
-                self._breaker_threshold,
-                self._breaker_cooldown,
-            )
-            return True
-        return False
+    # --- the recorder's and the renewer's callbacks ---
 
-    # --- recording (one thread) ---
+    def _recorded(self, jobs: list[Job]) -> None:
+        with self._lock:
+            for job in jobs:
+                self._held.pop(id(job), None)
+        self._release(len(jobs))
 
-    def _record_loop(self) -> None:
-        while True:
-            batch = [self._done.get()]
-            while len(batch) < self._flush_max:
-                try:
-                    batch.append(self._done.get_nowait())
-                except queue.Empty:
-                    break
-            self._record_with_retry(batch)
-            with self._lock:
-                for job in batch:
-                    self._held.pop(id(job), None)
-            self._release(len(batch))
-
-    # --- leases (one thread) ---
-
-    def _renew_loop(self) -> None:
-        every = renew_every(self._lease)
-        while True:
-            time.sleep(every)
-            # renew what was claimed or last renewed more than one interval ago
-            soon = time.time() + self._lease - every
-            with self._lock:
-                due = [j for j in self._held.values() if j.claim.lease.timestamp() < soon]
-            if due:
-                self._renew_held(due)
-
-    def _renew_held(self, jobs: list[Job]) -> None:
-        try:
-            lost = set(self._renew(jobs))
-        except Exception:  # noqa: BLE001 - the next round tries again; the check before
-            # each start keeps an unrenewed claim from being sent past its lease
-            logger.warning("renewing %d leases failed", len(jobs), exc_info=True)
-            return
-        for job in jobs:
-            if job.claim.delivery_id in lost:
-                job.lost = True
-        if lost:
-            logger.warning("%d claims held here were taken back meanwhile", len(lost))
-
-    def _record_with_retry(self, batch: list[Job]) -> None:
-        """Record a batch; wait out our database being away, never wedge on one bad job.
-
-        Connection errors are retried until the database answers (the results are kept). Any
-        other error is a fault in some job of the batch: each job is then recorded alone, and
-        one that still fails is logged and left to its lease, which the sweeper takes back so
-        the delivery is sent again. Retrying it forever would stop this process's recording.
-        """
-        delay = 0.5
-        while True:
-            try:
-                self._record(batch)
-                return
-            except (OperationalError, InterfaceError):
-                logger.exception(
-                    "recording %d attempts failed; retrying in %.1f s", len(batch), delay
-                )
-                time.sleep(delay)
-                delay = min(delay * 2, 10.0)
-            except Exception:  # noqa: BLE001 - one bad job must not stop the others
-                if len(batch) == 1:
-                    logger.exception(
-                        "recording delivery %s failed; its lease will expire and it is sent again",
-                        batch[0].claim.delivery_id,
-                    )
-                    return
-                logger.exception("recording %d attempts failed; one by one now", len(batch))
-                for job in batch:
-                    self._record_with_retry([job])
-                return
+    def _held_due(self, soon: float) -> list[Job]:
+        """Jobs held here whose claim's lease ends before `soon`."""
+        with self._lock:
+            return [j for j in self._held.values() if j.claim.lease.timestamp() < soon]
 
     def drain(self, timeout: float) -> bool:
         """Wait until every admitted job is recorded (worker shutdown); False on timeout."""

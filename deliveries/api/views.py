@@ -14,7 +14,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from deliveries import metrics
+from deliveries import metrics_reading
 from deliveries.models import DeadLetter, Delivery, Event
 from deliveries.selectors import attempt_list, dead_letter_list, delivery_list, event_list
 from deliveries.services.dead_letters import dead_letters_replay
@@ -278,8 +278,8 @@ class MetricsView(APIView):
         event_type = params.get("event_type")
         if event_type is not None and not EventType.objects.filter(name=event_type).exists():
             raise ValidationError({"event_type": [f"No event type {event_type!r}."]})
-        scope = metrics.window_scope(
+        scope = metrics_reading.window_scope(
             params["window"], endpoint_ids=endpoint_ids, event_type=event_type
         )
-        report = metrics.report(scope, window=params["window"])
+        report = metrics_reading.report(scope, window=params["window"])
         return Response(MetricsSerializer(report).data)

@@ -15,8 +15,8 @@ from django.conf import settings
 from django.db import close_old_connections
 from django.utils import timezone
 
+from deliveries.job import Job
 from deliveries.models import Delivery, Event
-from deliveries.sender import Job
 from schemas_app.models import EventType
 from webhooks import crypto, signing
 from webhooks.models import Endpoint, EndpointSecret

@@ -13,7 +13,8 @@ from django.db import close_old_connections
 from django.utils import timezone
 
 from deliveries import ratelimit
-from deliveries.sender import Job, Sender
+from deliveries.job import Job
+from deliveries.sender import Sender
 from schemas_app import payloads
 from webhooks import crypto, transport
 from webhooks.services import check_target, max_request_seconds

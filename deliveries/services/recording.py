@@ -18,8 +18,8 @@ from django.utils import timezone
 
 from deliveries import metrics
 from deliveries.backoff import Decision, Verdict, decide
+from deliveries.job import Job
 from deliveries.models import DeadLetter, Delivery, DeliveryAttempt
-from deliveries.sender import Job
 from webhooks.models import Endpoint
 from webhooks_project.db import binding_cursor
 

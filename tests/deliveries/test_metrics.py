@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from rest_framework.test import APIClient
 
-from deliveries import metrics
+from deliveries import metrics, metrics_reading
 from deliveries.models import DeadLetter, Delivery, DeliveryAttempt, DeliveryStat, DeliveryTotal
 from deliveries.services.endpoints import deliveries_fail_for_endpoint
 from tests.conftest import WorkerProcess, wait_until
@@ -89,28 +89,30 @@ def test_a_window_sums_only_its_minutes_and_the_series_has_every_step():
         deltas["ep_1", "a"] = _delta(succeeded=succeeded, failed=failed)
         deltas["ep_2", "b"] = _delta(dead=1, dead_lettered=1)
         metrics.stats_add(deltas, at=now - timedelta(minutes=minutes_ago))
-    scope = metrics.window_scope("1h", now=now)
-    s = metrics.summary(scope)
+    scope = metrics_reading.window_scope("1h", now=now)
+    s = metrics_reading.summary(scope)
     assert (s.succeeded, s.failed, s.dead, s.dead_lettered) == (9, 2, 3, 3)
     assert s.success_rate == pytest.approx(9 / 14)
-    only_one = metrics.summary(metrics.window_scope("1h", now=now, endpoint_ids=["ep_1"]))
+    only_one = metrics_reading.summary(
+        metrics_reading.window_scope("1h", now=now, endpoint_ids=["ep_1"])
+    )
     assert (only_one.succeeded, only_one.dead) == (9, 0)
-    by_type = metrics.summary(metrics.window_scope("1h", now=now, event_type="b"))
+    by_type = metrics_reading.summary(metrics_reading.window_scope("1h", now=now, event_type="b"))
     assert (by_type.succeeded, by_type.dead) == (0, 3)
-    points = metrics.series(scope, metrics.STEPS["1h"])
+    points = metrics_reading.series(scope, metrics_reading.STEPS["1h"])
     assert len(points) == 61  # the partial minute at each end included
     assert sum(p.succeeded for _, p in points) == 9
     assert points[-1][1].succeeded == 3
     assert points[-1][0] == datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
-    per_endpoint = metrics.by_endpoint(scope)
+    per_endpoint = metrics_reading.by_endpoint(scope)
     assert per_endpoint["ep_2"].success_rate == 0.0
     # the longer windows read the quarter-hour and hourly rows: the same outcomes, all four
     for window, points_count in (("24h", 97), ("7d", 85)):
-        longer = metrics.window_scope(window, now=now)
-        assert longer.span == metrics.WINDOW_SPANS[window]
-        total = metrics.summary(longer)
+        longer = metrics_reading.window_scope(window, now=now)
+        assert longer.span == metrics_reading.WINDOW_SPANS[window]
+        total = metrics_reading.summary(longer)
         assert (total.succeeded, total.failed, total.dead) == (109, 102, 4)
-        steps = metrics.series(longer, metrics.STEPS[window])
+        steps = metrics_reading.series(longer, metrics_reading.STEPS[window])
         assert len(steps) == points_count
         assert sum(p.succeeded for _, p in steps) == 109
 

@@ -9,8 +9,8 @@ import pytest
 from cryptography.fernet import Fernet
 from django.utils import timezone
 
+from deliveries.job import Job
 from deliveries.models import Delivery, DeliveryAttempt, DeliveryTotal, Event
-from deliveries.sender import Job
 from deliveries.services.claims import deliveries_claim, deliveries_release
 from deliveries.services.dispatch import deliveries_dispatch
 from deliveries.services.recording import attempts_record

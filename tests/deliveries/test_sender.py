@@ -14,7 +14,8 @@ from typing import Any
 
 import pytest
 
-from deliveries.sender import Job, Sender, _Lane
+from deliveries.job import Job
+from deliveries.sender import Sender, _Lane
 from tests.conftest import wait_until
 from tests.sink import Sink
 
