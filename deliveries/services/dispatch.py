@@ -140,6 +140,10 @@ def deliveries_dispatch(*, delivery_ids: Sequence[int]) -> int:
 
     Returns how many were claimed. It does not wait for the answers: the sender records each
     attempt when it ends. Database errors propagate before anything is sent (the task retries).
+
+    Slots (`WEBHOOKS_MAX_IN_FLIGHT`): one per id is taken first; it is given back with each
+    delivery released here (not claimed, over its rate limit, not admitted to its lane), and
+    by the sender's recorder for the rest once their attempt is recorded.
     """
     close_old_connections()  # drop a broken or expired connection (Celery keeps them open)
     sender = _senders.get()
@@ -149,10 +153,22 @@ def deliveries_dispatch(*, delivery_ids: Sequence[int]) -> int:
         return sum(
             deliveries_dispatch(delivery_ids=ids[i : i + most]) for i in range(0, len(ids), most)
         )
-    sender.acquire(len(ids))  # blocks while this process has too much in flight
+    claims = _claim(sender, ids)
+    handed: list[Job] = []
+    for endpoint_id, jobs in _prepare_lanes(sender, claims).items():
+        handed += _admit(sender, endpoint_id, jobs)
+    # busy until they have started (bounded): the next messages go to this worker's other
+    # processes meanwhile, so every process's lanes are used (Sender.wait_started)
+    sender.wait_started(handed, timeout=settings.WEBHOOKS_HANDOFF_WAIT)
+    return len(claims)
+
+
+def _claim(sender: Sender, ids: list[int]) -> list[Claim]:
+    """Take a slot per id (blocking while the process is full), claim what is due, and give
+    back the slots of the rest; endpoints whose breaker is open here are not even claimed."""
+    sender.acquire(len(ids))
     try:
         now = timezone.now()
-        # endpoints whose breaker is open in this process: not even claimed
         paused = sender.paused_endpoints()
         claims = deliveries_claim(delivery_ids=ids, now=now, skip_endpoints=paused)
         unclaimed = set(ids) - {c.delivery_id for c in claims}
@@ -162,7 +178,11 @@ def deliveries_dispatch(*, delivery_ids: Sequence[int]) -> int:
         sender.give_back(len(ids))
         raise
     sender.give_back(len(unclaimed))
+    return claims
 
+
+def _prepare_lanes(sender: Sender, claims: list[Claim]) -> dict[str, list[Job]]:
+    """The claims' jobs, signed, by endpoint; the ones refused here are finished on the sender."""
     timestamp = int(time.time())
     lanes: dict[str, list[Job]] = {}
     checked: dict[str, Target | BlockedTarget] = {}  # each URL resolved and checked once
@@ -182,32 +202,31 @@ def deliveries_dispatch(*, delivery_ids: Sequence[int]) -> int:
             )
         if job is not None:
             lanes.setdefault(claim.endpoint_id, []).append(job)
+    return lanes
 
-    handed: list[Job] = []
-    for endpoint_id, jobs in lanes.items():
-        rate = jobs[0].claim.rate_limit
-        if rate:
-            grant = ratelimit.take(endpoint_id, rate, len(jobs))
-            if grant.granted < len(jobs):
-                _defer_over_rate(jobs[grant.granted :], grant=grant, rate=rate)
-                sender.give_back(len(jobs) - grant.granted)
-                jobs = jobs[: grant.granted]
-                if not jobs:
-                    continue
-        admission = sender.admit(endpoint_id, jobs)
-        handed.extend(jobs[: admission.taken])
-        rest = jobs[admission.taken :]
-        if rest:
-            deliveries_release(
-                claims=[j.claim for j in rest],
-                delay=admission.defer,
-                publish=admission.soon and admission.defer <= settings.WEBHOOKS_COUNTDOWN_MAX,
-            )
-            sender.give_back(len(rest))
-    # busy until they have started (bounded): the next messages go to this worker's other
-    # processes meanwhile, so every process's lanes are used (Sender.wait_started)
-    sender.wait_started(handed, timeout=settings.WEBHOOKS_HANDOFF_WAIT)
-    return len(claims)
+
+def _admit(sender: Sender, endpoint_id: str, jobs: list[Job]) -> list[Job]:
+    """Hand one endpoint's jobs to its lane, within its rate limit; the rest are released
+    (with their slots) for when they may go. Returns the jobs handed over."""
+    rate = jobs[0].claim.rate_limit
+    if rate:
+        grant = ratelimit.take(endpoint_id, rate, len(jobs))
+        if grant.granted < len(jobs):
+            _defer_over_rate(jobs[grant.granted :], grant=grant, rate=rate)
+            sender.give_back(len(jobs) - grant.granted)
+            jobs = jobs[: grant.granted]
+            if not jobs:
+                return []
+    admission = sender.admit(endpoint_id, jobs)
+    rest = jobs[admission.taken :]
+    if rest:
+        deliveries_release(
+            claims=[j.claim for j in rest],
+            delay=admission.defer,
+            publish=admission.soon and admission.defer <= settings.WEBHOOKS_COUNTDOWN_MAX,
+        )
+        sender.give_back(len(rest))
+    return jobs[: admission.taken]
 
 
 def _defer_over_rate(jobs: Sequence[Job], *, grant: ratelimit.Grant, rate: int) -> None:
