@@ -30,12 +30,18 @@ class Event(models.Model):
         db_column="type",
         on_delete=models.PROTECT,
         related_name="events",
+        db_index=False,  # event_type_newest_idx leads with it
     )
     schema_version = models.ForeignKey(
         SchemaVersion, null=True, blank=True, on_delete=models.PROTECT, related_name="events"
     )
     application = models.ForeignKey(
-        Application, null=True, blank=True, on_delete=models.CASCADE, related_name="events"
+        Application,
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="events",
+        db_index=False,  # event_app_newest_idx leads with it
     )
     data = models.JSONField()
     # NULL (not "") means "no key", so the unique constraint ignores keyless events.
@@ -56,6 +62,11 @@ class Event(models.Model):
                 name="event_idempotency_key_unique",
             )
         ]
+        # the API's pages, newest first (ids are time-ordered), by type and by application
+        indexes = [
+            models.Index(fields=["event_type", "-id"], name="event_type_newest_idx"),
+            models.Index(fields=["application", "-id"], name="event_app_newest_idx"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.id} {self.event_type_id}"
@@ -72,7 +83,12 @@ class Delivery(models.Model):
         DEAD = "dead"
 
     event = models.ForeignKey(Event, on_delete=models.CASCADE, related_name="deliveries")
-    endpoint = models.ForeignKey(Endpoint, on_delete=models.CASCADE, related_name="deliveries")
+    endpoint = models.ForeignKey(
+        Endpoint,
+        on_delete=models.CASCADE,
+        related_name="deliveries",
+        db_index=False,  # delivery_endpoint_newest_idx leads with it
+    )
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
     attempt_count = models.PositiveSmallIntegerField(default=0)
     next_attempt_at = models.DateTimeField(null=True, blank=True, default=timezone.now)
@@ -105,6 +121,9 @@ class Delivery(models.Model):
             ),
             models.Index(fields=["endpoint", "status"], name="delivery_endpoint_status_idx"),
             models.Index(fields=["status", "completed_at"], name="delivery_status_done_idx"),
+            # the API's pages, newest first, by endpoint and by status
+            models.Index(fields=["endpoint", "-id"], name="delivery_endpoint_newest_idx"),
+            models.Index(fields=["status", "-id"], name="delivery_status_newest_idx"),
         ]
 
     def __str__(self) -> str:
@@ -180,7 +199,18 @@ class DeadLetter(models.Model):
                 fields=["endpoint", "created_at"],
                 condition=Q(replayed_at__isnull=True),
                 name="dead_letter_waiting_idx",
-            )
+            ),
+            # the API's pages of waiting dead letters, newest first, and by endpoint
+            models.Index(
+                fields=["-id"],
+                condition=Q(replayed_at__isnull=True),
+                name="dead_letter_newest_idx",
+            ),
+            models.Index(
+                fields=["endpoint", "-id"],
+                condition=Q(replayed_at__isnull=True),
+                name="dead_letter_ep_newest_idx",
+            ),
         ]
 
     def __str__(self) -> str:

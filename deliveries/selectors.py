@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.db.models import Count, QuerySet
+from django.db.models import Count, OuterRef, QuerySet, Subquery
+from django.db.models.functions import Coalesce
 
 from webhooks.models import Endpoint
 
@@ -15,11 +16,22 @@ from .models import DeadLetter, Delivery, DeliveryAttempt, Event
 
 
 def event_list() -> QuerySet[Event]:
-    """Events, newest first, with their delivery counts."""
+    """Events, newest first (ids are time-ordered), each with its delivery count.
+
+    The count is a subquery per row returned, not a join grouped over every event: grouping
+    first made a page of 50 events cost a scan of the whole table (5.5 s with a month of rows).
+    """
+    count = (
+        Delivery.objects.filter(event_id=OuterRef("pk"))
+        .order_by()
+        .values("event_id")
+        .annotate(n=Count("id"))
+        .values("n")
+    )
     return (
         Event.objects.select_related("application")
-        .annotate(delivery_count=Count("deliveries"))
-        .order_by("-created_at", "-id")  # GROUP BY queries drop Meta.ordering
+        .annotate(delivery_count=Coalesce(Subquery(count), 0))
+        .order_by("-id")
     )
 
 
@@ -27,7 +39,7 @@ def delivery_list(
     *, event: str | None = None, endpoint: str | None = None, status: str | None = None
 ) -> QuerySet[Delivery]:
     """Deliveries, newest first, filtered by event id, endpoint id and status."""
-    qs = Delivery.objects.all()
+    qs = Delivery.objects.order_by("-id")
     if event:
         qs = qs.filter(event_id=event)
     if endpoint:
@@ -51,7 +63,7 @@ def dead_letter_list(
     include_replayed: bool = False,
 ) -> QuerySet[DeadLetter]:
     """Dead letters, newest first; by default only those still waiting for a replay."""
-    qs = DeadLetter.objects.all()
+    qs = DeadLetter.objects.order_by("-id")
     if not include_replayed:
         qs = qs.filter(replayed_at__isnull=True)
     if endpoint:

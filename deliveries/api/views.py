@@ -28,6 +28,7 @@ from schemas_app.models import EventType
 from webhooks.models import Endpoint
 from webhooks.scoping import for_key, key_application
 from webhooks_project.errors import Conflict, UnprocessableEntity
+from webhooks_project.pagination import InOrder, NewestFirst
 from webhooks_project.strict import refuse_body, unknown_fields
 
 from .serializers import (
@@ -54,6 +55,7 @@ class EventViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Ge
     """Post business events; read them with their deliveries."""
 
     write_scope = "events:write"
+    pagination_class = NewestFirst
 
     def get_queryset(self):
         if self.action == "retrieve":
@@ -160,6 +162,7 @@ class DeliveryViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
 
     serializer_class = DeliverySerializer
     write_scope = None
+    pagination_class = NewestFirst
 
     def get_queryset(self):
         params = self.request.query_params
@@ -191,8 +194,9 @@ class DeliveryViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
     def attempts(self, request: Request, pk: str | None = None) -> Response:
         """Every attempt of this delivery: number, time, duration, status, error, response."""
         delivery = self.get_object()
-        page = self.paginate_queryset(attempt_list(delivery_id=delivery.pk))
-        return self.get_paginated_response(AttemptSerializer(page, many=True).data)
+        paginator = InOrder()
+        page = paginator.paginate_queryset(attempt_list(delivery_id=delivery.pk), request, self)
+        return paginator.get_paginated_response(AttemptSerializer(page, many=True).data)
 
 
 def _actor(request: Request) -> str:
@@ -204,6 +208,7 @@ class DeadLetterViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewse
 
     serializer_class = DeadLetterSerializer
     write_scope = "dead-letters:replay"
+    pagination_class = NewestFirst
 
     def _filters(self, data: Any) -> dict[str, Any]:
         serializer = DeadLetterFilterSerializer(data=data)

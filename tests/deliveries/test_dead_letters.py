@@ -32,10 +32,14 @@ def test_list_filters_and_replay_one(api: APIClient) -> None:
     ep, event = _setup(api, "http://127.0.0.1:9/a")
     delivery = Delivery.objects.get(event_id=event["id"])
     dead_letter = _kill(delivery)
-    assert api.get("/api/v1/dead-letters/", {"endpoint": ep["id"]}).json()["count"] == 1
-    assert api.get("/api/v1/dead-letters/", {"endpoint": "ep_other"}).json()["count"] == 0
-    assert api.get("/api/v1/dead-letters/", {"event_type": "nope"}).json()["count"] == 0
-    assert api.get("/api/v1/dead-letters/", {"since": "2999-01-01T00:00:00Z"}).json()["count"] == 0
+    assert [
+        d["id"] for d in api.get("/api/v1/dead-letters/", {"endpoint": ep["id"]}).json()["results"]
+    ] == [dead_letter.pk]
+    assert api.get("/api/v1/dead-letters/", {"endpoint": "ep_other"}).json()["results"] == []
+    assert api.get("/api/v1/dead-letters/", {"event_type": "nope"}).json()["results"] == []
+    assert (
+        api.get("/api/v1/dead-letters/", {"since": "2999-01-01T00:00:00Z"}).json()["results"] == []
+    )
     assert api.get("/api/v1/dead-letters/", {"since": "yesterday"}).status_code == 400
 
     response = api.post(f"/api/v1/dead-letters/{dead_letter.pk}/replay/")
@@ -47,8 +51,11 @@ def test_list_filters_and_replay_one(api: APIClient) -> None:
     dead_letter.refresh_from_db()
     assert dead_letter.replayed_at is not None
     assert dead_letter.replayed_by.startswith("api-key:")
-    assert api.get("/api/v1/dead-letters/").json()["count"] == 0
-    assert api.get("/api/v1/dead-letters/", {"include_replayed": "true"}).json()["count"] == 1
+    assert api.get("/api/v1/dead-letters/").json()["results"] == []
+    assert [
+        d["id"]
+        for d in api.get("/api/v1/dead-letters/", {"include_replayed": "true"}).json()["results"]
+    ] == [dead_letter.pk]
     again = api.post(f"/api/v1/dead-letters/{dead_letter.pk}/replay/")
     assert again.status_code == 400
 

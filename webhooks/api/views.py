@@ -27,6 +27,7 @@ from webhooks.services import (
     endpoint_update,
 )
 from webhooks_project.errors import from_django_validation
+from webhooks_project.pagination import NewestFirst
 
 from .serializers import (
     ApplicationSerializer,
@@ -169,6 +170,7 @@ class AuditRecordViewSet(viewsets.ReadOnlyModelViewSet):
     application sees its application's records only."""
 
     serializer_class = AuditRecordSerializer
+    pagination_class = NewestFirst
 
     def get_queryset(self):
         qs = AuditRecord.objects.order_by("-id")
