@@ -1,0 +1,244 @@
+"""`make bench`'s scale check: the same stack on an empty database and on a month of rows.
+
+It starts the stack, measures the API's list routes and an end-to-end burst on the empty
+database, then fills it by SQL with `--events` events over 40 days (a delivery per endpoint
+each, one attempt per delivery, a dead letter for one delivery in a hundred), ANALYZEs, and
+measures the same again. Every figure is reported as a ratio to the empty database of the same
+run (issue 14's targets: lists <= 2x and under 200 ms; throughput >= 0.9x).
+
+Run: python -m bench.scale [--events 500000] [--fanout 10] [--burst 1000] [--write FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from typing import Any
+
+import psycopg
+
+from bench.report import write_section
+from bench.scenarios import post_batches, setup_endpoints
+from bench.stack import HTTP, PY, Stack, api, log, sink_stats
+
+START = "<!-- scale:start -->"
+END = "<!-- scale:end -->"
+EVENT_TYPE = "bench.scale"
+
+
+def fill(dsn: str, events: int) -> float:
+    """The month of rows, by SQL; returns the seconds it took."""
+    started = time.monotonic()
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        endpoints = [
+            r[0]
+            for r in conn.execute(
+                "SELECT id FROM webhooks_endpoint WHERE %s = ANY(event_types) ORDER BY id",
+                [EVENT_TYPE],
+            )
+        ]
+        # ids sort before every live one ('evt_00' < 'evt_03'), in time order
+        conn.execute(
+            """
+            INSERT INTO deliveries_event (id, type, application_id, data, idempotency_key,
+                request_hash, occurred_at, created_at)
+            SELECT 'evt_00' || lpad(g::text, 20, '0'), %s, NULL,
+                   jsonb_build_object('n', g, 'filler', repeat('x', 200)), NULL, '', t, t
+            FROM generate_series(1, %s) g,
+                 LATERAL (SELECT now() - interval '40 days' * (1 - g::float / %s)) x(t)
+            """,
+            [EVENT_TYPE, events, events],
+        )
+        log("  events filled")
+        conn.execute(
+            """
+            INSERT INTO deliveries_delivery (event_id, endpoint_id, status, attempt_count,
+                next_attempt_at, dispatched_at, retry_base, last_attempt_at, last_status_code,
+                completed_at, created_at)
+            SELECT e.id, ep, CASE WHEN hashtext(e.id || ep) %% 100 = 0 THEN 'dead'
+                                  ELSE 'succeeded' END,
+                   1, NULL, NULL, 0, e.created_at, 200, e.created_at, e.created_at
+            FROM deliveries_event e, unnest(%s::text[]) ep
+            WHERE e.id LIKE 'evt\\_00%%'
+            """,
+            [endpoints],
+        )
+        log("  deliveries filled")
+        conn.execute(
+            """
+            INSERT INTO deliveries_deliveryattempt (delivery_id, number, outcome, started_at,
+                duration_ms, status_code, error, error_class, request_headers, request_body,
+                request_body_bytes, response_headers, response_body)
+            SELECT d.id, 1, 'succeeded', d.created_at, 5.0, 200, '', '',
+                   '{"content-type": "application/json"}', repeat('x', 300), 300, '{}', ''
+            FROM deliveries_delivery d WHERE d.event_id LIKE 'evt\\_00%%'
+            """
+        )
+        log("  attempts filled")
+        conn.execute(
+            """
+            INSERT INTO deliveries_deadletter (delivery_id, endpoint_id, event_type, reason,
+                last_status_code, created_at, replayed_at, replayed_by)
+            SELECT d.id, d.endpoint_id, %s, 'HTTP 500', 500, d.created_at, NULL, ''
+            FROM deliveries_delivery d WHERE d.status = 'dead'
+            """,
+            [EVENT_TYPE],
+        )
+        for table in ("event", "delivery", "deliveryattempt", "deadletter"):
+            conn.execute(f"VACUUM ANALYZE deliveries_{table}")
+    return time.monotonic() - started
+
+
+def sizes(dsn: str) -> dict[str, Any]:
+    with psycopg.connect(dsn) as conn:
+        rows = {
+            t: conn.execute(f"SELECT count(*) FROM deliveries_{t}").fetchone()[0]  # noqa: S608
+            for t in ("event", "delivery", "deliveryattempt")
+        }
+        total = conn.execute("SELECT pg_database_size(current_database())").fetchone()[0]
+    return {"rows": rows, "database_mb": round(total / 2**20)}
+
+
+def routes(base: str, key: str, dsn: str) -> dict[str, str]:
+    with psycopg.connect(dsn) as conn:
+        endpoint = conn.execute("SELECT min(id) FROM webhooks_endpoint").fetchone()[0]
+        delivery = conn.execute("SELECT max(id) FROM deliveries_delivery").fetchone()[0]
+    second = api(base, key, "GET", "/api/v1/deliveries/?page_size=50")["next"] or ""
+    return {
+        "events": "/api/v1/events/",
+        "events by type": f"/api/v1/events/?type={EVENT_TYPE}",
+        "deliveries": "/api/v1/deliveries/",
+        "deliveries, next page": second[second.index("/api/") :] if second else "",
+        "deliveries by endpoint": f"/api/v1/deliveries/?endpoint={endpoint}",
+        "deliveries by status (dead)": "/api/v1/deliveries/?status=dead",
+        "attempts of a delivery": f"/api/v1/deliveries/{delivery}/attempts/",
+        "dead letters": "/api/v1/dead-letters/",
+        "audit records": "/api/v1/audit-records/",
+        "metrics, 24h": "/api/v1/metrics/?window=24h",
+        "metrics, 7d": "/api/v1/metrics/?window=7d",
+        "/metrics (Prometheus)": "/metrics",
+    }
+
+
+def time_routes(base: str, key: str, paths: dict[str, str], repeat: int) -> dict[str, float]:
+    """The median milliseconds of `repeat` GETs of each route (after one warm-up GET)."""
+    out = {}
+    for name, path in paths.items():
+        if not path:
+            continue
+        times = []
+        for i in range(repeat + 1):
+            started = time.perf_counter()
+            response = HTTP.request(
+                "GET", base + path, headers={"Authorization": f"Bearer {key}"}, timeout=60
+            )
+            if response.status >= 300:
+                raise RuntimeError(f"GET {path}: {response.status} {response.data[:300]!r}")
+            if i:
+                times.append((time.perf_counter() - started) * 1000)
+        out[name] = statistics.median(times)
+    return out
+
+
+def burst(base: str, key: str, sink: str, dsn: str, events: int, fanout: int) -> dict[str, float]:
+    """`events` x `fanout` deliveries through the batch API; first POST to every attempt
+    recorded (attempts counted above the id where the burst started: no count of the table)."""
+    sink_stats(sink, reset=True)
+    with psycopg.connect(dsn) as conn:
+        floor = conn.execute("SELECT coalesce(max(id), 0) FROM deliveries_deliveryattempt")
+        start_id = floor.fetchone()[0]
+    first, ingest = post_batches(base, key, EVENT_TYPE, events, 100, 256)
+    expected = events * fanout
+    deadline = time.monotonic() + max(120, expected / 50)
+    recorded = 0
+    while time.monotonic() < deadline:
+        with psycopg.connect(dsn) as conn:
+            recorded = conn.execute(
+                "SELECT count(*) FROM deliveries_deliveryattempt WHERE id > %s", [start_id]
+            ).fetchone()[0]
+        if recorded >= expected:
+            break
+        time.sleep(0.2)
+    seconds = time.time() - first
+    stats = sink_stats(sink)
+    return {
+        "deliveries_ok": stats["ok"],
+        "recorded": recorded,
+        "rate": stats["ok"] / seconds,
+        "ingest_rate": events / ingest,
+    }
+
+
+def render(args: argparse.Namespace, r: dict[str, Any]) -> str:
+    empty, month = r["empty"], r["month"]
+    lines = [
+        START,
+        "## A month of rows (issue 14): the same stack, empty and full",
+        "",
+        f"`python -m bench.scale --events {args.events} --fanout {args.fanout} --burst "
+        f"{args.burst}` on {time.strftime('%Y-%m-%d')}: the bench stack (DEBUG off, fsync on), "
+        f"{args.fanout} endpoints. Filled by SQL in {r['fill_seconds']:.0f} s: "
+        f"{month['size']['rows']['event']:,} events, {month['size']['rows']['delivery']:,} "
+        f"deliveries, {month['size']['rows']['deliveryattempt']:,} attempts over 40 days; "
+        f"database {empty['size']['database_mb']:,} MB empty, {month['size']['database_mb']:,} MB "
+        "full. Each route: the median of "
+        f"{args.repeat} GETs.",
+        "",
+        "| measurement | empty | a month of rows | ratio |",
+        "|---|---|---|---|",
+    ]
+    for name, ms in month["routes"].items():
+        before = empty["routes"].get(name)
+        ratio = f"{ms / before:.2f}" if before else "—"
+        lines.append(f"| `GET` {name} | {before or 0:.1f} ms | {ms:.1f} ms | {ratio} |")
+    for key, label in (("rate", "end to end, deliveries/s"), ("ingest_rate", "ingest, events/s")):
+        a, b = empty["burst"][key], month["burst"][key]
+        lines.append(f"| burst of {args.burst} events: {label} | {a:.0f} | {b:.0f} | {b / a:.2f} |")
+    lines += ["", END]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.scale")
+    parser.add_argument("--events", type=int, default=500_000)
+    parser.add_argument("--fanout", type=int, default=10)
+    parser.add_argument("--burst", type=int, default=1000)
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--write", default=None)
+    args = parser.parse_args(argv)
+    stack = Stack.create("webhooks-scale-", DJANGO_DEBUG="false")
+    results: dict[str, Any] = {}
+    try:
+        dsn, key = stack.start_data()
+        sink = stack.start_sink()
+        _, base = stack.serve_web("web", workers=2, threads=4)
+        celery = [PY, "-m", "celery", "-A", "webhooks_project"]
+        stack.spawn("worker", [*celery, "worker", "-l", "INFO"], ready=" ready.")
+        stack.spawn("beat", [*celery, "beat", "-l", "INFO"], ready="beat: Starting")
+        setup_endpoints(base, key, sink, EVENT_TYPE, args.fanout, 0, "ok")
+        log("warm-up burst")
+        burst(base, key, sink, dsn, 200, args.fanout)
+        for phase in ("empty", "month"):
+            if phase == "month":
+                log(f"filling {args.events} events x {args.fanout} endpoints")
+                results["fill_seconds"] = fill(dsn, args.events)
+            log(f"{phase}: list routes")
+            paths = routes(base, key, dsn)
+            results[phase] = {"routes": time_routes(base, key, paths, args.repeat)}
+            log(f"{phase}: burst")
+            results[phase]["burst"] = burst(base, key, sink, dsn, args.burst, args.fanout)
+            results[phase]["size"] = sizes(dsn)
+    finally:
+        stack.close()
+    report = render(args, results)
+    print(report)
+    if args.write:
+        write_section(args.write, report, START, END)
+        log(f"wrote {args.write}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
