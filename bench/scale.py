@@ -215,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--write", default=None)
     args = parser.parse_args(argv)
-    stack = Stack.create("webhooks-scale-", DJANGO_DEBUG="false")
+    stack = Stack.create("webhooks-scale-")  # DEBUG off, fsync on
     results: dict[str, Any] = {}
     try:
         dsn, key = stack.start_data()
