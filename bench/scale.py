@@ -12,16 +12,21 @@ Run: python -m bench.scale [--events 500000] [--fanout 10] [--burst 1000] [--wri
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
+import subprocess
 import sys
 import time
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
 
+from bench.fill import fill_month
 from bench.report import write_section
 from bench.scenarios import post_batches, setup_endpoints
 from bench.stack import HTTP, PY, Stack, api, log, sink_stats
+from devstack.process import BASE_DIR
 
 NOTE = (
     "The empty database is measured first, so its routes also pay the web processes' first "
@@ -36,7 +41,7 @@ EVENT_TYPE = "bench.scale"
 
 
 def fill(dsn: str, events: int) -> float:
-    """The month of rows, by SQL; returns the seconds it took."""
+    """The month of rows, by SQL (bench/fill.py); returns the seconds it took."""
     started = time.monotonic()
     with psycopg.connect(dsn, autocommit=True) as conn:
         endpoints = [
@@ -46,56 +51,62 @@ def fill(dsn: str, events: int) -> float:
                 [EVENT_TYPE],
             )
         ]
-        # ids sort before every live one ('evt_00' < 'evt_03'), in time order
-        conn.execute(
-            """
-            INSERT INTO deliveries_event (id, type, application_id, data, idempotency_key,
-                request_hash, occurred_at, created_at)
-            SELECT 'evt_00' || lpad(g::text, 20, '0'), %s, NULL,
-                   jsonb_build_object('n', g, 'filler', repeat('x', 200)), NULL, '', t, t
-            FROM generate_series(1, %s) g,
-                 LATERAL (SELECT now() - interval '40 days' * (1 - g::float / %s)) x(t)
-            """,
-            [EVENT_TYPE, events, events],
-        )
-        log("  events filled")
-        conn.execute(
-            """
-            INSERT INTO deliveries_delivery (event_id, endpoint_id, status, attempt_count,
-                next_attempt_at, dispatched_at, retry_base, last_attempt_at, last_status_code,
-                completed_at, created_at)
-            SELECT e.id, ep, CASE WHEN hashtext(e.id || ep) %% 100 = 0 THEN 'dead'
-                                  ELSE 'succeeded' END,
-                   1, NULL, NULL, 0, e.created_at, 200, e.created_at, e.created_at
-            FROM deliveries_event e, unnest(%s::text[]) ep
-            WHERE e.id LIKE 'evt\\_00%%'
-            """,
-            [endpoints],
-        )
-        log("  deliveries filled")
-        conn.execute(
-            """
-            INSERT INTO deliveries_deliveryattempt (delivery_id, number, outcome, started_at,
-                duration_ms, status_code, error, error_class, request_headers, request_body,
-                request_body_bytes, response_headers, response_body)
-            SELECT d.id, 1, 'succeeded', d.created_at, 5.0, 200, '', '',
-                   '{"content-type": "application/json"}', repeat('x', 300), 300, '{}', ''
-            FROM deliveries_delivery d WHERE d.event_id LIKE 'evt\\_00%%'
-            """
-        )
-        log("  attempts filled")
-        conn.execute(
-            """
-            INSERT INTO deliveries_deadletter (delivery_id, endpoint_id, event_type, reason,
-                last_status_code, created_at, replayed_at, replayed_by)
-            SELECT d.id, d.endpoint_id, %s, 'HTTP 500', 500, d.created_at, NULL, ''
-            FROM deliveries_delivery d WHERE d.status = 'dead'
-            """,
-            [EVENT_TYPE],
-        )
-        for table in ("event", "delivery", "deliveryattempt", "deadletter"):
-            conn.execute(f"VACUUM ANALYZE deliveries_{table}")
+        fill_month(conn, endpoints=endpoints, event_type=EVENT_TYPE, events=events, log=log)
     return time.monotonic() - started
+
+
+RETAIN = """
+import json, time
+from deliveries.services.partitions import partitions_expire
+started = time.monotonic()
+done = partitions_expire()
+done["seconds"] = time.monotonic() - started
+print(json.dumps(done))
+"""
+
+
+def retention(stack: Stack, dsn: str, ingest_rate: float) -> dict[str, Any]:
+    """Retention (WEBHOOKS_RETENTION_DAYS=30) over the filled month, with the stack running:
+    how fast it removes against the ingest rate, and whether the disk comes back (the size
+    after against the size before less the partitions that go)."""
+    cutoff = datetime.now(UTC) - timedelta(days=30)
+    with psycopg.connect(dsn) as conn:
+        parts = conn.execute(
+            "SELECT c.relname, pg_total_relation_size(c.oid) FROM pg_inherits i "
+            "JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = ANY(%s::regclass[])",
+            [["deliveries_event", "deliveries_delivery", "deliveries_deliveryattempt"]],
+        ).fetchall()
+        before = conn.execute("SELECT pg_database_size(current_database())").fetchone()[0]
+        rows_before = conn.execute("SELECT count(*) FROM deliveries_delivery").fetchone()[0]
+    going = 0
+    for name, size in parts:
+        day = name.rpartition("_p")[2]
+        if day.isdigit():
+            start = datetime.strptime(day, "%Y%m%d").replace(tzinfo=UTC)
+            if start + timedelta(days=1) <= cutoff:
+                going += size
+    out = subprocess.run(
+        [PY, "manage.py", "shell", "-c", RETAIN],
+        cwd=BASE_DIR,
+        env={**stack.env, "WEBHOOKS_RETENTION_DAYS": "30"},
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    done = json.loads(out.strip().splitlines()[-1])
+    with psycopg.connect(dsn) as conn:
+        after = conn.execute("SELECT pg_database_size(current_database())").fetchone()[0]
+        rows_after = conn.execute("SELECT count(*) FROM deliveries_delivery").fetchone()[0]
+    return {
+        **done,
+        "deliveries_removed": rows_before - rows_after,
+        "events_per_second": done["events_dropped"] / max(done["seconds"], 1e-6),
+        "vs_ingest": done["events_dropped"] / max(done["seconds"], 1e-6) / ingest_rate,
+        "mb_before": before / 2**20,
+        "mb_going": going / 2**20,
+        "mb_after": after / 2**20,
+        "after_vs_expected": after / max(before - going, 1),
+    }
 
 
 def sizes(dsn: str) -> dict[str, Any]:
@@ -203,7 +214,23 @@ def render(args: argparse.Namespace, r: dict[str, Any]) -> str:
     for key, label in (("rate", "end to end, deliveries/s"), ("ingest_rate", "ingest, events/s")):
         a, b = empty["burst"][key], month["burst"][key]
         lines.append(f"| burst of {args.burst} events: {label} | {a:.0f} | {b:.0f} | {b / a:.2f} |")
-    lines += ["", NOTE, "", END]
+    ret = r["retention"]
+    lines += [
+        "",
+        "Retention then ran once (`partitions_expire`, WEBHOOKS_RETENTION_DAYS=30) with the "
+        f"stack up: {ret['days']} days dropped in {ret['seconds']:.2f} s, "
+        f"{ret['events_dropped']:,} events and {ret['deliveries_removed']:,} deliveries with "
+        f"their attempts ({ret['events_kept']:,} events kept, still owed): "
+        f"{ret['events_per_second']:,.0f} events/s, **{ret['vs_ingest']:,.0f}x** the ingest "
+        f"rate of the burst above. Database {ret['mb_before']:,.0f} MB before, "
+        f"{ret['mb_after']:,.0f} MB after; the partitions dropped held {ret['mb_going']:,.0f} MB, "
+        f"so the size after is **{ret['after_vs_expected']:.3f}x** what the remaining rows "
+        "occupied before: the disk came back at once.",
+        "",
+        NOTE,
+        "",
+        END,
+    ]
     return "\n".join(lines)
 
 
@@ -237,6 +264,8 @@ def main(argv: list[str] | None = None) -> int:
             log(f"{phase}: burst")
             results[phase]["burst"] = burst(base, key, sink, dsn, args.burst, args.fanout)
             results[phase]["size"] = sizes(dsn)
+        log("retention")
+        results["retention"] = retention(stack, dsn, results["month"]["burst"]["ingest_rate"])
     finally:
         stack.close()
     report = render(args, results)

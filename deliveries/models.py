@@ -1,5 +1,11 @@
 """Events, one Delivery per (event, endpoint), every DeliveryAttempt, and DeadLetters.
 
+Events, deliveries and attempts are partitioned by day (`deliveries.services.partitions`): a
+unique index there must include the partition key, so the rules that cannot are kept elsewhere
+(idempotency keys in `IdempotencyKey`; `(event, endpoint)` by a unique index on each day's
+deliveries, which is whole-table unique because an event's deliveries share its day), and no
+foreign key points into a partitioned table (`db_constraint=False`; the ORM still cascades).
+
 A Delivery moves pending -> in_flight -> succeeded, or back to pending with `next_attempt_at`
 (retryable failure), or to failed (not retryable) / dead (attempts exhausted) with a DeadLetter.
 """
@@ -23,7 +29,10 @@ def _event_id() -> str:
 class Event(models.Model):
     """A business event accepted from an internal system, already validated against its schema."""
 
-    id = models.CharField(primary_key=True, max_length=40, default=_event_id, editable=False)
+    # time-ordered, and the partition key: byte order ("C"), so a day is one range of ids
+    id = models.CharField(
+        primary_key=True, max_length=40, default=_event_id, editable=False, db_collation="C"
+    )
     event_type = models.ForeignKey(
         EventType,
         to_field="name",
@@ -44,7 +53,7 @@ class Event(models.Model):
         db_index=False,  # event_app_newest_idx leads with it
     )
     data = models.JSONField()
-    # NULL (not "") means "no key", so the unique constraint ignores keyless events.
+    # NULL (not "") means "no key"; the key is unique per application through IdempotencyKey.
     idempotency_key = models.CharField(max_length=200, null=True, blank=True)  # noqa: DJ001
     # SHA-256 of the request's type, data and occurred_at (canonical JSON), kept with a key:
     # the same key with another body is a conflict, not a silent replay of the first answer.
@@ -54,14 +63,6 @@ class Event(models.Model):
 
     class Meta:
         ordering = ["-created_at"]
-        constraints = [
-            models.UniqueConstraint(
-                fields=["application", "idempotency_key"],
-                condition=Q(idempotency_key__isnull=False),
-                nulls_distinct=False,
-                name="event_idempotency_key_unique",
-            )
-        ]
         # the API's pages, newest first (ids are time-ordered), by type and by application
         indexes = [
             models.Index(fields=["event_type", "-id"], name="event_type_newest_idx"),
@@ -82,7 +83,15 @@ class Delivery(models.Model):
         FAILED = "failed"
         DEAD = "dead"
 
-    event = models.ForeignKey(Event, on_delete=models.CASCADE, related_name="deliveries")
+    # (day of the event << DAY_SHIFT) + a sequence: the partition key (services.partitions)
+    id = models.BigAutoField(primary_key=True)
+    event = models.ForeignKey(
+        Event,
+        on_delete=models.CASCADE,
+        related_name="deliveries",
+        db_constraint=False,
+        db_index=False,  # each day's unique (event_id, endpoint_id) index leads with it
+    )
     endpoint = models.ForeignKey(
         Endpoint,
         on_delete=models.CASCADE,
@@ -106,9 +115,7 @@ class Delivery(models.Model):
     class Meta:
         ordering = ["-id"]
         verbose_name_plural = "deliveries"
-        constraints = [
-            models.UniqueConstraint(fields=["event", "endpoint"], name="delivery_event_endpoint")
-        ]
+        # unique (event, endpoint): an index on each day partition (services.partitions)
         indexes = [
             # The sweeper: pending rows that are due, and in-flight rows whose lease ran out.
             models.Index(
@@ -141,7 +148,13 @@ class DeliveryAttempt(models.Model):
         # the request may or may not have reached the consumer
         UNKNOWN = "unknown"
 
-    delivery = models.ForeignKey(Delivery, on_delete=models.CASCADE, related_name="attempts")
+    delivery = models.ForeignKey(
+        Delivery,
+        on_delete=models.CASCADE,
+        related_name="attempts",
+        db_constraint=False,
+        db_index=False,  # attempt_delivery_number leads with it
+    )
     number = models.PositiveSmallIntegerField()
     outcome = models.CharField(max_length=16, choices=Outcome.choices)
     started_at = models.DateTimeField()
@@ -162,7 +175,11 @@ class DeliveryAttempt(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["delivery", "number"], name="attempt_delivery_number")
         ]
-        indexes = [models.Index(fields=["started_at"], name="attempt_started_idx")]
+        indexes = [
+            models.Index(fields=["started_at"], name="attempt_started_idx"),
+            # not unique in the database (it is not the partition key); the sequence makes it so
+            models.Index(fields=["id"], name="attempt_id_idx"),
+        ]
 
     def __str__(self) -> str:
         return f"attempt {self.number} of delivery {self.delivery_id}: {self.outcome}"
@@ -175,7 +192,9 @@ class DeadLetter(models.Model):
     replayed it and when.
     """
 
-    delivery = models.ForeignKey(Delivery, on_delete=models.CASCADE, related_name="dead_letters")
+    delivery = models.ForeignKey(
+        Delivery, on_delete=models.CASCADE, related_name="dead_letters", db_constraint=False
+    )
     endpoint = models.ForeignKey(Endpoint, on_delete=models.CASCADE, related_name="dead_letters")
     event_type = models.CharField(max_length=200, db_index=True)
     reason = models.CharField(max_length=500)
@@ -215,6 +234,28 @@ class DeadLetter(models.Model):
 
     def __str__(self) -> str:
         return f"dead letter of delivery {self.delivery_id}: {self.reason}"
+
+
+class IdempotencyKey(models.Model):
+    """An idempotency key in use: unique per application, which a partitioned events table
+    cannot enforce. Goes with its event (services.partitions, services.retention)."""
+
+    application = models.ForeignKey(
+        Application, null=True, blank=True, on_delete=models.CASCADE, related_name="+"
+    )
+    key = models.CharField(max_length=200)
+    event_id = models.CharField(max_length=40, db_collation="C", db_index=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["application", "key"], nulls_distinct=False, name="idempotency_key_unique"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.key} -> {self.event_id}"
 
 
 class _Counters(models.Model):

@@ -13,6 +13,7 @@ from .metrics import stats_prune
 from .services.dispatch import current_sender, deliveries_dispatch
 from .services.endpoints import endpoints_disable_failing
 from .services.enqueue import DELIVER_BATCH
+from .services.partitions import partitions_ensure, partitions_expire
 from .services.retention import events_prune
 from .services.sweeper import deliveries_requeue_stuck
 
@@ -54,9 +55,12 @@ def disable_failing_endpoints() -> list[str]:
 
 @shared_task(acks_late=True, ignore_result=True)
 def prune() -> int:
-    """Beat job: delete fully delivered events older than WEBHOOKS_RETENTION_DAYS, and metrics
-    minutes older than WEBHOOKS_METRICS_RETENTION_DAYS, in batches."""
-    deleted = events_prune()
+    """Beat job: make the coming days' partitions, drop the days past WEBHOOKS_RETENTION_DAYS
+    (keeping what is still owed), delete the rows kept that way once they are done, and the
+    metrics buckets older than WEBHOOKS_METRICS_RETENTION_DAYS. Returns the events removed."""
+    partitions_ensure()
+    dropped = partitions_expire()
+    deleted = dropped["events_dropped"] + events_prune()
     stats_prune()
     return deleted
 

@@ -347,6 +347,8 @@ WEBHOOKS_REQUEUE_INTERVAL = _REQUEUE_INTERVAL
 # was lost, e.g. Redis restarted empty). Longer than any normal queue wait.
 WEBHOOKS_REDISPATCH_AFTER = env_int("WEBHOOKS_REDISPATCH_AFTER", 120, minimum=1)
 WEBHOOKS_RETENTION_DAYS = env_int("WEBHOOKS_RETENTION_DAYS", 30, minimum=1)
+# Day partitions made ahead of time by the `prune` beat job (deliveries/services/partitions.py).
+WEBHOOKS_PARTITIONS_AHEAD = env_int("WEBHOOKS_PARTITIONS_AHEAD", 7, minimum=2)
 WEBHOOKS_COUNTDOWN_MAX = env_int("WEBHOOKS_COUNTDOWN_MAX", 60)
 # The delivery pipeline (deliveries/sender.py), per worker process: ids per task message, HTTP
 # threads, deliveries between claim and record, and per endpoint: requests at once, and

@@ -232,25 +232,28 @@ def _deliveries_backfill(*, endpoint: Endpoint, since: datetime, batch_size: int
     )
     now = timezone.now()
     created = 0
-    batch: list[Delivery] = []
+    batch: list[str] = []
     for event_id in (
         events.order_by("created_at").values_list("id", flat=True).iterator(chunk_size=batch_size)
     ):
-        batch.append(
-            Delivery(
-                event_id=event_id,
-                endpoint_id=endpoint.pk,
-                next_attempt_at=now,
-                dispatched_at=None,
-                created_at=now,
-            )
-        )
+        batch.append(event_id)
         if len(batch) == batch_size:
-            created += len(Delivery.objects.bulk_create(batch, ignore_conflicts=True))
+            created += _insert_undispatched(batch, endpoint.pk, now)
             batch = []
     if batch:
-        created += len(Delivery.objects.bulk_create(batch, ignore_conflicts=True))
+        created += _insert_undispatched(batch, endpoint.pk, now)
     return created
+
+
+def _insert_undispatched(event_ids: list[str], endpoint_id: str, now: datetime) -> int:
+    ids = deliveries_insert(
+        event_ids=event_ids,
+        endpoint_ids=[endpoint_id] * len(event_ids),
+        now=now,
+        dispatched=False,
+        skip_existing=True,
+    )
+    return len(ids)
 
 
 def deliveries_fail_for_endpoint(*, endpoint_id: str, reason: str) -> int:

@@ -83,6 +83,9 @@ _ATTEMPT_COLUMNS = (
     "request_body_bytes",
 )
 _JSON_COLUMNS = frozenset({"request_headers", "response_headers"})  # COPY takes them as text
+# No foreign key guards attempts (their table is partitioned): the recorder itself holds the
+# deliveries against deletion until commit, as the key check did, and finds any already gone.
+_HOLD_SQL = f"SELECT id FROM {_D} WHERE id = ANY(%(ids)s) FOR KEY SHARE"  # noqa: S608
 _COPY_ATTEMPTS_SQL = (
     f"COPY {DeliveryAttempt._meta.db_table} ({', '.join(_ATTEMPT_COLUMNS)}) FROM STDIN"
 )
@@ -128,8 +131,8 @@ def _attempts_write_again(jobs: Sequence[Job]) -> None:
     ids = sorted({job.claim.delivery_id for job in jobs})
     with transaction.atomic():
         # FOR UPDATE, not NO KEY UPDATE: besides keeping these rows from being deleted, it holds
-        # off other recorders' attempt inserts for them (their foreign key check takes KEY
-        # SHARE), so the numbers chosen below are still free at commit.
+        # off other recorders' attempt inserts for them (they take KEY SHARE first, _HOLD_SQL),
+        # so the numbers chosen below are still free at commit.
         alive = set(
             Delivery.objects.select_for_update()
             .filter(pk__in=ids)
@@ -270,6 +273,10 @@ def _attempts_write(jobs: Sequence[Job], *, numbers: Sequence[int] | None = None
 
     with transaction.atomic():
         with binding_cursor() as cursor:
+            ids = sorted({job.claim.delivery_id for job in jobs})
+            cursor.execute(_HOLD_SQL, {"ids": ids})
+            if cursor.rowcount < len(ids):
+                raise IntegrityError("deliveries deleted while in flight")  # -> write again
             with cursor.copy(_COPY_ATTEMPTS_SQL) as stream:
                 for row in attempts:
                     stream.write_row(row)

@@ -1,4 +1,9 @@
-"""Retention (beat job `prune_events`): events past WEBHOOKS_RETENTION_DAYS removed."""
+"""Retention, row by row: what outlived its day partition (services.partitions) once it is done.
+
+Whole days go by dropping their partitions; this deletes the events that were kept then because
+a delivery was still owed, and anything else that sits in a default partition, once every
+delivery of the event has succeeded before the cutoff. It only ever meets a few rows.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +15,7 @@ from django.db import connection, transaction
 from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
-from deliveries.models import DeadLetter, Delivery, DeliveryAttempt, Event
+from deliveries.models import DeadLetter, Delivery, DeliveryAttempt, Event, IdempotencyKey
 
 logger = logging.getLogger(__name__)
 
@@ -52,10 +57,14 @@ def events_prune(*, batch_size: int = 1000, max_batches: int = 100) -> int:
                         f"DELETE FROM {Delivery._meta.db_table} WHERE event_id = ANY(%s)",  # noqa: S608
                         [event_ids],
                     )
-                    cursor.execute(
-                        f"DELETE FROM {Event._meta.db_table} WHERE id = ANY(%s)",  # noqa: S608
-                        [event_ids],
-                    )
+                    for table, column in (
+                        (IdempotencyKey._meta.db_table, "event_id"),
+                        (Event._meta.db_table, "id"),
+                    ):
+                        cursor.execute(
+                            f"DELETE FROM {table} WHERE {column} = ANY(%s)",  # noqa: S608
+                            [event_ids],
+                        )
         deleted += len(event_ids)
         if len(event_ids) < batch_size:
             break

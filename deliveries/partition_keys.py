@@ -1,0 +1,89 @@
+"""Where a row goes among the day partitions (pure: the bounds, the DDL; no database here).
+
+A day is a UTC day. Events are partitioned by id (time-ordered, "C" collation), deliveries by an
+id that carries the day of their event, `(day << DAY_SHIFT) + a sequence`, and attempts by
+their delivery's id on the same bounds. `deliveries.services.partitions` runs the DDL.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+
+from webhooks_project.identifiers import id_floor, id_millis
+
+EPOCH = date(2025, 1, 1)  # day 0 of delivery ids
+EPOCH_UNIX_DAY = 20089  # EPOCH in days since 1970-01-01
+# (day << 39) + sequence stays below 2**53, exact as a JSON number, until 2069; each day has
+# room for 2**39 sequence values, and the sequence is shared: 5 * 10**11 deliveries in all.
+DAY_SHIFT = 39
+DELIVERY_SEQUENCE = "deliveries_delivery_id_seq"
+EVENTS = "deliveries_event"
+DELIVERIES = "deliveries_delivery"
+ATTEMPTS = "deliveries_deliveryattempt"
+LEGACY_END = 1 << DAY_SHIFT  # delivery ids from before partitioning are all below this
+
+
+def day_number(day: date) -> int:
+    return (day - EPOCH).days
+
+
+def event_day(event_id: str) -> int:
+    """The day number of an event id (0, the legacy range, for an id `new_id` did not make)."""
+    millis = id_millis(event_id)
+    if millis is None:
+        return 0
+    return max(0, day_number(datetime.fromtimestamp(millis / 1000, UTC).date()))
+
+
+def day_start(day: date) -> datetime:
+    return datetime(day.year, day.month, day.day, tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class DayBounds:
+    day: date
+    events: tuple[str, str]
+    deliveries: tuple[int, int]
+
+    @property
+    def suffix(self) -> str:
+        return f"p{self.day:%Y%m%d}"
+
+
+def bounds(day: date) -> DayBounds:
+    millis = [int((day_start(day) + timedelta(days=n)).timestamp() * 1000) for n in (0, 1)]
+    number = day_number(day)
+    return DayBounds(
+        day=day,
+        events=(id_floor("evt", millis[0]), id_floor("evt", millis[1])),
+        deliveries=(number << DAY_SHIFT, (number + 1) << DAY_SHIFT),
+    )
+
+
+def day_ddl(day: date) -> list[tuple[str, list[str | int]]]:
+    """The statements that make `day`'s three partitions and its deliveries' unique index."""
+    b = bounds(day)
+    statements: list[tuple[str, list[str | int]]] = [
+        (
+            f"CREATE TABLE IF NOT EXISTS {EVENTS}_{b.suffix} PARTITION OF {EVENTS} "
+            "FOR VALUES FROM (%s) TO (%s)",
+            list(b.events),
+        )
+    ]
+    for table in (DELIVERIES, ATTEMPTS):
+        statements.append(
+            (
+                f"CREATE TABLE IF NOT EXISTS {table}_{b.suffix} PARTITION OF {table} "
+                "FOR VALUES FROM (%s) TO (%s)",
+                list(b.deliveries),
+            )
+        )
+    statements.append(
+        (
+            f"CREATE UNIQUE INDEX IF NOT EXISTS {DELIVERIES}_{b.suffix}_event_endpoint "
+            f"ON {DELIVERIES}_{b.suffix} (event_id, endpoint_id)",
+            [],
+        )
+    )
+    return statements
