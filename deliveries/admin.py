@@ -92,13 +92,15 @@ def delivery_timeline(delivery: Delivery) -> list[dict[str, Any]]:
     accepted = delivery.event.created_at
     entries: list[dict[str, Any]] = [{"kind": "accepted", "at": accepted, "offset": None}]
     for attempt in delivery.attempts.order_by("number"):
+        attempt.delivery = delivery  # the body sent is stored on it, once
+        body = attempt.sent_body
         entries.append(
             {
                 "kind": "attempt",
                 "at": attempt.started_at,
                 "attempt": attempt,
-                "body": _pretty(attempt.request_body) if attempt.request_body else "",
-                "truncated": (attempt.request_body_bytes or 0) > len(attempt.request_body.encode()),
+                "body": _pretty(body) if body else "",
+                "truncated": (attempt.request_body_bytes or 0) > len(body.encode()),
             }
         )
     for dead_letter in delivery.dead_letters.all():

@@ -111,6 +111,11 @@ class Delivery(models.Model):
     last_status_code = models.PositiveSmallIntegerField(null=True, blank=True)
     completed_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(default=timezone.now, editable=False)
+    # The body as sent (after transformation and masking, up to WEBHOOKS_STORED_BODY_MAX_BYTES),
+    # stored once, by the first attempt recorded; a later attempt that sent another body keeps
+    # its own (DeliveryAttempt.request_body). The digest is of this stored text.
+    request_body = models.TextField(null=True, blank=True, editable=False)  # noqa: DJ001
+    request_body_digest = models.CharField(max_length=32, null=True, blank=True, editable=False)  # noqa: DJ001
 
     class Meta:
         ordering = ["-id"]
@@ -164,8 +169,9 @@ class DeliveryAttempt(models.Model):
     error_class = models.CharField(max_length=40, blank=True, default="")
     request_headers = models.JSONField(default=dict, blank=True)
     # The body exactly as sent (after transformation and masking), up to
-    # WEBHOOKS_STORED_BODY_MAX_BYTES; `request_body_bytes` is its whole size.
-    request_body = models.TextField(blank=True, default="")
+    # WEBHOOKS_STORED_BODY_MAX_BYTES, when it is not the delivery's `request_body` (NULL: it is;
+    # a body is stored once per delivery, not once per try); `request_body_bytes` is its size.
+    request_body = models.TextField(null=True, blank=True)  # noqa: DJ001
     request_body_bytes = models.PositiveIntegerField(null=True, blank=True)
     response_headers = models.JSONField(default=dict, blank=True)
     response_body = models.TextField(blank=True, default="")
@@ -183,6 +189,13 @@ class DeliveryAttempt(models.Model):
 
     def __str__(self) -> str:
         return f"attempt {self.number} of delivery {self.delivery_id}: {self.outcome}"
+
+    @property
+    def sent_body(self) -> str:
+        """The body this attempt sent, as stored: its own, or its delivery's."""
+        if self.request_body is not None:
+            return self.request_body
+        return self.delivery.request_body or ""
 
 
 class DeadLetter(models.Model):

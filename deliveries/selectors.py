@@ -50,8 +50,12 @@ def delivery_list(
 
 
 def attempt_list(*, delivery_id: int) -> QuerySet[DeliveryAttempt]:
-    """Every attempt of a delivery, in order."""
-    return DeliveryAttempt.objects.filter(delivery_id=delivery_id).order_by("number")
+    """Every attempt of a delivery, in order (with the delivery: it holds the body they sent)."""
+    return (
+        DeliveryAttempt.objects.filter(delivery_id=delivery_id)
+        .select_related("delivery")
+        .order_by("number")
+    )
 
 
 def dead_letter_list(

@@ -113,6 +113,9 @@ _DATETIME = serializers.DateTimeField()
 
 
 class AttemptSerializer(serializers.ModelSerializer):
+    # stored once per delivery: an attempt without its own sent the delivery's
+    request_body = serializers.CharField(source="sent_body", read_only=True)
+
     class Meta:
         model = DeliveryAttempt
         fields = [

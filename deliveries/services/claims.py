@@ -57,6 +57,7 @@ class Claim:
     sensitive_fields: list[str] = field(default_factory=list)  # stored encrypted in `data`
     accepted_at: datetime | None = None  # when the event was accepted (latency is from here)
     rate_limit: int | None = None  # the endpoint's requests per second, if it has a limit
+    body_digest: str | None = None  # of the body stored on the delivery, if an attempt stored it
 
 
 _D = Delivery._meta.db_table
@@ -91,6 +92,7 @@ UPDATE {_D} AS d
   FROM cfg, due, {_E} AS e, {_P} AS p, {_T} AS t
  WHERE d.id = due.id AND e.id = d.event_id AND p.id = d.endpoint_id AND t.name = e.type
 RETURNING d.id AS delivery_id, d.attempt_count AS number, d.retry_base,
+          d.request_body_digest AS body_digest,
           e.id AS event_id, e.type AS event_type, e.occurred_at, e.data::text AS data,
           e.created_at AS accepted_at, t.sensitive_fields::text AS sensitive_fields,
           p.id AS endpoint_id, p.url, p.enabled, p.headers::text AS headers,

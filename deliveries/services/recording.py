@@ -3,6 +3,7 @@ dead letters, endpoint health and the metrics rollup."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import time
@@ -58,11 +59,14 @@ _FINAL_STATUS = {
 _ADVANCE_SQL = f"""
 UPDATE {_D} AS d
    SET status = v.status, next_attempt_at = v.next_at, dispatched_at = v.dispatched_at,
-       completed_at = v.completed_at, last_status_code = v.code, lease_expires_at = NULL
+       completed_at = v.completed_at, last_status_code = v.code, lease_expires_at = NULL,
+       request_body = COALESCE(d.request_body, v.body),
+       request_body_digest = COALESCE(d.request_body_digest, v.digest)
   FROM unnest(%(id)s::bigint[], %(claimed)s::timestamptz[], %(status)s::varchar[],
               %(next_at)s::timestamptz[], %(dispatched_at)s::timestamptz[],
-              %(completed_at)s::timestamptz[], %(code)s::int[])
-       AS v(id, claimed, status, next_at, dispatched_at, completed_at, code)
+              %(completed_at)s::timestamptz[], %(code)s::int[], %(body)s::text[],
+              %(digest)s::varchar[])
+       AS v(id, claimed, status, next_at, dispatched_at, completed_at, code, body, digest)
  WHERE d.id = v.id AND d.status = 'in_flight' AND d.last_attempt_at = v.claimed
 RETURNING d.id
 """  # noqa: S608 - the table name is ours, every value is a parameter
@@ -204,8 +208,14 @@ def _decide(jobs: Sequence[Job]) -> list[tuple[Job, Decision]]:
     return decided
 
 
-def _attempt_row(job: Job, decision: Decision, number: int) -> tuple[Any, ...]:
-    """The attempt's row for COPY, in `_ATTEMPT_COLUMNS` order."""
+def _stored_text(job: Job) -> tuple[str, str]:
+    """The body as the log keeps it (cut to WEBHOOKS_STORED_BODY_MAX_BYTES), and its digest."""
+    text = _stored(job)[: settings.WEBHOOKS_STORED_BODY_MAX_BYTES].decode("utf-8", "ignore")
+    return text, hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+
+
+def _attempt_row(job: Job, decision: Decision, number: int, body: str | None) -> tuple[Any, ...]:
+    """The attempt's row for COPY, in `_ATTEMPT_COLUMNS` order (`body` None: the delivery's)."""
     result = job.result
     assert result is not None
     row = {
@@ -220,9 +230,7 @@ def _attempt_row(job: Job, decision: Decision, number: int) -> tuple[Any, ...]:
         "request_headers": job.stored_headers,
         "response_headers": result.headers,
         "response_body": result.body,
-        "request_body": _stored(job)[: settings.WEBHOOKS_STORED_BODY_MAX_BYTES].decode(
-            "utf-8", "ignore"
-        ),
+        "request_body": body,
         "request_body_bytes": len(job.body) if job.body else None,
     }
     return tuple(
@@ -265,11 +273,15 @@ def _attempts_write(jobs: Sequence[Job], *, numbers: Sequence[int] | None = None
     letters, endpoint health and the metrics rollup in one transaction."""
     now = timezone.now()
     decided = _decide(jobs)
-    attempts = [
-        _attempt_row(job, decision, numbers[i] if numbers is not None else job.claim.number)
-        for i, (job, decision) in enumerate(decided)
-    ]
     advance, retries = _next_states(decided, now)
+    # A body is stored once per delivery: the first attempt recorded puts it on the delivery
+    # (if its claim still holds), a later one that sent the same body stores none of its own.
+    bodies = [_stored_text(job) for job, _ in decided]
+    advance["body"] = [
+        text if job.claim.body_digest is None else None
+        for (job, _), (text, _digest) in zip(decided, bodies, strict=True)
+    ]
+    advance["digest"] = [digest for _, digest in bodies]
 
     with transaction.atomic():
         with binding_cursor() as cursor:
@@ -277,11 +289,19 @@ def _attempts_write(jobs: Sequence[Job], *, numbers: Sequence[int] | None = None
             cursor.execute(_HOLD_SQL, {"ids": ids})
             if cursor.rowcount < len(ids):
                 raise IntegrityError("deliveries deleted while in flight")  # -> write again
-            with cursor.copy(_COPY_ATTEMPTS_SQL) as stream:
-                for row in attempts:
-                    stream.write_row(row)
             cursor.execute(_ADVANCE_SQL, advance)
             advanced = {r[0] for r in cursor.fetchall()}
+            with cursor.copy(_COPY_ATTEMPTS_SQL) as stream:
+                for i, ((job, decision), (text, digest)) in enumerate(
+                    zip(decided, bodies, strict=True)
+                ):
+                    on_delivery = job.claim.body_digest == digest or (
+                        job.claim.body_digest is None and job.claim.delivery_id in advanced
+                    )
+                    number = numbers[i] if numbers is not None else job.claim.number
+                    stream.write_row(
+                        _attempt_row(job, decision, number, None if on_delivery else text)
+                    )
         DeadLetter.objects.bulk_create(
             DeadLetter(
                 delivery_id=job.claim.delivery_id,

@@ -186,3 +186,35 @@ def test_every_recorded_attempt_is_one_structured_log_line_without_body_or_secre
     assert "secret-looking" not in json.dumps(lines)
     assert "authorization" not in json.dumps(lines)
     assert "503" in failed["message"]
+
+
+def test_a_body_is_stored_once_per_delivery_and_again_only_when_another_was_sent(
+    api: Any,
+) -> None:
+    # given a delivery tried three times: twice with one body (503), then with another (200)
+    (job,) = _claimed(1)
+    delivery_id = job.claim.delivery_id
+    bodies = [b'{"n": 1}', b'{"n": 1}', b'{"n": 2, "changed": true}']
+    for number, (body, code) in enumerate(zip(bodies, (503, 503, 200), strict=True), start=1):
+        if number > 1:
+            Delivery.objects.filter(pk=delivery_id).update(next_attempt_at=timezone.now())
+            (claim,) = deliveries_claim(delivery_ids=[delivery_id], now=timezone.now())
+            job = Job(claim=claim)
+        job.body = body
+        job.started_at = time.time()
+        job.result = transport.TransportResult(status_code=code, duration_ms=2.0)
+        attempts_record([job])
+
+    # then the delivery holds the first body, the attempt that sent it again stores nothing,
+    # the one that sent another stores its own
+    delivery = Delivery.objects.get(pk=delivery_id)
+    assert delivery.request_body == '{"n": 1}'
+    stored = list(
+        DeliveryAttempt.objects.filter(delivery_id=delivery_id)
+        .order_by("number")
+        .values_list("request_body", "request_body_bytes")
+    )
+    assert stored == [(None, 8), (None, 8), ('{"n": 2, "changed": true}', 25)]
+    # and every attempt shows what it sent
+    attempts = api.get(f"/api/v1/deliveries/{delivery_id}/attempts/").json()["results"]
+    assert [a["request_body"] for a in attempts] == [b.decode() for b in bodies]
