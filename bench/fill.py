@@ -36,7 +36,8 @@ def fill_month(
 ) -> None:
     """`events` events spread evenly over the last `days` days (one in `application_every`
     belongs to `application_id`), a delivery per endpoint each (one in `dead_every` dead, with
-    a dead letter; one dead letter in `replayed_every` replayed), `attempts` attempts each."""
+    a dead letter; one dead letter in `replayed_every` replayed), `attempts` attempts each, the
+    body sent (`body_bytes`) stored once on the delivery, as the recorder stores it."""
     now = datetime.now(UTC)
     first = now - timedelta(days=days)
     day = first.date()
@@ -75,16 +76,17 @@ def fill_month(
         f"""
         INSERT INTO deliveries_delivery (id, event_id, endpoint_id, status, attempt_count,
             next_attempt_at, dispatched_at, retry_base, last_attempt_at, last_status_code,
-            completed_at, created_at)
+            completed_at, created_at, request_body, request_body_digest)
         SELECT ((floor(extract(epoch FROM e.created_at) / 86400)::bigint - {EPOCH_UNIX_DAY})
                  << {DAY_SHIFT}) + nextval('{DELIVERY_SEQUENCE}'),
                e.id, ep, CASE WHEN abs(hashtext(e.id || ep)) %% %s = 0 THEN 'dead'
                               ELSE 'succeeded' END,
-               %s, NULL, NULL, 0, e.created_at, 200, e.created_at, e.created_at
+               %s, NULL, NULL, 0, e.created_at, 200, e.created_at, e.created_at,
+               repeat('x', %s), md5(repeat('x', %s))
           FROM deliveries_event e, unnest(%s::varchar[]) ep
          WHERE e.request_hash = %s
         """,  # noqa: S608 - our constants
-        [dead_every, attempts, endpoints, FILLED],
+        [dead_every, attempts, body_bytes, body_bytes, endpoints, FILLED],
     )
     if log:
         log("  deliveries filled")
@@ -94,12 +96,12 @@ def fill_month(
             duration_ms, status_code, error, error_class, request_headers, request_body,
             request_body_bytes, response_headers, response_body)
         SELECT d.id, n, 'succeeded', d.created_at, 5.0, 200, '', '',
-               '{"content-type": "application/json"}', repeat('x', %s), %s, '{}', ''
+               '{"content-type": "application/json"}', NULL, %s, '{}', ''
           FROM deliveries_delivery d JOIN deliveries_event e ON e.id = d.event_id,
                generate_series(1, %s) n
          WHERE e.request_hash = %s
         """,
-        [body_bytes, body_bytes, attempts, FILLED],
+        [body_bytes, attempts, FILLED],
     )
     if log:
         log("  attempts filled")

@@ -12,59 +12,63 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
 from deliveries.models import DeadLetter, Delivery, DeliveryAttempt, Event, IdempotencyKey
 
 logger = logging.getLogger(__name__)
 
+_DONE_SQL = f"""
+SELECT e.id FROM {Event._meta.db_table}_default AS e
+ WHERE e.created_at < %(cutoff)s
+   AND NOT EXISTS (SELECT 1 FROM {Delivery._meta.db_table} AS d
+                    WHERE d.event_id = e.id
+                      AND NOT (d.status = 'succeeded' AND d.completed_at < %(cutoff)s))
+ ORDER BY e.created_at
+ LIMIT %(limit)s
+   FOR UPDATE SKIP LOCKED
+"""  # noqa: S608 - our table names
+
 
 def events_prune(*, batch_size: int = 1000, max_batches: int = 100) -> int:
-    """Beat job: delete events older than WEBHOOKS_RETENTION_DAYS whose every delivery succeeded
-    before then, with those deliveries, their attempts and any replayed dead letters.
+    """Beat job: delete the events of the default partition older than WEBHOOKS_RETENTION_DAYS
+    whose every delivery succeeded before then, with those deliveries, their attempts, their
+    idempotency keys and any replayed dead letters.
 
+    Only the default partition: every other day goes whole, by `partitions_expire`, and its
+    rows past the cutoff wait for that (deleting them row by row would only make dead tuples).
     Events with a delivery that failed, died or is still going are kept whole (they are in the
     dead-letter queue or still owed). Works in batches of `batch_size` events, each in its own
     transaction, taking rows with SKIP LOCKED. Returns how many events were deleted.
     """
     cutoff = timezone.now() - timedelta(days=settings.WEBHOOKS_RETENTION_DAYS)
-    unfinished = Delivery.objects.filter(event_id=OuterRef("pk")).exclude(
-        status=Delivery.Status.SUCCEEDED, completed_at__lt=cutoff
-    )
     deleted = 0
     for _ in range(max_batches):
-        with transaction.atomic():
-            event_ids = list(
-                Event.objects.select_for_update(skip_locked=True)
-                .filter(created_at__lt=cutoff)
-                .exclude(Exists(unfinished))
-                .order_by("created_at")
-                .values_list("id", flat=True)[:batch_size]
-            )
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute(_DONE_SQL, {"cutoff": cutoff, "limit": batch_size})
+            event_ids = [row[0] for row in cursor.fetchall()]
             if event_ids:
-                with connection.cursor() as cursor:
-                    for table, column in (
-                        (DeliveryAttempt._meta.db_table, "delivery_id"),
-                        (DeadLetter._meta.db_table, "delivery_id"),
-                    ):
-                        cursor.execute(
-                            f"DELETE FROM {table} WHERE {column} IN "  # noqa: S608 - our names
-                            f"(SELECT id FROM {Delivery._meta.db_table} WHERE event_id = ANY(%s))",
-                            [event_ids],
-                        )
+                for table, column in (
+                    (DeliveryAttempt._meta.db_table, "delivery_id"),
+                    (DeadLetter._meta.db_table, "delivery_id"),
+                ):
                     cursor.execute(
-                        f"DELETE FROM {Delivery._meta.db_table} WHERE event_id = ANY(%s)",  # noqa: S608
+                        f"DELETE FROM {table} WHERE {column} IN "  # noqa: S608 - our names
+                        f"(SELECT id FROM {Delivery._meta.db_table} WHERE event_id = ANY(%s))",
                         [event_ids],
                     )
-                    for table, column in (
-                        (IdempotencyKey._meta.db_table, "event_id"),
-                        (Event._meta.db_table, "id"),
-                    ):
-                        cursor.execute(
-                            f"DELETE FROM {table} WHERE {column} = ANY(%s)",  # noqa: S608
-                            [event_ids],
-                        )
+                cursor.execute(
+                    f"DELETE FROM {Delivery._meta.db_table} WHERE event_id = ANY(%s)",  # noqa: S608
+                    [event_ids],
+                )
+                for table, column in (
+                    (IdempotencyKey._meta.db_table, "event_id"),
+                    (Event._meta.db_table, "id"),
+                ):
+                    cursor.execute(
+                        f"DELETE FROM {table} WHERE {column} = ANY(%s)",  # noqa: S608
+                        [event_ids],
+                    )
         deleted += len(event_ids)
         if len(event_ids) < batch_size:
             break
