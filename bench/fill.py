@@ -42,8 +42,8 @@ def fill_month(
     first = now - timedelta(days=days)
     day = first.date()
     while day <= now.date():
-        for sql, params in day_ddl(day):
-            cursor.execute(sql, params)
+        for sql in day_ddl(day):
+            cursor.execute(sql, [])
         day += timedelta(days=1)
     span = (now - first).total_seconds()
     for start in range(0, events, _CHUNK):

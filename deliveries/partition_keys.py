@@ -7,6 +7,8 @@ their delivery's id on the same bounds. `deliveries.services.partitions` runs th
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
@@ -21,6 +23,7 @@ DELIVERY_SEQUENCE = "deliveries_delivery_id_seq"
 EVENTS = "deliveries_event"
 DELIVERIES = "deliveries_delivery"
 ATTEMPTS = "deliveries_deliveryattempt"
+_SAFE = re.compile(r"[A-Za-z0-9_]+")
 LEGACY_END = 1 << DAY_SHIFT  # delivery ids from before partitioning are all below this
 
 
@@ -61,29 +64,37 @@ def bounds(day: date) -> DayBounds:
     )
 
 
-def day_ddl(day: date) -> list[tuple[str, list[str | int]]]:
+def _literal(value: str | int) -> str:
+    """A bound as SQL: DDL takes no parameters. Ours are integers and base62 ids."""
+    if isinstance(value, int):
+        return str(value)
+    if not _SAFE.fullmatch(value):
+        raise ValueError(f"not an id: {value!r}")
+    return f"'{value}'"
+
+
+def day_ddl(day: date) -> list[str]:
     """The statements that make `day`'s three partitions and its deliveries' unique index."""
     b = bounds(day)
-    statements: list[tuple[str, list[str | int]]] = [
-        (
-            f"CREATE TABLE IF NOT EXISTS {EVENTS}_{b.suffix} PARTITION OF {EVENTS} "
-            "FOR VALUES FROM (%s) TO (%s)",
-            list(b.events),
-        )
+    statements = [
+        f"CREATE TABLE IF NOT EXISTS {EVENTS}_{b.suffix} PARTITION OF {EVENTS} "
+        f"FOR VALUES FROM ({_literal(b.events[0])}) TO ({_literal(b.events[1])})"
     ]
     for table in (DELIVERIES, ATTEMPTS):
         statements.append(
-            (
-                f"CREATE TABLE IF NOT EXISTS {table}_{b.suffix} PARTITION OF {table} "
-                "FOR VALUES FROM (%s) TO (%s)",
-                list(b.deliveries),
-            )
+            f"CREATE TABLE IF NOT EXISTS {table}_{b.suffix} PARTITION OF {table} "
+            f"FOR VALUES FROM ({_literal(b.deliveries[0])}) TO ({_literal(b.deliveries[1])})"
         )
     statements.append(
-        (
-            f"CREATE UNIQUE INDEX IF NOT EXISTS {DELIVERIES}_{b.suffix}_event_endpoint "
-            f"ON {DELIVERIES}_{b.suffix} (event_id, endpoint_id)",
-            [],
-        )
+        f"CREATE UNIQUE INDEX IF NOT EXISTS {DELIVERIES}_{b.suffix}_event_endpoint "
+        f"ON {DELIVERIES}_{b.suffix} (event_id, endpoint_id)"
     )
     return statements
+
+
+def delivery_id_span(event_ids: Iterable[str]) -> tuple[int, int]:
+    """The range of delivery ids the deliveries of these events have (their events' days):
+    with it, a lookup by event reads those days' partitions, not every one. Deliveries from
+    before partitioning are below LEGACY_END, whatever their event."""
+    days = [event_day(event_id) for event_id in event_ids] or [0]
+    return min(days) << DAY_SHIFT, (max(days) + 1) << DAY_SHIFT

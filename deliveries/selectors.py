@@ -7,8 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.db.models import Count, OuterRef, QuerySet, Subquery
-from django.db.models.functions import Coalesce
+from django.db.models import Count, QuerySet
 
 from webhooks.models import Endpoint
 
@@ -16,23 +15,22 @@ from .models import DeadLetter, Delivery, DeliveryAttempt, Event
 
 
 def event_list() -> QuerySet[Event]:
-    """Events, newest first (ids are time-ordered), each with its delivery count.
+    """Events, newest first (ids are time-ordered). Their delivery counts: `delivery_counts`
+    of the page (a count joined or grouped over every event read the whole table: 5.5 s with
+    a month of rows; a subquery per row looked in every day's partition)."""
+    return Event.objects.select_related("application").order_by("-id")
 
-    The count is a subquery per row returned, not a join grouped over every event: grouping
-    first made a page of 50 events cost a scan of the whole table (5.5 s with a month of rows).
-    """
-    count = (
-        Delivery.objects.filter(event_id=OuterRef("pk"))
+
+def delivery_counts(event_ids: list[str]) -> dict[str, int]:
+    """How many deliveries each of these events has, in one query of their days' partitions."""
+    rows = (
+        Delivery.objects.of_events(event_ids)
         .order_by()
         .values("event_id")
         .annotate(n=Count("id"))
-        .values("n")
+        .values_list("event_id", "n")
     )
-    return (
-        Event.objects.select_related("application")
-        .annotate(delivery_count=Coalesce(Subquery(count), 0))
-        .order_by("-id")
-    )
+    return dict(rows)
 
 
 def delivery_list(
@@ -41,7 +39,7 @@ def delivery_list(
     """Deliveries, newest first, filtered by event id, endpoint id and status."""
     qs = Delivery.objects.order_by("-id")
     if event:
-        qs = qs.filter(event_id=event)
+        qs = qs.of_events([event])
     if endpoint:
         qs = qs.filter(endpoint_id=endpoint)
     if status:

@@ -79,7 +79,7 @@ class EventSerializer(serializers.ModelSerializer):
 
     def get_deliveries(self, event: Event) -> int:
         count = getattr(event, "delivery_count", None)
-        return count if count is not None else event.deliveries.count()
+        return count if count is not None else Delivery.objects.of_events([event.pk]).count()
 
 
 class EventDetailSerializer(EventSerializer):

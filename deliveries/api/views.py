@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
+from django.db.models import Prefetch
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import mixins, status, viewsets
@@ -16,7 +17,13 @@ from rest_framework.views import APIView
 
 from deliveries import metrics_reading
 from deliveries.models import DeadLetter, Delivery, Event
-from deliveries.selectors import attempt_list, dead_letter_list, delivery_list, event_list
+from deliveries.selectors import (
+    attempt_list,
+    dead_letter_list,
+    delivery_counts,
+    delivery_list,
+    event_list,
+)
 from deliveries.services.dead_letters import dead_letters_replay
 from deliveries.services.ingest import (
     EventInput,
@@ -59,8 +66,9 @@ class EventViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Ge
 
     def get_queryset(self):
         if self.action == "retrieve":
+            deliveries = Delivery.objects.of_events([self.kwargs.get("pk", "")])
             qs = Event.objects.select_related("application", "schema_version").prefetch_related(
-                "deliveries"
+                Prefetch("deliveries", queryset=deliveries)
             )
         else:
             qs = event_list().select_related("schema_version")
@@ -71,6 +79,13 @@ class EventViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Ge
 
     def get_serializer_class(self):
         return EventDetailSerializer if self.action == "retrieve" else EventSerializer
+
+    def list(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        page = self.paginate_queryset(self.filter_queryset(self.get_queryset())) or []
+        counts = delivery_counts([event.pk for event in page])
+        for event in page:
+            event.delivery_count = counts.get(event.pk, 0)  # read by EventSerializer
+        return self.get_paginated_response(self.get_serializer(page, many=True).data)
 
     @extend_schema(
         request=EventCreateSerializer,

@@ -239,7 +239,7 @@ def _store(
     for event, created in plan:
         count = counts.get(event.id)
         if count is None:  # stored by an earlier request
-            count = event.deliveries.count()
+            count = Delivery.objects.of_events([event.id]).count()
         results.append(IngestResult(event=event, delivery_count=count, created=created))
     return results
 

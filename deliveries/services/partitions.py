@@ -74,8 +74,8 @@ def create_day(day: date) -> bool:
     try:
         with transaction.atomic(), connection.cursor() as cursor:
             cursor.execute("SET LOCAL lock_timeout = '5s'")
-            for sql, params in day_ddl(day):
-                cursor.execute(sql, params)
+            for sql in day_ddl(day):
+                cursor.execute(sql)
     except OperationalError as exc:
         logger.warning("could not create the partitions of %s: %s", day, exc)
         return False
