@@ -74,7 +74,7 @@ class EventAdmin(ReadOnlyAdmin):
     list_filter = ["event_type", "application", "created_at"]
     search_fields = ["=id", "=idempotency_key"]  # exact: a substring search reads every row
     inlines = [DeliveryInline]
-    list_select_related = ["application"]
+    list_select_related = ["application", "event_type"]
 
 
 def _pretty(body: str) -> str:
