@@ -20,10 +20,9 @@ import argparse
 import os
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
-from .report import render
+from .report import render, write_section
 from .scenarios import (
     measure_ingest,
     measure_noop,
@@ -182,9 +181,14 @@ def main(argv: list[str] | None = None) -> int:
         log("FAILED: " + "; ".join(problems))
         return 1
     if args.write:
-        Path(args.write).write_text(report)
+        # its own section: the other benchmarks' sections and the hand-written ones stay
+        write_section(args.write, f"{START}\n{report}\n{END}", START, END)
         log(f"wrote {args.write}")
     return 0
+
+
+START = "<!-- pipeline:start -->"
+END = "<!-- pipeline:end -->"
 
 
 if __name__ == "__main__":

@@ -98,3 +98,14 @@ def delivery_id_span(event_ids: Iterable[str]) -> tuple[int, int]:
     before partitioning are below LEGACY_END, whatever their event."""
     days = [event_day(event_id) for event_id in event_ids] or [0]
     return min(days) << DAY_SHIFT, (max(days) + 1) << DAY_SHIFT
+
+
+def event_id_at(moment: datetime) -> str:
+    """The smallest event id made at `moment`, less a second: ids and `created_at` are taken
+    a moment apart, so a range of ids from here holds every event accepted since `moment`."""
+    return id_floor("evt", int(moment.timestamp() * 1000) - 1000)
+
+
+def delivery_id_floor(moment: datetime) -> int:
+    """Where the delivery ids of events accepted on `moment`'s day start."""
+    return day_number(moment.astimezone(UTC).date()) << DAY_SHIFT

@@ -161,6 +161,13 @@ class DeadLetterFilterSerializer(StrictFields, serializers.Serializer):
     until = serializers.DateTimeField(required=False)
 
 
+class TimeRangeSerializer(serializers.Serializer):
+    """`since` and `until` of the event and delivery lists (ISO 8601; `until` excluded)."""
+
+    since = serializers.DateTimeField(required=False)
+    until = serializers.DateTimeField(required=False)
+
+
 class ReplayResultSerializer(serializers.Serializer):
     replayed = serializers.IntegerField()
     skipped_disabled = serializers.IntegerField(

@@ -20,9 +20,11 @@ from deliveries.models import DeadLetter, Delivery, Event
 from deliveries.selectors import (
     attempt_list,
     dead_letter_list,
+    deliveries_between,
     delivery_counts,
     delivery_list,
     event_list,
+    events_between,
 )
 from deliveries.services.dead_letters import dead_letters_replay
 from deliveries.services.ingest import (
@@ -51,6 +53,7 @@ from .serializers import (
     MetricsQuerySerializer,
     MetricsSerializer,
     ReplayResultSerializer,
+    TimeRangeSerializer,
 )
 
 # An event's fields, checked before its serializer runs: an unknown one is a 400 (a field that
@@ -71,7 +74,9 @@ class EventViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Ge
                 Prefetch("deliveries", queryset=deliveries)
             )
         else:
-            qs = event_list().select_related("schema_version")
+            qs = events_between(
+                event_list().select_related("schema_version"), **_time_range(self.request)
+            )
             event_type = self.request.query_params.get("type")
             if event_type:
                 qs = qs.filter(event_type_id=event_type)  # type: ignore[misc]  # the stubs type a string primary key's _id as int
@@ -80,6 +85,13 @@ class EventViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Ge
     def get_serializer_class(self):
         return EventDetailSerializer if self.action == "retrieve" else EventSerializer
 
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("type", OpenApiTypes.STR, description="an event type name"),
+            OpenApiParameter("since", OpenApiTypes.DATETIME, description="accepted at or after"),
+            OpenApiParameter("until", OpenApiTypes.DATETIME, description="accepted before"),
+        ]
+    )
     def list(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         page = self.paginate_queryset(self.filter_queryset(self.get_queryset())) or []
         counts = delivery_counts([event.pk for event in page])
@@ -167,6 +179,16 @@ def _bound(request: Request, items: list[EventInput]) -> list[EventInput]:
     ]
 
 
+def _time_range(request: Request) -> dict[str, Any]:
+    """`since`/`until` from the query (400 naming the parameter when not a date-time)."""
+    serializer = TimeRangeSerializer(data=request.query_params)
+    serializer.is_valid(raise_exception=True)
+    return {
+        "since": serializer.validated_data.get("since"),
+        "until": serializer.validated_data.get("until"),
+    }
+
+
 def _limit(request: Request) -> str | None:
     application = key_application(request)
     return application.uid if application is not None else None
@@ -186,11 +208,12 @@ class DeliveryViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
             raise ValidationError(
                 {"status": [f"Choose one of {', '.join(Delivery.Status.values)}."]}
             )
+        qs = delivery_list(
+            event=params.get("event"), endpoint=params.get("endpoint"), status=status_filter
+        )
         return for_key(
             self.request,
-            delivery_list(
-                event=params.get("event"), endpoint=params.get("endpoint"), status=status_filter
-            ),
+            deliveries_between(qs, **_time_range(self.request)),
             "endpoint__application_id",
         )
 
@@ -199,6 +222,8 @@ class DeliveryViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
             OpenApiParameter("event", OpenApiTypes.STR),
             OpenApiParameter("endpoint", OpenApiTypes.STR),
             OpenApiParameter("status", OpenApiTypes.STR, enum=Delivery.Status.values),
+            OpenApiParameter("since", OpenApiTypes.DATETIME, description="made at or after"),
+            OpenApiParameter("until", OpenApiTypes.DATETIME, description="made before"),
         ]
     )
     def list(self, request: Request, *args: Any, **kwargs: Any) -> Response:

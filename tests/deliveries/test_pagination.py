@@ -8,6 +8,7 @@ that grows with traffic, and none may count one.
 from __future__ import annotations
 
 import re
+from datetime import timedelta
 from typing import Any
 from urllib.parse import urlparse
 
@@ -15,6 +16,7 @@ import pytest
 from django.db import connection
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
 from rest_framework.test import APIClient
 
 from bench.fill import fill_month
@@ -63,6 +65,38 @@ def test_event_pages_walk_newest_first_without_a_count(api: APIClient) -> None:
     # and back again from the last page
     back = api.get(_path(page["previous"])).json()
     assert [e["id"] for e in back["results"]] == seen[2:4]
+
+
+def test_events_and_deliveries_by_time_range(api: APIClient) -> None:
+    api.post("/api/v1/event-types/", {"name": "page.tick", "schema": {}}, format="json")
+    endpoint = api.post("/api/v1/endpoints/", {"url": "http://127.0.0.1:9/"}, format="json")
+    with connection.cursor() as cursor:
+        fill_month(
+            cursor,
+            endpoints=[endpoint.json()["id"]],
+            event_type="page.tick",
+            events=100,
+            days=10,
+            vacuum=False,
+        )
+    now = timezone.now()
+    since, until = now - timedelta(days=6), now - timedelta(days=3)
+    expected = set(
+        Event.objects.filter(created_at__gte=since, created_at__lt=until).values_list(
+            "id", flat=True
+        )
+    )
+    assert 25 <= len(expected) <= 35
+    query = {"since": since.isoformat(), "until": until.isoformat(), "page_size": 100}
+    events = api.get("/api/v1/events/", query).json()["results"]
+    assert {e["id"] for e in events} == expected
+    deliveries = api.get("/api/v1/deliveries/", query).json()["results"]
+    assert {d["event"] for d in deliveries} == expected
+    assert api.get("/api/v1/events/", {"since": now.isoformat()}).json()["results"] == []
+    for route in ("/api/v1/events/", "/api/v1/deliveries/"):
+        response = api.get(route, {"until": "last tuesday"})
+        assert response.status_code == 400
+        assert response.json()["errors"][0]["pointer"] == "/until"
 
 
 @pytest.mark.parametrize(
@@ -195,6 +229,8 @@ def test_every_list_route_reads_an_index_range_of_a_month_of_rows(
     limited.credentials(HTTP_AUTHORIZATION=f"Bearer {key}")
 
     second_page = api.get("/api/v1/deliveries/", {"page_size": 5}).json()["next"]
+    a_day_ago = (timezone.now() - timedelta(days=1)).isoformat()
+    two_days_ago = (timezone.now() - timedelta(days=2)).isoformat()
     routes: list[tuple[APIClient | Client, str, dict[str, Any] | None]] = [
         (api, "/api/v1/events/", None),
         (api, "/api/v1/events/", {"type": "page.tick"}),
@@ -205,6 +241,9 @@ def test_every_list_route_reads_an_index_range_of_a_month_of_rows(
         (api, "/api/v1/deliveries/", {"endpoint": endpoints[0]}),
         (api, "/api/v1/deliveries/", {"status": "dead"}),
         (api, "/api/v1/deliveries/", {"event": event.pk}),
+        (api, "/api/v1/events/", {"since": two_days_ago, "until": a_day_ago}),
+        (api, "/api/v1/deliveries/", {"since": two_days_ago, "until": a_day_ago}),
+        (api, "/api/v1/deliveries/", {"endpoint": endpoints[3], "since": a_day_ago}),
         (api, f"/api/v1/deliveries/{delivery.pk}/attempts/", None),
         (api, "/api/v1/dead-letters/", None),
         (api, "/api/v1/dead-letters/", {"endpoint": endpoints[1]}),
