@@ -73,7 +73,7 @@ def create_day(day: date) -> bool:
     which then stays in the default partitions)."""
     try:
         with transaction.atomic(), connection.cursor() as cursor:
-            cursor.execute("SET LOCAL lock_timeout = '5s'")
+            cursor.execute("SET LOCAL lock_timeout = '1s'")
             for sql in day_ddl(day):
                 cursor.execute(sql)
     except OperationalError as exc:
@@ -125,15 +125,15 @@ def _kept_rows(cursor: Any, part: str, b: DayBounds, cutoff: datetime) -> None:
 def drop_day(day: date, *, cutoff: datetime) -> dict[str, int]:
     """Drop the partitions of `day`, first moving what is still owed into the default ones.
 
-    One transaction, with a lock timeout (the next run tries again): DETACH takes the parent
-    tables' exclusive lock for as long as the move takes, which is short because only the
-    unfinished rows move.
+    One transaction, with a lock timeout of a second (the next run tries again): DETACH takes
+    the parent tables' exclusive lock, and every query of them waits behind it, for as long as
+    the move takes, which is short because only the unfinished rows move.
     """
     events, deliveries, attempts = _tables()
     b = bounds(day)
     parts = {table: f"{table}_{b.suffix}" for table in _tables()}
     with transaction.atomic(), connection.cursor() as cursor:
-        cursor.execute("SET LOCAL lock_timeout = '5s'")
+        cursor.execute("SET LOCAL lock_timeout = '1s'")
         # deferred foreign-key checks of rows written earlier in this transaction run now: a
         # table with pending checks cannot be dropped
         cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
@@ -191,8 +191,11 @@ def partitions_expire(*, now: datetime | None = None) -> dict[str, int]:
             totals[key] += value
         logger.info("dropped the partitions of %s: %s", day, done)
     if _legacy_expired(cutoff):
-        _drop_legacy(cutoff)
-        totals["legacy"] = 1
+        try:
+            _drop_legacy(cutoff)
+            totals["legacy"] = 1
+        except OperationalError as exc:
+            logger.warning("could not drop the legacy partitions (next run): %s", exc)
     return totals
 
 
@@ -212,7 +215,7 @@ def _drop_legacy(cutoff: datetime) -> None:
     the day partitions already)."""
     _, deliveries, attempts = _tables()
     with transaction.atomic(), connection.cursor() as cursor:
-        cursor.execute("SET LOCAL lock_timeout = '5s'")
+        cursor.execute("SET LOCAL lock_timeout = '1s'")
         # deferred foreign-key checks of rows written earlier in this transaction run now: a
         # table with pending checks cannot be dropped
         cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
