@@ -83,8 +83,11 @@ def fill_month(
                               ELSE 'succeeded' END,
                %s, NULL, NULL, 0, e.created_at, 200, e.created_at, e.created_at,
                repeat('x', %s), md5(repeat('x', %s))
-          FROM deliveries_event e, unnest(%s::varchar[]) ep
+          FROM deliveries_event e, unnest(%s::varchar[]) WITH ORDINALITY AS t(ep, n)
          WHERE e.request_hash = %s
+         -- ids in the order the service makes them: an event's deliveries one after another
+         -- (nextval runs after the sort)
+         ORDER BY e.id, t.n
         """,  # noqa: S608 - our constants
         [dead_every, attempts, body_bytes, body_bytes, endpoints, FILLED],
     )
