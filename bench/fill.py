@@ -13,7 +13,7 @@ from typing import Any
 from deliveries.partition_keys import DAY_SHIFT, DELIVERY_SEQUENCE, EPOCH_UNIX_DAY, day_ddl
 from webhooks_project.identifiers import new_id
 
-FILLED = "filled"  # the request_hash of filled events, to find them again
+FILLED = "filled"  # the request_hash of filled events, to find them again (`marker`: per fill)
 _CHUNK = 50_000
 
 
@@ -23,7 +23,7 @@ def fill_month(
     endpoints: list[str],
     event_type: str,
     events: int,
-    days: int = 40,
+    days: float = 40,
     application_id: int | None = None,
     application_every: int = 10,
     attempts: int = 1,
@@ -32,6 +32,7 @@ def fill_month(
     data_filler: int = 200,
     body_bytes: int = 300,
     vacuum: bool = True,
+    marker: str = FILLED,
     log: Any = None,
 ) -> None:
     """`events` events spread evenly over the last `days` days (one in `application_every`
@@ -64,7 +65,7 @@ def fill_month(
                 application_every,
                 application_id,
                 data_filler,
-                FILLED,
+                marker,
                 [new_id("evt", int(at.timestamp() * 1000)) for at in stamps],
                 stamps,
                 list(range(start, start + len(stamps))),
@@ -89,7 +90,7 @@ def fill_month(
          -- (nextval runs after the sort)
          ORDER BY e.id, t.n
         """,  # noqa: S608 - our constants
-        [dead_every, attempts, body_bytes, body_bytes, endpoints, FILLED],
+        [dead_every, attempts, body_bytes, body_bytes, endpoints, marker],
     )
     if log:
         log("  deliveries filled")
@@ -104,7 +105,7 @@ def fill_month(
                generate_series(1, %s) n
          WHERE e.request_hash = %s
         """,
-        [body_bytes, attempts, FILLED],
+        [body_bytes, attempts, marker],
     )
     if log:
         log("  attempts filled")
@@ -117,7 +118,7 @@ def fill_month(
           FROM deliveries_delivery d JOIN deliveries_event e ON e.id = d.event_id
          WHERE d.status = 'dead' AND e.request_hash = %s
         """,
-        [event_type, replayed_every, replayed_every, FILLED],
+        [event_type, replayed_every, replayed_every, marker],
     )
     # as autovacuum would; VACUUM only outside a transaction (a test runs in one)
     for table in ("event", "delivery", "deliveryattempt", "deadletter"):
