@@ -17,6 +17,7 @@ from django.utils import timezone
 
 from deliveries.job import Job
 from deliveries.models import Delivery, Event
+from deliveries.partition_keys import claim_bounds, id_span
 from schemas_app.models import EventType
 from webhooks import crypto, signing
 from webhooks.models import Endpoint, EndpointSecret
@@ -81,7 +82,8 @@ _CLAIM_SQL = f"""
 WITH cfg AS (SELECT set_config('synchronous_commit', 'off', true)),
 due AS (
     SELECT id FROM {_D}
-     WHERE id = ANY(%(ids)s) AND status = 'pending' AND next_attempt_at <= %(now)s
+     WHERE id = ANY(%(ids)s) AND id >= %(low)s AND id < %(high)s
+       AND status = 'pending' AND next_attempt_at <= %(now)s
        AND endpoint_id <> ALL(%(skip)s)
      ORDER BY id
        FOR UPDATE SKIP LOCKED
@@ -91,6 +93,7 @@ UPDATE {_D} AS d
        lease_expires_at = %(lease)s, last_attempt_at = %(now)s
   FROM cfg, due, {_E} AS e, {_P} AS p, {_T} AS t
  WHERE d.id = due.id AND e.id = d.event_id AND p.id = d.endpoint_id AND t.name = e.type
+   AND d.id >= %(low)s AND d.id < %(high)s AND e.id >= %(first_event)s AND e.id < %(after_event)s
 RETURNING d.id AS delivery_id, d.attempt_count AS number, d.retry_base,
           d.request_body_digest AS body_digest,
           e.id AS event_id, e.type AS event_type, e.occurred_at, e.data::text AS data,
@@ -115,7 +118,13 @@ def deliveries_claim(
     with binding_cursor() as cursor:
         cursor.execute(
             _CLAIM_SQL,
-            {"ids": list(delivery_ids), "now": now, "lease": lease, "skip": list(skip_endpoints)},
+            {
+                "ids": list(delivery_ids),
+                "now": now,
+                "lease": lease,
+                "skip": list(skip_endpoints),
+                **claim_bounds(delivery_ids),
+            },
         )
         rows = cursor.fetchall()
         description = cursor.description
@@ -187,12 +196,14 @@ def deliveries_release(*, claims: Sequence[Claim], delay: float, publish: bool =
                    lease_expires_at = NULL, next_attempt_at = %(due)s, dispatched_at = %(sent)s
               FROM unnest(%(ids)s::bigint[], %(claimed)s::timestamptz[]) AS v(id, claimed)
              WHERE d.id = v.id AND d.status = 'in_flight' AND d.last_attempt_at = v.claimed
+               AND d.id >= %(low)s AND d.id < %(high)s
             """,  # noqa: S608 - the table name is ours, every value is a parameter
             {
                 "ids": ids,
                 "claimed": [c.claimed_at for c in claims],
                 "due": due,
                 "sent": due if publish else None,
+                **id_span(ids),
             },
         )
     if publish:
@@ -214,9 +225,14 @@ def leases_renew(jobs: Sequence[Job]) -> set[int]:
             UPDATE {_D} AS d SET lease_expires_at = %(lease)s
               FROM unnest(%(ids)s::bigint[], %(claimed)s::timestamptz[]) AS v(id, claimed)
              WHERE d.id = v.id AND d.status = 'in_flight' AND d.last_attempt_at = v.claimed
+               AND d.id >= %(low)s AND d.id < %(high)s
             RETURNING d.id
             """,  # noqa: S608 - the table name is ours, every value is a parameter
-            {"ids": [c.delivery_id for c in claims], "claimed": [c.claimed_at for c in claims]},
+            {
+                "ids": [c.delivery_id for c in claims],
+                "claimed": [c.claimed_at for c in claims],
+                **id_span([c.delivery_id for c in claims]),
+            },
         )
         renewed = {row[0] for row in cursor.fetchall()}
     for claim in claims:

@@ -21,6 +21,7 @@ from deliveries import metrics
 from deliveries.backoff import Decision, Verdict, decide
 from deliveries.job import Job
 from deliveries.models import DeadLetter, Delivery, DeliveryAttempt
+from deliveries.partition_keys import id_span
 from webhooks.models import Endpoint
 from webhooks_project.db import binding_cursor
 
@@ -68,6 +69,7 @@ UPDATE {_D} AS d
               %(digest)s::varchar[])
        AS v(id, claimed, status, next_at, dispatched_at, completed_at, code, body, digest)
  WHERE d.id = v.id AND d.status = 'in_flight' AND d.last_attempt_at = v.claimed
+   AND d.id >= %(low)s AND d.id < %(high)s
 RETURNING d.id
 """  # noqa: S608 - the table name is ours, every value is a parameter
 _ADVANCE_COLUMNS = ("id", "claimed", "status", "next_at", "dispatched_at", "completed_at", "code")
@@ -282,6 +284,8 @@ def _attempts_write(jobs: Sequence[Job], *, numbers: Sequence[int] | None = None
         for (job, _), (text, _digest) in zip(decided, bodies, strict=True)
     ]
     advance["digest"] = [digest for _, digest in bodies]
+    # planned against those days' partitions only
+    advance_params: dict[str, Any] = {**advance, **id_span(advance["id"])}
 
     with transaction.atomic():
         with binding_cursor() as cursor:
@@ -289,7 +293,7 @@ def _attempts_write(jobs: Sequence[Job], *, numbers: Sequence[int] | None = None
             cursor.execute(_HOLD_SQL, {"ids": ids})
             if cursor.rowcount < len(ids):
                 raise IntegrityError("deliveries deleted while in flight")  # -> write again
-            cursor.execute(_ADVANCE_SQL, advance)
+            cursor.execute(_ADVANCE_SQL, advance_params)
             advanced = {r[0] for r in cursor.fetchall()}
             with cursor.copy(_COPY_ATTEMPTS_SQL) as stream:
                 for i, ((job, decision), (text, digest)) in enumerate(

@@ -13,7 +13,15 @@ from rest_framework.test import APIClient
 
 from bench.fill import fill_month
 from deliveries.models import DeadLetter, Delivery, DeliveryAttempt, Event, IdempotencyKey
-from deliveries.partition_keys import DAY_SHIFT, bounds, day_number, day_start, event_day
+from deliveries.partition_keys import (
+    DAY_SHIFT,
+    bounds,
+    claim_bounds,
+    day_number,
+    day_start,
+    event_day,
+    id_span,
+)
 from deliveries.services.ingest import deliveries_insert
 from deliveries.services.partitions import partition_days, partitions_ensure, partitions_expire
 from deliveries.services.retention import events_prune
@@ -190,3 +198,19 @@ def test_a_drop_that_cannot_have_its_lock_at_once_waits_for_the_next_run(
         assert partition_days() == before
     # and the next run, with nobody in the way, drops the days
     assert partitions_expire()["days"] >= 4
+
+
+def test_queries_by_delivery_id_are_bounded_to_those_days() -> None:
+    # pure: the bounds that let the claim and the recorder plan a few partitions, not all
+    today = timezone.now().astimezone(UTC).date()
+    day = day_number(today)
+    ids = [(day << DAY_SHIFT) + 5, ((day - 2) << DAY_SHIFT) + 9]
+    b = claim_bounds(ids)
+    assert (b["low"], b["high"]) == (min(ids), max(ids) + 1) == tuple(id_span(ids).values())
+    # the events of those days, and a day to either side
+    assert b["first_event"] == bounds(today - timedelta(days=3)).events[0]
+    assert b["after_event"] == bounds(today + timedelta(days=1)).events[1]
+    # deliveries from before partitioning: their events may be of any day
+    legacy = claim_bounds([42, ids[0]])
+    assert (legacy["first_event"], legacy["after_event"]) == ("", "~")
+    assert "" < new_id("evt") < "~"
