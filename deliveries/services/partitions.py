@@ -101,24 +101,43 @@ def partitions_ensure(*, today: date | None = None, ahead: int | None = None) ->
     return made
 
 
-def _kept_rows(cursor: Any, part: str, b: DayBounds, cutoff: datetime) -> None:
-    """Fill temp tables keep_events / keep_deliveries with what must outlive the partition."""
-    events, deliveries, _ = _tables()
-    # an event is kept while any of its deliveries, wherever it is, is not done
+# A delivery still owed, read through indexes only (status, and status + completed_at), so that
+# finding what to keep costs what is kept, not the size of the day: it runs under the lock.
+_OWED = (
+    "(status IN ('pending', 'in_flight', 'failed', 'dead') "
+    "OR (status = 'succeeded' AND completed_at >= %(cutoff)s))"
+)
+
+
+def _kept_rows(cursor: Any, part: str, b: DayBounds | None, cutoff: datetime) -> None:
+    """Fill temp tables keep_events / keep_deliveries with what must outlive the partition:
+    every delivery still owed, and all the deliveries of an event of the day that has one owed
+    anywhere (`b` None: the legacy partition, whose events are in the day partitions)."""
+    _, deliveries, _ = _tables()
+    params = {"cutoff": cutoff, "lo": b.events[0] if b else "", "hi": b.events[1] if b else ""}
     cursor.execute(
-        "CREATE TEMP TABLE keep_events ON COMMIT DROP AS "
-        f"SELECT DISTINCT event_id FROM (SELECT event_id, status, completed_at FROM {part} "
-        f"UNION ALL SELECT event_id, status, completed_at FROM {deliveries} "
-        "WHERE event_id >= %(lo)s AND event_id < %(hi)s) d "
-        "WHERE event_id >= %(lo)s AND event_id < %(hi)s "
-        "AND NOT (status = 'succeeded' AND completed_at < %(cutoff)s)",
-        {"lo": b.events[0], "hi": b.events[1], "cutoff": cutoff},
+        f"CREATE TEMP TABLE keep_direct ON COMMIT DROP AS SELECT id, event_id FROM {part} "
+        f"WHERE {_OWED}",
+        params,
     )
+    if b is None:
+        cursor.execute(
+            "CREATE TEMP TABLE keep_events ON COMMIT DROP AS SELECT DISTINCT event_id FROM "
+            "keep_direct"
+        )
+    else:
+        # stray deliveries of the day's events elsewhere (made by hand): their event stays too
+        cursor.execute(
+            "CREATE TEMP TABLE keep_events ON COMMIT DROP AS "
+            "SELECT event_id FROM keep_direct WHERE event_id >= %(lo)s AND event_id < %(hi)s "
+            f"UNION SELECT event_id FROM {deliveries} "
+            f"WHERE event_id >= %(lo)s AND event_id < %(hi)s AND {_OWED}",
+            params,
+        )
     cursor.execute(
         "CREATE TEMP TABLE keep_deliveries ON COMMIT DROP AS "
-        f"SELECT id FROM {part} WHERE event_id IN (SELECT event_id FROM keep_events) "
-        "OR NOT (status = 'succeeded' AND completed_at < %s)",
-        [cutoff],
+        "SELECT id FROM keep_direct UNION "
+        f"SELECT id FROM {part} WHERE event_id IN (SELECT event_id FROM keep_events)"
     )
 
 
@@ -127,12 +146,16 @@ def drop_day(day: date, *, cutoff: datetime) -> dict[str, int]:
 
     One transaction, with a lock timeout of a second (the next run tries again): DETACH takes
     the parent tables' exclusive lock, and every query of them waits behind it, for as long as
-    the move takes, which is short because only the unfinished rows move.
+    the move takes. That is short whatever the size of the day: what to keep is found through
+    the status indexes and only the rows kept are copied.
     """
     events, deliveries, attempts = _tables()
     b = bounds(day)
     parts = {table: f"{table}_{b.suffix}" for table in _tables()}
     with transaction.atomic(), connection.cursor() as cursor:
+        # counted before the lock: this one reads the whole day
+        cursor.execute(f"SELECT count(*) FROM {parts[events]}")
+        day_events = cursor.fetchone()[0]
         cursor.execute("SET LOCAL lock_timeout = '1s'")
         # deferred foreign-key checks of rows written earlier in this transaction run now: a
         # table with pending checks cannot be dropped
@@ -164,11 +187,10 @@ def drop_day(day: date, *, cutoff: datetime) -> dict[str, int]:
             "AND event_id < %s AND event_id NOT IN (SELECT event_id FROM keep_events)",
             list(b.events),
         )
-        cursor.execute(f"SELECT count(*) FROM {parts[events]}")
-        dropped = cursor.fetchone()[0] - kept_events
+        dropped = day_events - kept_events
         for table in (attempts, deliveries, events):
             cursor.execute(f"DROP TABLE {parts[table]}")
-        cursor.execute("DROP TABLE keep_deliveries, keep_events")  # a caller's transaction
+        cursor.execute("DROP TABLE keep_direct, keep_deliveries, keep_events")  # a caller's
     return {"events_dropped": dropped, "events_kept": kept_events, "deliveries_kept": kept}
 
 
@@ -221,12 +243,7 @@ def _drop_legacy(cutoff: datetime) -> None:
         cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
         for table in (attempts, deliveries):
             cursor.execute(f"ALTER TABLE {table} DETACH PARTITION {table}_legacy")
-        cursor.execute(
-            "CREATE TEMP TABLE keep_deliveries ON COMMIT DROP AS "
-            f"SELECT id FROM {deliveries}_legacy "
-            "WHERE NOT (status = 'succeeded' AND completed_at < %s)",
-            [cutoff],
-        )
+        _kept_rows(cursor, f"{deliveries}_legacy", None, cutoff)
         cursor.execute(
             f"INSERT INTO {deliveries} SELECT * FROM {deliveries}_legacy "
             "WHERE id IN (SELECT id FROM keep_deliveries)"
@@ -242,4 +259,4 @@ def _drop_legacy(cutoff: datetime) -> None:
         )
         for table in (attempts, deliveries):
             cursor.execute(f"DROP TABLE {table}_legacy")
-        cursor.execute("DROP TABLE keep_deliveries")
+        cursor.execute("DROP TABLE keep_direct, keep_deliveries, keep_events")

@@ -214,3 +214,48 @@ def test_queries_by_delivery_id_are_bounded_to_those_days() -> None:
     legacy = claim_bounds([42, ids[0]])
     assert (legacy["first_event"], legacy["after_event"]) == ("", "~")
     assert "" < new_id("evt") < "~"
+
+
+def test_the_legacy_partition_goes_once_all_of_it_is_past_retention_keeping_what_is_owed(
+    api: APIClient, settings
+) -> None:
+    # given deliveries from before partitioning (small ids), all made 40 days ago, one still owed
+    settings.WEBHOOKS_RETENTION_DAYS = 30
+    [endpoint] = _endpoints(api, 1)
+    old = timezone.now() - timedelta(days=40)
+    events = [
+        Event.objects.create(
+            id=new_id("evt", int(old.timestamp() * 1000) + n),
+            event_type_id="page.tick",
+            data={},
+            created_at=old,
+        )
+        for n in range(3)
+    ]
+    for n, (event, status) in enumerate(
+        zip(events, ("succeeded", "succeeded", "dead"), strict=True)
+    ):
+        Delivery.objects.create(
+            id=1000 + n,
+            event=event,
+            endpoint_id=endpoint,
+            status=status,
+            completed_at=old,
+            created_at=old,
+        )
+        DeliveryAttempt.objects.create(
+            delivery_id=1000 + n, number=1, outcome="failed", started_at=old, duration_ms=1
+        )
+    assert _partition_of("deliveries_delivery", "id", 1000) == "deliveries_delivery_legacy"
+
+    done = partitions_expire()
+
+    # then the legacy partitions are gone, and the owed delivery with its attempt is kept
+    assert done.get("legacy") == 1
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT to_regclass('deliveries_delivery_legacy')")
+        assert cursor.fetchone()[0] is None
+    assert list(Delivery.objects.values_list("id", flat=True)) == [1002]
+    assert _partition_of("deliveries_delivery", "id", 1002) == "deliveries_delivery_default"
+    assert DeliveryAttempt.objects.filter(delivery_id=1002).count() == 1
+    assert not DeliveryAttempt.objects.filter(delivery_id__in=[1000, 1001]).exists()
