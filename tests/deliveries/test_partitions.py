@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, timedelta
+from typing import Any
 
 import psycopg
 import pytest
@@ -47,7 +48,7 @@ def _endpoints(api: APIClient, n: int) -> list[str]:
     ]
 
 
-def test_an_event_and_its_deliveries_go_to_its_day(api: APIClient) -> None:
+def test_an_event_and_its_deliveries_go_to_its_day(api: APIClient, admin_client: Any) -> None:
     endpoints = _endpoints(api, 2)
     event = api.post(
         "/api/v1/events/", {"type": "page.tick", "data": {}, "idempotency_key": "k1"}, format="json"
@@ -70,6 +71,14 @@ def test_an_event_and_its_deliveries_go_to_its_day(api: APIClient) -> None:
     )
     assert again.json()["id"] == event["id"]
     assert IdempotencyKey.objects.get(key="k1").event_id == event["id"]
+    # the admin finds an event by its id or by its key (through the keys' table)
+    for term in ("k1", event["id"]):
+        page = admin_client.get("/admin/deliveries/event/", {"q": term})
+        assert event["id"] in page.content.decode()
+    assert (
+        event["id"]
+        not in admin_client.get("/admin/deliveries/event/", {"q": "k2"}).content.decode()
+    )
 
     # a delivery made later for an old event (an endpoint's backfill) goes to the event's day
     old = Event.objects.create(
