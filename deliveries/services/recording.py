@@ -7,6 +7,7 @@ import hashlib
 import logging
 import math
 import time
+from collections import Counter
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -289,7 +290,8 @@ def _attempts_write(jobs: Sequence[Job], *, numbers: Sequence[int] | None = None
 
     with transaction.atomic():
         with binding_cursor() as cursor:
-            ids = sorted({job.claim.delivery_id for job in jobs})
+            once = Counter(job.claim.delivery_id for job in jobs)
+            ids = sorted(once)
             cursor.execute(_HOLD_SQL, {"ids": ids})
             if cursor.rowcount < len(ids):
                 raise IntegrityError("deliveries deleted while in flight")  # -> write again
@@ -299,8 +301,12 @@ def _attempts_write(jobs: Sequence[Job], *, numbers: Sequence[int] | None = None
                 for i, ((job, decision), (text, digest)) in enumerate(
                     zip(decided, bodies, strict=True)
                 ):
+                    # the body on the delivery is this one: it had it, or this write put it there
+                    # (a delivery twice in a batch, claimed twice, keeps each body to be sure)
                     on_delivery = job.claim.body_digest == digest or (
-                        job.claim.body_digest is None and job.claim.delivery_id in advanced
+                        job.claim.body_digest is None
+                        and job.claim.delivery_id in advanced
+                        and once[job.claim.delivery_id] == 1
                     )
                     number = numbers[i] if numbers is not None else job.claim.number
                     stream.write_row(
