@@ -6,7 +6,7 @@ each, one attempt per delivery, a dead letter for one delivery in a hundred), AN
 measures the same again. Every figure is reported as a ratio to the empty database of the same
 run (issue 14's targets: lists <= 2x and under 200 ms; throughput >= 0.9x).
 
-Run: python -m bench.scale [--events 500000] [--fanout 10] [--burst 1000] [--paced 20]
+Run: python -m bench.scale [--events 500000] [--fanout 10] [--burst 1000] [--paced 60]
      [--write FILE]
 """
 
@@ -322,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fanout", type=int, default=10)
     parser.add_argument("--burst", type=int, default=1000)
     parser.add_argument("--repeat", type=int, default=5)
-    parser.add_argument("--paced", type=float, default=20.0, help="seconds of paced traffic")
+    parser.add_argument("--paced", type=float, default=60.0, help="seconds of paced traffic")
     parser.add_argument("--write", default=None)
     args = parser.parse_args(argv)
     stack = Stack.create("webhooks-scale-")  # DEBUG off, fsync on
