@@ -112,7 +112,9 @@ def delivery_timeline(delivery: Delivery) -> list[dict[str, Any]]:
                 "at": attempt.started_at,
                 "attempt": attempt,
                 "body": _pretty(body) if body else "",
-                "truncated": (attempt.request_body_bytes or 0) > len(body.encode()),
+                "expired": body is None,
+                "truncated": body is not None
+                and (attempt.request_body_bytes or 0) > len(body.encode()),
             }
         )
     for dead_letter in delivery.dead_letters.all():

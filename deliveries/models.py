@@ -128,6 +128,10 @@ class Delivery(models.Model):
     # its own (DeliveryAttempt.request_body). The digest is of this stored text.
     request_body = models.TextField(null=True, blank=True, editable=False)  # noqa: DJ001
     request_body_digest = models.CharField(max_length=32, null=True, blank=True, editable=False)  # noqa: DJ001
+    # When the bodies sent and the answers' bodies and headers of this (succeeded) delivery were
+    # cleared, WEBHOOKS_PAYLOAD_RETENTION_DAYS after it succeeded (services.payloads); the rows
+    # stay until the day is dropped.
+    payload_expired_at = models.DateTimeField(null=True, blank=True, editable=False)
 
     objects = DeliveryQuerySet.as_manager()
 
@@ -205,10 +209,13 @@ class DeliveryAttempt(models.Model):
         return f"attempt {self.number} of delivery {self.delivery_id}: {self.outcome}"
 
     @property
-    def sent_body(self) -> str:
-        """The body this attempt sent, as stored: its own, or its delivery's."""
+    def sent_body(self) -> str | None:
+        """The body this attempt sent, as stored: its own, or its delivery's; None once it has
+        expired (WEBHOOKS_PAYLOAD_RETENTION_DAYS)."""
         if self.request_body is not None:
             return self.request_body
+        if self.delivery.payload_expired_at is not None:
+            return None
         return self.delivery.request_body or ""
 
 
@@ -261,6 +268,18 @@ class DeadLetter(models.Model):
 
     def __str__(self) -> str:
         return f"dead letter of delivery {self.delivery_id}: {self.reason}"
+
+
+class PayloadExpiredDay(models.Model):
+    """A day partition whose succeeded deliveries have had their payloads cleared
+    (services.payloads): the job passes over each day once."""
+
+    day = models.DateField(primary_key=True)
+    expired_at = models.DateTimeField(default=timezone.now)
+    deliveries = models.PositiveIntegerField(default=0)
+
+    def __str__(self) -> str:
+        return f"payloads of {self.day} expired"
 
 
 class IdempotencyKey(models.Model):

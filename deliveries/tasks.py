@@ -14,6 +14,7 @@ from .services.dispatch import current_sender, deliveries_dispatch
 from .services.endpoints import endpoints_disable_failing
 from .services.enqueue import DELIVER_BATCH
 from .services.partitions import partitions_ensure, partitions_expire
+from .services.payloads import payloads_expire
 from .services.retention import events_prune
 from .services.sweeper import deliveries_requeue_stuck
 
@@ -56,11 +57,13 @@ def disable_failing_endpoints() -> list[str]:
 @shared_task(acks_late=True, ignore_result=True)
 def prune() -> int:
     """Beat job: make the coming days' partitions, drop the days past WEBHOOKS_RETENTION_DAYS
-    (keeping what is still owed), delete the rows kept that way once they are done, and the
-    metrics buckets older than WEBHOOKS_METRICS_RETENTION_DAYS. Returns the events removed."""
+    (keeping what is still owed), delete the rows kept that way once they are done, clear the
+    payloads past WEBHOOKS_PAYLOAD_RETENTION_DAYS, and drop the metrics buckets older than
+    WEBHOOKS_METRICS_RETENTION_DAYS. Returns the events removed."""
     partitions_ensure()
     dropped = partitions_expire()
     deleted = dropped["events_dropped"] + events_prune()
+    payloads_expire()
     stats_prune()
     return deleted
 

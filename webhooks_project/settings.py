@@ -347,6 +347,16 @@ WEBHOOKS_REQUEUE_INTERVAL = _REQUEUE_INTERVAL
 # was lost, e.g. Redis restarted empty). Longer than any normal queue wait.
 WEBHOOKS_REDISPATCH_AFTER = env_int("WEBHOOKS_REDISPATCH_AFTER", 120, minimum=1)
 WEBHOOKS_RETENTION_DAYS = env_int("WEBHOOKS_RETENTION_DAYS", 30, minimum=1)
+# Days after it succeeded that a delivery keeps the bodies it sent and its answers' bodies and
+# headers (Svix's payloadRetentionPeriod); 0: as long as its rows. Anything not succeeded keeps
+# everything. Shorter than WEBHOOKS_RETENTION_DAYS, or it would never act.
+WEBHOOKS_PAYLOAD_RETENTION_DAYS = env_int("WEBHOOKS_PAYLOAD_RETENTION_DAYS", 0, minimum=0)
+if WEBHOOKS_PAYLOAD_RETENTION_DAYS >= WEBHOOKS_RETENTION_DAYS:
+    raise ImproperlyConfigured(
+        f"WEBHOOKS_PAYLOAD_RETENTION_DAYS ({WEBHOOKS_PAYLOAD_RETENTION_DAYS}) must be shorter "
+        f"than WEBHOOKS_RETENTION_DAYS ({WEBHOOKS_RETENTION_DAYS}), or 0 to keep payloads as "
+        "long as the rows: the rows go with their day, payloads and all"
+    )
 # Day partitions made ahead of time by the `prune` beat job (deliveries/services/partitions.py).
 WEBHOOKS_PARTITIONS_AHEAD = env_int("WEBHOOKS_PARTITIONS_AHEAD", 7, minimum=2)
 WEBHOOKS_COUNTDOWN_MAX = env_int("WEBHOOKS_COUNTDOWN_MAX", 60)

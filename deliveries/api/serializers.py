@@ -50,6 +50,7 @@ class DeliverySerializer(serializers.ModelSerializer):
             "last_status_code",
             "completed_at",
             "created_at",
+            "payload_expired_at",
         ]
         read_only_fields = fields
 
@@ -113,8 +114,9 @@ _DATETIME = serializers.DateTimeField()
 
 
 class AttemptSerializer(serializers.ModelSerializer):
-    # stored once per delivery: an attempt without its own sent the delivery's
-    request_body = serializers.CharField(source="sent_body", read_only=True)
+    # stored once per delivery: an attempt without its own sent the delivery's; null once the
+    # payload expired (WEBHOOKS_PAYLOAD_RETENTION_DAYS)
+    request_body = serializers.CharField(source="sent_body", read_only=True, allow_null=True)
 
     class Meta:
         model = DeliveryAttempt
