@@ -29,7 +29,7 @@ import psycopg
 
 from bench.report import write_section
 from bench.scenarios import post_batches
-from bench.stack import PY, Stack, api, log, sink_stats
+from bench.stack import PY, Stack, api, log, sink_count, sink_stats
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 START, END = "<!-- rate-limit:start -->", "<!-- rate-limit:end -->"
@@ -65,10 +65,9 @@ def burst(
     before = _updates(dsn)
     post_batches(base, key, event_type, events, 100, 64)
     deadline = time.monotonic() + timeout
-    stats = sink_stats(sink)
-    while stats["ok"] < events and time.monotonic() < deadline:
+    while sink_count(sink)["ok"] < events and time.monotonic() < deadline:
         time.sleep(0.1)
-        stats = sink_stats(sink)
+    stats = sink_stats(sink)
     while sum(_attempts(dsn, event_type).values()) < events and time.monotonic() < deadline:
         time.sleep(0.1)
     time.sleep(STATS_FLUSH)

@@ -27,6 +27,7 @@ from .scenarios import (
     measure_ingest,
     measure_noop,
     measure_raw,
+    measure_raw_async,
     run_paced,
     run_throughput,
     setup_endpoints,
@@ -61,6 +62,9 @@ def main(argv: list[str] | None = None) -> int:
         log(f"raw loop: {raw_count} signed POSTs")
         results["raw"] = measure_raw(stack, sink, raw_count, args.payload_bytes)
         log(f"  {results['raw']['rate']:.0f} req/s")
+        log(f"asyncio limit: {raw_count} signed POSTs, aiohttp on uvloop, 32 in flight")
+        results["raw_async"] = measure_raw_async(stack, sink, raw_count, args.payload_bytes)
+        log(f"  {results['raw_async']['rate']:.0f} req/s")
         log(f"Celery no-op: {noop_count} tasks")
         results["noop"] = measure_noop(stack, noop_count)
         log(f"  {results['noop']['rate']:.0f} tasks/s")
@@ -127,12 +131,45 @@ def main(argv: list[str] | None = None) -> int:
         half = 0.5 * healthy["rate"] / args.fanout
         log(f"latency at half peak: {half * args.fanout:.0f} deliveries/s for {paced_seconds} s")
         results["paced"] = run_paced(
-            base, key, sink, "bench.healthy", half, paced_seconds, args.payload_bytes, args.fanout
+            base,
+            key,
+            sink,
+            "bench.healthy",
+            half,
+            paced_seconds,
+            args.payload_bytes,
+            args.fanout,
+            dsn,
         )
         log(
             f"  p50 {results['paced']['p50_ms']:.1f} ms, p99 {results['paced']['p99_ms']:.1f} ms"
             f" (from acceptance: {results['paced']['accepted_p50_ms']:.1f} /"
             f" {results['paced']['accepted_p99_ms']:.1f} ms)"
+        )
+
+        log(f"pipeline, all healthy, under a one-core CPU hog: {events} events")
+        stack.spawn("hog", [PY, "-c", HOG])
+        try:
+            results["hog"] = run_throughput(
+                base,
+                key,
+                sink,
+                dsn,
+                "bench.healthy",
+                events,
+                args.fanout,
+                args.fanout,
+                args.payload_bytes,
+                args.batch,
+                procs,
+                tag="hog",
+            )
+        finally:
+            stack.stop("hog")
+        log(
+            f"  {results['hog']['rate']:.0f} deliveries/s "
+            f"({results['hog']['rate'] / healthy['rate']:.2f} of quiet), "
+            f"{results['hog']['waited_for_sweep']} waited longer than a sweep interval"
         )
 
         for mode in ("fail", "hang"):
@@ -156,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
                 procs,
             )
             run["paced"] = run_paced(
-                base, key, sink, event_type, half, paced_seconds, args.payload_bytes, good
+                base, key, sink, event_type, half, paced_seconds, args.payload_bytes, good, dsn
             )
             results[mode] = run
             log(
@@ -171,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     print(report)
     # Correctness, not speed: every healthy delivery arrived and every attempt was recorded.
     problems = []
-    for name in ("healthy", "fail", "hang"):
+    for name in ("healthy", "hog", "fail", "hang"):
         run = results.get(name)
         if run and run["deliveries_ok"] < run["expected_ok"]:
             problems.append(f"{name}: {run['deliveries_ok']} of {run['expected_ok']} received")
@@ -186,6 +223,9 @@ def main(argv: list[str] | None = None) -> int:
         log(f"wrote {args.write}")
     return 0
 
+
+# One core busy for the hog phase; bounded: the bench stops it (and `Stack.close` on any exit).
+HOG = "import time\nend = time.monotonic() + 900\nwhile time.monotonic() < end: pass"
 
 START = "<!-- pipeline:start -->"
 END = "<!-- pipeline:end -->"

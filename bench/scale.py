@@ -361,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
             rate = results["empty"]["burst"]["rate"] / 2 / args.fanout
             log(f"{phase}: paced at {rate:.0f} events/s for {args.paced:.0f} s")
             results[phase]["paced"] = run_paced(
-                base, key, sink, EVENT_TYPE, rate, args.paced, 200, args.fanout
+                base, key, sink, EVENT_TYPE, rate, args.paced, 200, args.fanout, dsn
             )
             results[phase]["size"] = sizes(dsn)
         log("retention")

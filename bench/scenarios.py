@@ -16,7 +16,13 @@ import redis
 
 from devstack.process import BASE_DIR
 
-from .stack import PY, Proc, Sampler, Stack, api, sink_stats
+from .stack import PY, Proc, Sampler, Stack, api, sink_count, sink_stats
+
+# How often a phase looks at the sink or the database while it waits: each look costs the
+# system measured a request (the sink) or a query (PostgreSQL), O(1) either way.
+POLL = 0.2
+# The bench stack's sweep interval (WEBHOOKS_REQUEUE_INTERVAL's default), in ms.
+SWEEP_MS = 15_000
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -32,6 +38,19 @@ def percentile(values: list[float], q: float) -> float:
 def measure_raw(stack: Stack, sink: str, count: int, payload: int) -> dict[str, float]:
     out = subprocess.run(
         [PY, "-m", "bench.raw", sink + "/ok/raw", str(count), str(payload)],
+        cwd=BASE_DIR,
+        env=stack.env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return orjson.loads(out.strip().splitlines()[-1])
+
+
+def measure_raw_async(stack: Stack, sink: str, count: int, payload: int) -> dict[str, float]:
+    """The machine's limit for signed POSTs (aiohttp on uvloop, 32 in flight; issue 15)."""
+    out = subprocess.run(
+        [PY, "-m", "bench.raw_async", sink + "/ok/raw", str(count), str(payload), "32"],
         cwd=BASE_DIR,
         env=stack.env,
         capture_output=True,
@@ -82,9 +101,17 @@ def measure_noop(stack: Stack, count: int) -> dict[str, float]:
 
 
 def post_batches(
-    base: str, key: str, event_type: str, events: int, batch: int, payload: int, clients: int = 4
+    base: str,
+    key: str,
+    event_type: str,
+    events: int,
+    batch: int,
+    payload: int,
+    clients: int = 4,
+    tag: str = "",
 ) -> tuple[float, float]:
-    """Post `events` in batches from `clients` threads; returns (first post time, seconds)."""
+    """Post `events` in batches from `clients` threads, each payload carrying the phase's `tag`;
+    returns (first post time, seconds)."""
     filler = "x" * payload
     batches = [min(batch, events - i) for i in range(0, events, batch)]
     lock = threading.Lock()
@@ -99,7 +126,8 @@ def post_batches(
                 if not first:
                     first.append(time.time())
             now = time.time()
-            body = [{"type": event_type, "data": {"t": now, "filler": filler}} for _ in range(size)]
+            data = {"t": now, "tag": tag, "filler": filler}
+            body = [{"type": event_type, "data": data} for _ in range(size)]
             api(base, key, "POST", "/api/v1/events/batch/", body)
 
     started = time.perf_counter()
@@ -114,20 +142,44 @@ def post_batches(
 def wait_delivered(
     sink: str, dsn: str, expected_ok: int, expected_attempts: int, timeout: float
 ) -> dict[str, Any]:
+    """Wait until the sink has `expected_ok` requests of this phase and PostgreSQL
+    `expected_attempts` attempt rows, at most `timeout` seconds; then read the phase's
+    receipts once. `complete` says whether both arrived in time."""
     deadline = time.monotonic() + timeout
-    stats = sink_stats(sink)
-    while stats["ok"] < expected_ok and time.monotonic() < deadline:
-        time.sleep(0.05)
-        stats = sink_stats(sink)
+    while sink_count(sink)["ok"] < expected_ok and time.monotonic() < deadline:
+        time.sleep(POLL)
     attempts = 0
     while time.monotonic() < deadline:
         with psycopg.connect(dsn) as conn:
             attempts = conn.execute("SELECT count(*) FROM deliveries_deliveryattempt").fetchone()[0]
         if attempts >= expected_attempts:
             break
-        time.sleep(0.1)
+        time.sleep(POLL)
+    stats = sink_stats(sink)
     stats["attempts_recorded"] = attempts
+    stats["complete"] = stats["ok"] >= expected_ok and attempts >= expected_attempts
     return stats
+
+
+# Deliveries still to be sent to an endpoint that answers (the bench's healthy paths are /ok/).
+_OWED_HEALTHY = """
+SELECT count(*) FROM deliveries_delivery d JOIN webhooks_endpoint e ON e.id = d.endpoint_id
+ WHERE d.status IN ('pending', 'in_flight') AND e.url LIKE '%%/ok/%%'
+"""
+
+
+def wait_drained(dsn: str, timeout: float = 300) -> None:
+    """Wait until no healthy endpoint is owed a delivery: each phase starts from a drained
+    system, so its figures hold none of the previous phase's work. Raises if it never is."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with psycopg.connect(dsn) as conn:
+            owed = conn.execute(_OWED_HEALTHY).fetchone()[0]
+        if not owed:
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"not drained after {timeout:.0f} s: {owed} deliveries owed")
+        time.sleep(POLL)
 
 
 def setup_endpoints(
@@ -163,12 +215,14 @@ def run_throughput(
     payload: int,
     batch: int,
     procs: list[Proc],
+    tag: str = "throughput",
 ) -> dict[str, Any]:
-    sink_stats(sink, reset=True)
+    wait_drained(dsn)
+    sink_stats(sink, reset=True, tag=tag)
     with psycopg.connect(dsn) as conn:
         before = conn.execute("SELECT count(*) FROM deliveries_deliveryattempt").fetchone()[0]
     with Sampler(procs) as sampler:
-        first, ingest_seconds = post_batches(base, key, event_type, events, batch, payload)
+        first, ingest_seconds = post_batches(base, key, event_type, events, batch, payload, tag=tag)
         stats = wait_delivered(
             sink,
             dsn,
@@ -178,6 +232,7 @@ def run_throughput(
         )
     received = stats["received"]
     latencies = [(r - i) * 1000 for r, i in zip(received, stats["ingested"], strict=True)]
+    accepted = [(r - a) * 1000 for r, a in zip(received, stats["accepted"], strict=True)]
     seconds = (max(received) - first) if received else float("nan")
     return {
         "events": events,
@@ -187,8 +242,13 @@ def run_throughput(
         "seconds": seconds,
         "rate": stats["ok"] / seconds,
         "attempts_recorded": stats["attempts_recorded"] - before,
+        "complete": stats["complete"],
+        "stray": stats["stray"],
         "p50_ms": percentile(latencies, 0.5),
         "p99_ms": percentile(latencies, 0.99),
+        "max_accepted_ms": max(accepted, default=float("nan")),
+        # from acceptance to receipt longer than a sweep interval: it waited for the sweeper
+        "waited_for_sweep": sum(1 for ms in accepted if ms > SWEEP_MS),
         "processes": sampler.report(),
     }
 
@@ -206,7 +266,8 @@ def measure_ingest(
     """Ingestion on its own: the worker is paused (SIGSTOP), so the web server and PostgreSQL
     have the machine; events are validated, stored and fanned out, then the worker resumes and
     delivers them (not timed)."""
-    sink_stats(sink, reset=True)
+    wait_drained(dsn)
+    sink_stats(sink, reset=True, tag="ingest")
     with psycopg.connect(dsn) as conn:  # before the worker can record anything of this phase
         attempts = conn.execute("SELECT count(*) FROM deliveries_deliveryattempt").fetchone()[0]
     tree = worker.tree()
@@ -215,12 +276,19 @@ def measure_ingest(
     try:
         with Sampler([p for p in procs if p.name in ("web", "postgres")]) as sampler:
             _, seconds = post_batches(
-                base, key, "bench.healthy", events, args.batch, args.payload_bytes
+                base, key, "bench.healthy", events, args.batch, args.payload_bytes, tag="ingest"
             )
     finally:
         for p in tree:
             p.resume()
-    wait_delivered(sink, dsn, events * args.fanout, attempts + events * args.fanout, timeout=300)
+    done = wait_delivered(
+        sink, dsn, events * args.fanout, attempts + events * args.fanout, timeout=300
+    )
+    if not done["complete"]:  # the next phase must not start with this one's backlog
+        raise RuntimeError(
+            f"ingest phase: {done['ok']} of {events * args.fanout} delivered, "
+            f"{done['attempts_recorded'] - attempts} attempts recorded after 300 s"
+        )
     return {
         "events": events,
         "seconds": seconds,
@@ -238,9 +306,13 @@ def run_paced(
     seconds: float,
     payload: int,
     healthy: int,
+    dsn: str,
+    tag: str = "paced",
 ) -> dict[str, Any]:
-    """Post at a steady `rate_events`/s in small batches every 20 ms; latency at the sink."""
-    sink_stats(sink, reset=True)
+    """Post at a steady `rate_events`/s in small batches every 20 ms; latency at the sink, of
+    this phase's deliveries only, from a drained system."""
+    wait_drained(dsn)
+    sink_stats(sink, reset=True, tag=tag)
     tick = 0.02
     per_tick = rate_events * tick
     filler = "x" * payload
@@ -259,22 +331,25 @@ def run_paced(
                 key,
                 "POST",
                 "/api/v1/events/batch/",
-                [{"type": event_type, "data": {"t": now, "filler": filler}} for _ in range(size)],
+                [
+                    {"type": event_type, "data": {"t": now, "tag": tag, "filler": filler}}
+                    for _ in range(size)
+                ],
             )
             sent += size
         next_tick += tick
         time.sleep(max(0.0, next_tick - time.perf_counter()))
     deadline = time.monotonic() + 60
+    while sink_count(sink)["ok"] < sent * healthy and time.monotonic() < deadline:
+        time.sleep(POLL)
     stats = sink_stats(sink)
-    while stats["ok"] < sent * healthy and time.monotonic() < deadline:
-        time.sleep(0.1)
-        stats = sink_stats(sink)
     latencies = [(r - i) * 1000 for r, i in zip(stats["received"], stats["ingested"], strict=True)]
     accepted = [(r - a) * 1000 for r, a in zip(stats["received"], stats["accepted"], strict=True)]
     return {
         "events": sent,
         "target_rate": rate_events * healthy,
         "deliveries_ok": stats["ok"],
+        "stray": stats["stray"],
         "p50_ms": percentile(latencies, 0.5),
         "p99_ms": percentile(latencies, 0.99),
         "mean_ms": statistics.fmean(latencies) if latencies else float("nan"),

@@ -1,9 +1,15 @@
 """A fast local HTTP consumer for the benchmark (asyncio, keep-alive, HTTP/1.1).
 
 Paths: /ok/<n> answers 200; /fail/<n> answers 500; /hang/<n> never answers (the client times out).
-Each request's payload carries `"t": <unix time at ingest>`; the sink keeps the receipt time and
-that ingest time for every request to /ok. `GET /stats` answers JSON with the counts and
-timestamps; `GET /reset` empties them.
+Each request's payload carries `"t": <unix time at ingest>` and `"tag": "<phase>"`; the sink
+keeps the receipt time, that ingest time and the service's acceptance time of every request to
+/ok of the current phase, and only counts the others (`stray`: stragglers of an earlier phase).
+
+- `GET /reset/<tag>` empties everything and starts phase `tag` (`/reset`: no tag, every
+  request counts);
+- `GET /count`: the counts only, O(1): what a benchmark polls while it waits;
+- `GET /stats`: the counts and every timestamp, read once at the end of a phase (the
+  acceptance times are parsed there, not per request or per poll).
 
 Run: python -m bench.sink PORT
 """
@@ -19,6 +25,7 @@ from datetime import datetime
 import orjson
 
 _T = re.compile(rb'"t":\s*([0-9.]+)')
+_TAG = re.compile(rb'"tag":\s*"([^"]*)"')
 _TS = re.compile(rb'"timestamp":"([^"]+)"')
 
 
@@ -26,7 +33,9 @@ class State:
     def __init__(self) -> None:
         self.reset()
 
-    def reset(self) -> None:
+    def reset(self, tag: bytes = b"") -> None:
+        self.tag = tag
+        self.stray = 0
         self.ok = 0
         self.failed = 0
         self.hung = 0
@@ -76,15 +85,25 @@ class Consumer(asyncio.Protocol):
         """Answer one request: `head` is its request line and headers, without the blank line."""
         method, path = head.split(b" ", 2)[:2]
         if method == b"GET":
-            if path == b"/reset":
-                STATE.reset()
+            if path.startswith(b"/reset"):
+                STATE.reset(path[len(b"/reset/") :] if path.startswith(b"/reset/") else b"")
                 payload = b"{}"
+            elif path == b"/count":
+                payload = orjson.dumps(
+                    {
+                        "ok": STATE.ok,
+                        "failed": STATE.failed,
+                        "hung": STATE.hung,
+                        "stray": STATE.stray,
+                    }
+                )
             else:
                 payload = orjson.dumps(
                     {
                         "ok": STATE.ok,
                         "failed": STATE.failed,
                         "hung": STATE.hung,
+                        "stray": STATE.stray,
                         "received": STATE.received,
                         "ingested": STATE.ingested,
                         "accepted": [_unix(a) for a in STATE.accepted],
@@ -99,6 +118,12 @@ class Consumer(asyncio.Protocol):
             return
         if path.startswith(b"/ok"):
             now = time.time()
+            if STATE.tag:
+                tag = _TAG.search(body)
+                if tag is None or tag.group(1) != STATE.tag:
+                    STATE.stray += 1
+                    self.transport.write(OK)  # type: ignore[attr-defined]
+                    return
             STATE.ok += 1
             match = _T.search(body)
             STATE.received.append(now)

@@ -209,5 +209,13 @@ def api(base: str, key: str, method: str, path: str, body: Any = None) -> Any:
     return orjson.loads(response.data) if response.data else None
 
 
-def sink_stats(sink: str, reset: bool = False) -> dict[str, Any]:
-    return orjson.loads(HTTP.request("GET", sink + ("/reset" if reset else "/stats")).data)
+def sink_stats(sink: str, reset: bool = False, tag: str = "") -> dict[str, Any]:
+    """Every receipt of the phase (read once, at its end), or, with `reset`, start phase `tag`:
+    the sink then keeps only requests whose payload carries that tag."""
+    path = (f"/reset/{tag}" if tag else "/reset") if reset else "/stats"
+    return orjson.loads(HTTP.request("GET", sink + path).data)
+
+
+def sink_count(sink: str) -> dict[str, int]:
+    """The sink's counts, O(1): what to poll while waiting."""
+    return orjson.loads(HTTP.request("GET", sink + "/count").data)

@@ -27,6 +27,8 @@ def test_the_quick_benchmark_runs_and_loses_nothing() -> None:
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     assert "| pipeline end to end, all healthy" in result.stdout
     assert "hanging past the timeout" in result.stdout
+    assert "under a one-core CPU hog" in result.stdout
+    assert "asyncio limit" in result.stdout
 
 
 def test_a_report_section_is_replaced_in_place_and_keeps_the_text_after_it(tmp_path):
