@@ -3,11 +3,15 @@ recorder and a lease renewer (`deliveries.recorder`) and a breaker per endpoint
 (`deliveries.breaker`).
 
 A `deliver_batch` task claims its deliveries and hands them here; it does not wait for the HTTP
-answers. Threads send (pooled keep-alive connections), results go on a queue, and one recorder
-thread writes them to PostgreSQL in bulk (one transaction per flush). So a consumer that hangs
-holds a thread, never the worker's task loop, and a batch is recorded in a handful of statements.
+answers. One event loop thread sends them all (aiohttp, pooled keep-alive connections,
+`webhooks.atransport`), at most `threads` requests at once; results go on a queue, and one
+recorder thread writes them to PostgreSQL in bulk (one transaction per flush). So a consumer
+that hangs holds one of those request slots, never the worker's task loop, and a batch is
+recorded in a handful of statements. The loop replaced a pool of 64 sending threads: a request
+costs a few coroutine steps instead of a thread switch per socket operation (issue 15).
 
 Bounds, per worker process:
+- `WEBHOOKS_SEND_THREADS` requests at once (the name is from when each was a thread);
 - `WEBHOOKS_MAX_IN_FLIGHT` deliveries between claim and record; a task blocks (back-pressure)
   when they are all taken, so memory stays bounded whatever the consumers do;
 - `WEBHOOKS_ENDPOINT_CONCURRENCY` requests at once to one endpoint; more wait in its lane;
@@ -25,16 +29,16 @@ The rows stay the truth: if the process dies, claimed rows come back when their 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Collection, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from webhooks import transport
+from webhooks import atransport, transport
 
 from .breaker import Breakers
 from .job import Job
@@ -72,7 +76,7 @@ MAX_HAND_BACK = 15.0
 
 
 class Sender:
-    """Sends jobs on a thread pool and records them in batches through `record(jobs)`.
+    """Sends jobs on an event loop and records them in batches through `record(jobs)`.
 
     `renew(jobs)` extends the leases of claims still held here (setting `claim.lease` to the new
     expiry of each one renewed) and returns the delivery ids whose lease was taken back.
@@ -95,7 +99,6 @@ class Sender:
         max_response_bytes: int,
         flush_max: int = 500,
     ) -> None:
-        self._executor = ThreadPoolExecutor(threads, thread_name_prefix="webhook-send")
         self._max_in_flight = max_in_flight
         self._endpoint_concurrency = endpoint_concurrency
         self._endpoint_queue = endpoint_queue
@@ -116,10 +119,33 @@ class Sender:
         self._held: dict[int, Job] = {}  # id(job) -> every job admitted and not yet recorded
         self._recorder = Recorder(record, self._recorded, flush_max=flush_max)
         self._renewer = LeaseRenewer(renew, self._held_due, lease=lease)
+        self._requests = threads
+        self._tasks: set[asyncio.Task[None]] = set()  # running sends (the loop keeps weak refs)
+        self._loop = _new_loop()
+        self._gate = asyncio.Semaphore(threads)  # requests at once
+        self._client: atransport.Client | None = None
+        ready = threading.Event()
+        threading.Thread(
+            target=self._run_loop, args=(ready,), name="webhook-send", daemon=True
+        ).start()
+        ready.wait()
         # Sending threads wait for the GIL while the task or the recorder computes; the default
         # 5 ms switch interval made each of a request's several GIL hand-overs cost up to 5 ms
         # (paced p50 at half peak went from 54 to 31 ms with 1 ms).
         sys.setswitchinterval(0.001)
+
+    def _run_loop(self, ready: threading.Event) -> None:
+        asyncio.set_event_loop(self._loop)
+        self._client = self._loop.run_until_complete(_new_client())
+        ready.set()
+        self._loop.run_forever()
+
+    def _start(self, jobs: Sequence[Job]) -> None:
+        """Start sending `jobs` (on the loop's thread)."""
+        for job in jobs:
+            task = self._loop.create_task(self._send(job))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     # --- intake (the task's thread) ---
 
@@ -172,8 +198,8 @@ class Sender:
             defer = self._drain_seconds(endpoint_id, lane, now) if len(taken) < len(jobs) else 1.0
             if not lane.active and not lane.waiting:
                 del self._lanes[endpoint_id]
-        for job in start:
-            self._executor.submit(self._send, job)
+        if start:
+            self._loop.call_soon_threadsafe(self._start, start)
         return Admission(len(taken), defer, soon=True)
 
     def _drain_seconds(self, endpoint_id: str, lane: _Lane | None, now: float) -> float:
@@ -286,38 +312,44 @@ class Sender:
             self._held[id(job)] = job
         self._recorder.put(job)
 
-    # --- sending (pool threads) ---
+    # --- sending (the event loop's thread) ---
 
-    def _send(self, job: Job) -> None:
-        if job.lost or not self._lease_covers(job):
-            # its lease was taken back, or would not outlast the request (renewals failing:
-            # the database is away): give it back rather than risk a second, concurrent send
-            job.deferred = 0.0
-            job.result = None
-            self._recorder.put(job)
-            self._next_in_lane(job)
-            with self._lock:
-                self._moved.notify_all()
-            return
-        try:
-            with self._lock:
-                job.begun = time.monotonic()
-                self._moved.notify_all()
-            job.started_at = time.time()
-            job.result = transport.post(
-                job.url,
-                job.body,
-                job.headers,
-                timeout=job.timeout,
-                connect_timeout=self._connect_timeout,
-                max_response_bytes=self._max_response_bytes,
-                address=job.address,
-            )
-        except Exception as exc:  # noqa: BLE001 - a bug must still end as a recorded attempt
-            logger.exception("sending delivery %s failed unexpectedly", job.claim.delivery_id)
-            job.result = transport.TransportResult(
-                status_code=None, duration_ms=0.0, error=repr(exc)[:500], error_class="protocol"
-            )
+    async def _send(self, job: Job) -> None:
+        async with self._gate:
+            if job.lost or not self._lease_covers(job):
+                # its lease was taken back, or would not outlast the request (renewals
+                # failing: the database is away): give it back rather than risk a second,
+                # concurrent send
+                job.deferred = 0.0
+                job.result = None
+                self._recorder.put(job)
+                self._next_in_lane(job)
+                with self._lock:
+                    self._moved.notify_all()
+                return
+            try:
+                with self._lock:
+                    job.begun = time.monotonic()
+                    self._moved.notify_all()
+                job.started_at = time.time()
+                assert self._client is not None  # made before the loop runs anything
+                job.result = await self._client.post(
+                    job.url,
+                    job.body,
+                    job.headers,
+                    timeout=job.timeout,
+                    connect_timeout=self._connect_timeout,
+                    max_response_bytes=self._max_response_bytes,
+                    address=job.address,
+                )
+            except Exception as exc:  # noqa: BLE001 - a bug must still end as a recorded attempt
+                logger.exception("sending delivery %s failed unexpectedly", job.claim.delivery_id)
+                job.result = transport.TransportResult(
+                    status_code=None,
+                    duration_ms=0.0,
+                    error=repr(exc)[:500],
+                    error_class="protocol",
+                )
         self._recorder.put(job)
         self._next_in_lane(job)
 
@@ -364,7 +396,7 @@ class Sender:
             if not lane.active and not lane.waiting:
                 del self._lanes[endpoint_id]
         if following is not None:
-            self._executor.submit(self._send, following)
+            self._start([following])
 
     # --- the recorder's and the renewer's callbacks ---
 
@@ -389,3 +421,16 @@ class Sender:
                     return False
                 self._changed.wait(remaining)
         return True
+
+
+async def _new_client() -> atransport.Client:
+    return atransport.Client()
+
+
+def _new_loop() -> asyncio.AbstractEventLoop:
+    """uvloop where it is installed (a dependency on Linux and macOS), else asyncio's own."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()

@@ -29,7 +29,6 @@ logger = logging.getLogger(__name__)
 
 
 def _new_sender() -> Sender:
-    transport.keep_connections(settings.WEBHOOKS_SEND_THREADS)
     return Sender(
         record=attempts_record,
         renew=leases_renew,

@@ -3,27 +3,46 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
 from tests.sink import Sink
-from webhooks import transport
+from webhooks import atransport, transport
+
+Post = Callable[..., transport.TransportResult]
 
 
-def _post(
-    url: str, timeout: float = 2.0, connect_timeout: float = 1.0
-) -> transport.TransportResult:
-    return transport.post(
-        url,
-        b"{}",
-        {"content-type": "application/json"},
-        timeout=timeout,
-        connect_timeout=connect_timeout,
-        max_response_bytes=4096,
-    )
+@pytest.fixture(params=["urllib3", "aiohttp"])
+def post(request: pytest.FixtureRequest) -> Iterator[Post]:
+    """A request through each transport; the aiohttp one keeps one client (its pool) for the
+    whole test, on one event loop, as the sender does."""
+    options = {"connect_timeout": 1.0, "max_response_bytes": 4096}
+    headers = {"content-type": "application/json"}
+    if request.param == "urllib3":
+
+        def sync(url: str, **kwargs: float) -> transport.TransportResult:
+            return transport.post(url, b"{}", headers, **(options | {"timeout": 2.0} | kwargs))
+
+        yield sync
+        return
+    loop = asyncio.new_event_loop()
+    client = loop.run_until_complete(_client())
+
+    def run(url: str, **kwargs: float) -> transport.TransportResult:
+        call = client.post(url, b"{}", headers, **(options | {"timeout": 2.0} | kwargs))
+        return loop.run_until_complete(call)
+
+    yield run
+    loop.run_until_complete(client.close())
+    loop.close()
+
+
+async def _client() -> atransport.Client:
+    return atransport.Client()
 
 
 @pytest.fixture
@@ -80,40 +99,40 @@ def plain_tcp() -> Iterator[int]:
     server.close()
 
 
-def test_a_refused_connection_is_refused_not_a_timeout(closed_port: int) -> None:
-    result = _post(f"http://127.0.0.1:{closed_port}/x")
+def test_a_refused_connection_is_refused_not_a_timeout(post: Post, closed_port: int) -> None:
+    result = post(f"http://127.0.0.1:{closed_port}/x")
     assert result.status_code is None
     assert result.error_class == "refused", result.error
 
 
-def test_a_reset_is_reset(sink: Sink) -> None:
+def test_a_reset_is_reset(post: Post, sink: Sink) -> None:
     sink.plan("rst", 200, mode="reset")
-    assert _post(sink.url("rst")).error_class == "reset"
+    assert post(sink.url("rst")).error_class == "reset"
 
 
-def test_a_name_that_does_not_resolve_is_dns() -> None:
-    assert _post("http://no-such-host.invalid/x").error_class == "dns"
+def test_a_name_that_does_not_resolve_is_dns(post: Post) -> None:
+    assert post("http://no-such-host.invalid/x").error_class == "dns"
 
 
-def test_a_failed_handshake_is_tls(plain_tcp: int) -> None:
-    assert _post(f"https://127.0.0.1:{plain_tcp}/x").error_class == "tls"
+def test_a_failed_handshake_is_tls(post: Post, plain_tcp: int) -> None:
+    assert post(f"https://127.0.0.1:{plain_tcp}/x").error_class == "tls"
 
 
-def test_a_connect_that_gets_no_answer_is_connect_timeout(full_backlog: int) -> None:
-    result = _post(f"http://127.0.0.1:{full_backlog}/x", timeout=2.0, connect_timeout=0.5)
+def test_a_connect_that_gets_no_answer_is_connect_timeout(post: Post, full_backlog: int) -> None:
+    result = post(f"http://127.0.0.1:{full_backlog}/x", timeout=2.0, connect_timeout=0.5)
     assert result.error_class == "connect_timeout", result.error
 
 
-def test_no_answer_in_time_is_read_timeout(sink: Sink) -> None:
+def test_no_answer_in_time_is_read_timeout(post: Post, sink: Sink) -> None:
     sink.plan("hang", 200, delay=5)
-    assert _post(sink.url("hang"), timeout=0.5).error_class == "read_timeout"
+    assert post(sink.url("hang"), timeout=0.5).error_class == "read_timeout"
 
 
-def test_a_trickled_answer_is_cut_at_the_deadline(sink: Sink) -> None:
+def test_a_trickled_answer_is_cut_at_the_deadline(post: Post, sink: Sink) -> None:
     # one byte every 0.2 s of a 60-byte body: each read is quick, the whole answer is not
     sink.plan("trickle", 200, delay=0.2, mode="trickle")
     began = time.monotonic()
-    result = _post(sink.url("trickle"), timeout=1.0)
+    result = post(sink.url("trickle"), timeout=1.0)
     elapsed = time.monotonic() - began
     assert result.error_class == "read_timeout", result
     assert result.status_code is None
@@ -121,4 +140,4 @@ def test_a_trickled_answer_is_cut_at_the_deadline(sink: Sink) -> None:
     assert elapsed < 6, elapsed
     # and a request after it, on the same pool, is unaffected
     sink.plan("fine", 200)
-    assert _post(sink.url("fine")).status_code == 200
+    assert post(sink.url("fine")).status_code == 200
