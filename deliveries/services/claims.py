@@ -231,6 +231,7 @@ def leases_renew(jobs: Sequence[Job]) -> set[int]:
             {
                 "ids": [c.delivery_id for c in claims],
                 "claimed": [c.claimed_at for c in claims],
+                "lease": lease,
                 **id_span([c.delivery_id for c in claims]),
             },
         )

@@ -11,7 +11,7 @@ from django.utils import timezone
 
 from deliveries.job import Job
 from deliveries.models import Delivery, DeliveryAttempt, DeliveryTotal, Event
-from deliveries.services.claims import deliveries_claim, deliveries_release
+from deliveries.services.claims import deliveries_claim, deliveries_release, leases_renew
 from deliveries.services.dispatch import deliveries_dispatch
 from deliveries.services.recording import attempts_record
 from schemas_app.services import event_type_create
@@ -218,3 +218,25 @@ def test_a_body_is_stored_once_per_delivery_and_again_only_when_another_was_sent
     # and every attempt shows what it sent
     attempts = api.get(f"/api/v1/deliveries/{delivery_id}/attempts/").json()["results"]
     assert [a["request_body"] for a in attempts] == [b.decode() for b in bodies]
+
+
+def test_held_claims_are_renewed_in_the_database_and_one_taken_back_is_reported(
+    settings: Any,
+) -> None:
+    # given three claims held by a worker, one of them since taken back by the sweeper and
+    # claimed again by another worker (its claim time changed)
+    settings.WEBHOOKS_LEASE_SECONDS = 65
+    jobs = _claimed(3)
+    before = {d.pk: d.lease_expires_at for d in Delivery.objects.all()}
+    taken = jobs[2].claim.delivery_id
+    Delivery.objects.filter(pk=taken).update(last_attempt_at=timezone.now())
+    time.sleep(0.01)
+    # when the renewal thread renews them
+    lost = leases_renew(jobs)
+    # then the two still held have a new lease, in the row and on the claim; the third is lost
+    assert lost == {taken}
+    for job in jobs[:2]:
+        row = Delivery.objects.get(pk=job.claim.delivery_id)
+        assert row.lease_expires_at > before[row.pk]
+        assert job.claim.lease == row.lease_expires_at
+    assert Delivery.objects.get(pk=taken).lease_expires_at == before[taken]
