@@ -58,6 +58,12 @@ def render(r: dict[str, Any]) -> str:
         f"| latency at half peak ({r['paced']['target_rate']:.0f}/s), client's send to receipt: p50 / p99 / mean | {r['paced']['p50_ms']:.1f} / {r['paced']['p99_ms']:.1f} / {r['paced']['mean_ms']:.1f} ms | — |",
         f"| latency at half peak, service's acceptance (event `timestamp`) to receipt: p50 / p99 | {r['paced']['accepted_p50_ms']:.1f} / {r['paced']['accepted_p99_ms']:.1f} ms | — |",
     ]
+    floor = r.get("floor")
+    if floor:
+        lines.append(
+            f"| idle floor, one event at a time (median ms): POST to accepted / to claimed / to request / to receipt / to recorded = total POST to receipt | "
+            f"{floor['post_to_accepted']:.1f} / {floor['accepted_to_claimed']:.1f} / {floor['claimed_to_request']:.1f} / {floor['request_to_receipt']:.1f} / {floor['receipt_to_recorded']:.1f} = **{floor['total']:.1f} ms** | — |"
+        )
     hog = r.get("hog")
     if hog:
         lines += [

@@ -24,6 +24,7 @@ from typing import Any
 
 from .report import render, write_section
 from .scenarios import (
+    measure_floor,
     measure_ingest,
     measure_noop,
     measure_raw,
@@ -107,6 +108,10 @@ def main(argv: list[str] | None = None) -> int:
             args.batch,
             procs,
         )
+        floor_count = 20 if args.quick else 100
+        log(f"idle floor: {floor_count} single events, one at a time")
+        results["floor"] = measure_floor(base, key, sink, dsn, floor_count, args.payload_bytes)
+        log(f"  {results['floor']['total']:.1f} ms from POST to receipt (median)")
         log(f"pipeline, all healthy: {events} events x {args.fanout} endpoints")
         healthy = run_throughput(
             base,

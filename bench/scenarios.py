@@ -356,3 +356,64 @@ def run_paced(
         "accepted_p50_ms": percentile(accepted, 0.5),
         "accepted_p99_ms": percentile(accepted, 0.99),
     }
+
+
+_FLOOR_ROWS = """
+SELECT e.created_at, d.last_attempt_at, a.started_at, d.completed_at
+  FROM deliveries_event e
+  JOIN deliveries_delivery d ON d.event_id = e.id
+  JOIN deliveries_deliveryattempt a ON a.delivery_id = d.id AND a.number = 1
+ WHERE e.type = %s
+ ORDER BY e.id
+"""
+
+
+def measure_floor(
+    base: str, key: str, sink: str, dsn: str, count: int, payload: int
+) -> dict[str, Any]:
+    """The idle floor of the whole path, stage by stage: `count` single events to one endpoint,
+    each sent once the previous one arrived. Stages (medians, ms): the client's POST to the
+    event's acceptance (`created_at`), acceptance to the claim (publish on commit, the Celery
+    hop, the claim: `last_attempt_at`), the claim to the request's start (envelope, signing,
+    the lane), the request's start to the sink's receipt, and the receipt to the recorded
+    attempt (`completed_at`)."""
+    event_type = "bench.floor"
+    setup_endpoints(base, key, sink, event_type, 1, 0, "ok")
+    wait_drained(dsn)
+    sink_stats(sink, reset=True, tag="floor")
+    filler = "x" * payload
+    sent: list[float] = []
+    for n in range(count):
+        sent.append(time.time())
+        data = {"t": sent[-1], "tag": "floor", "filler": filler}
+        api(base, key, "POST", "/api/v1/events/", {"type": event_type, "data": data})
+        deadline = time.monotonic() + 30
+        while sink_count(sink)["ok"] <= n and time.monotonic() < deadline:
+            time.sleep(0.002)  # idle: nothing else runs, and each wait is short
+    wait_drained(dsn)
+    time.sleep(0.5)  # the last attempt's record
+    stats = sink_stats(sink)
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute(_FLOOR_ROWS, [event_type]).fetchall()
+    stages: dict[str, list[float]] = {
+        "post_to_accepted": [],
+        "accepted_to_claimed": [],
+        "claimed_to_request": [],
+        "request_to_receipt": [],
+        "receipt_to_recorded": [],
+        "total": [],
+    }
+    for t0, row, received in zip(sent, rows, stats["received"], strict=False):
+        accepted, claimed, started, recorded = (v.timestamp() for v in row)
+        for name, value in (
+            ("post_to_accepted", accepted - t0),
+            ("accepted_to_claimed", claimed - accepted),
+            ("claimed_to_request", started - claimed),
+            ("request_to_receipt", received - started),
+            ("receipt_to_recorded", recorded - received),
+            ("total", received - t0),
+        ):
+            stages[name].append(value * 1000)
+    return {name: statistics.median(values) for name, values in stages.items() if values} | {
+        "count": len(rows)
+    }
