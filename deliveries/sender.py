@@ -51,7 +51,6 @@ logger = logging.getLogger(__name__)
 class _Lane:
     active: dict[int, Job] = field(default_factory=dict)  # id(job) -> job handed to the pool
     waiting: deque[Job] = field(default_factory=deque)
-    ended: float = 0.0  # monotonic time its last request ended
 
 
 @dataclass(frozen=True)
@@ -107,6 +106,7 @@ class Sender:
         self._lease = lease
         self._answered: set[str] = set()  # endpoints that have answered a request
         self._latency: dict[str, float] = {}  # endpoint -> moving average request seconds
+        self._last_answer: dict[str, float] = {}  # endpoint -> when it last answered (monotonic)
         self._connect_timeout = connect_timeout
         self._max_response_bytes = max_response_bytes
         self._lanes: dict[str, _Lane] = {}
@@ -227,10 +227,19 @@ class Sender:
         next_end = min(latency - age if age < latency else age for age in ages)
         return min(MAX_HAND_BACK, max(1.0, next_end))
 
-    def _stalled(self, lane: _Lane, now: float) -> bool:
-        """A lane is stalled while it is slow and no request has ended there for `slow_after`:
-        its endpoint hangs (or has stopped), it is not only slow."""
-        return now - lane.ended > self._slow_after and self._slow(lane, now)
+    def _stalled(self, endpoint_id: str, lane: _Lane, now: float) -> bool:
+        """A lane is stalled while its endpoint is slow and has not *answered* for
+        `slow_after`: it hangs (or has stopped), it is not only slow. Slow: a request has run
+        `slow_after` here, or its requests take longer than that on average.
+
+        Timeouts are not answers: counting any end as a sign of life made a lane of an
+        endpoint hanging to its timeout look alive for `slow_after` after each round of
+        timeouts, while its next requests were young; every task with a job for it then held
+        its process for the whole hand-off wait, and the healthy endpoints' deliveries queued
+        behind those tasks (p50 1.5-2 s at half peak with half the endpoints hanging)."""
+        if now - self._last_answer.get(endpoint_id, 0.0) <= self._slow_after:
+            return False
+        return self._slow(lane, now) or self._latency.get(endpoint_id, 0.0) > self._slow_after
 
     def _slow(self, lane: _Lane, now: float) -> bool:
         """A lane is slow while a request has been running at its endpoint for `slow_after`,
@@ -270,8 +279,8 @@ class Sender:
         endpoint answering in 0.5-3 s got one child's `endpoint_concurrency` of a worker's four
         (9.5 requests/s of the 16.7/s offered, p50 24 s from acceptance to 2xx).
 
-        Jobs in a stalled lane (a request there has run `slow_after` and none has ended for as
-        long) do not hold the task: an endpoint hanging to its timeout kept every message that
+        Jobs in a stalled lane (its endpoint is slow and has not answered for `slow_after`,
+        `_stalled`) do not hold the task: an endpoint hanging to its timeout kept every message that
         named it waiting the whole bound, and the healthy endpoints' deliveries in the next
         messages waited behind it (p50 at half peak 35 ms -> 1.2-14 s in `make bench-quick`).
         A lane that is only slow, its requests ending, still holds it: letting every slow lane
@@ -293,7 +302,7 @@ class Sender:
         if job.begun or job.deferred is not None:
             return True
         lane = self._lanes.get(job.claim.endpoint_id)
-        return lane is None or self._stalled(lane, time.monotonic())
+        return lane is None or self._stalled(job.claim.endpoint_id, lane, time.monotonic())
 
     def paused_endpoints(self) -> list[str]:
         """Endpoints whose breaker is open in this process right now."""
@@ -365,7 +374,10 @@ class Sender:
         with self._lock:
             lane = self._lanes[endpoint_id]
             del lane.active[id(job)]
-            lane.ended = now
+            if job.result is not None and job.result.status_code is not None:
+                if len(self._last_answer) > 100_000:
+                    self._last_answer.clear()
+                self._last_answer[endpoint_id] = now
             if job.result is not None and endpoint_id not in self._answered:
                 if len(self._answered) > 100_000:  # bounded memory; they re-prove themselves
                     self._answered.clear()

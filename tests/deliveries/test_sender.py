@@ -344,6 +344,30 @@ def test_a_job_waiting_in_a_stalled_lane_does_not_hold_the_task(
     assert sender.drain(timeout=20)
 
 
+def test_a_lane_whose_requests_only_time_out_does_not_hold_the_task_after_each_round(
+    sink: Sink, recorded: Recorded
+) -> None:
+    # given an endpoint that never answers, one request at a time, whose first request has
+    # just timed out (2.5 s, longer than `slow_after`), so its next one is young
+    sink.plan("hang", 200, delay=30.0)
+    sender = make_sender(recorded, endpoint_concurrency=1, slow_after=2.0)
+    first, second, third = jobs(sink, "hang", 3, "ep_hang", timeout=2.5)
+    for number, job in enumerate((second, third), start=1):
+        job.claim.delivery_id = number
+    sender.acquire(3)
+    assert sender.admit("ep_hang", [first, second]).taken == 2
+    wait_until(lambda: first.result is not None and bool(second.begun), timeout=20)
+    assert first.result is not None
+    assert first.result.error_class == "read_timeout"
+    # when a task hands it a third, which cannot start before the second times out, and waits
+    assert sender.admit("ep_hang", [third]).taken == 1
+    # then it does not wait: a timeout is not an answer, and the lane is known to hang (its
+    # requests take longer than `slow_after`), although its running request is young
+    assert sender.wait_started([third], timeout=1.0) is True
+    assert not third.begun
+    assert sender.drain(timeout=20)
+
+
 def test_a_job_waiting_in_a_slow_lane_whose_requests_end_holds_the_task(
     sink: Sink, recorded: Recorded
 ) -> None:
