@@ -1,5 +1,5 @@
-"""POST a signed body to a consumer with aiohttp, on the sender's event loop: the asyncio form of
-`webhooks.transport`, with the same contract and result. Never raises for network errors.
+"""POST a signed body to a consumer with aiohttp, on the sender's event loop. Never raises for
+network errors: every outcome is a `webhooks.transport.TransportResult`.
 
 - SSRF pinning: with `address` (the SSRF check's resolved IP), the connection goes to that
   address while the URL's host stays the Host header, the TLS server name and the name the
@@ -10,7 +10,7 @@
 - `timeout` is a deadline for the whole request (connect, send, status line, headers, body),
   however the consumer trickles its answer; `connect_timeout` bounds the connection alone.
 
-Failures are classified as in `webhooks.transport` (`ERROR_CLASSES`).
+Failures are classified (`webhooks.transport.ERROR_CLASSES`, `classify`).
 """
 
 from __future__ import annotations
@@ -165,7 +165,7 @@ def _errno(exc: BaseException) -> int | None:
 
 
 def classify(exc: BaseException) -> str:
-    """The error class of a failed request, as `webhooks.transport.classify` names them."""
+    """The error class of a failed request (one of `webhooks.transport.ERROR_CLASSES`)."""
     if isinstance(exc, aiohttp.ClientConnectorDNSError | socket.gaierror):
         return "dns"
     code = _errno(exc)

@@ -2,9 +2,9 @@
 
 Checked at registration and again before every send. At send time the host is resolved once,
 every address it resolves to must be public (or inside an allowed CIDR), and the request then
-goes to the checked address (`Target.address`, see transport.post) with the original Host header
-and TLS server name: a name that resolves to something else a moment later (DNS rebinding)
-cannot redirect it. `allow_private` (WEBHOOKS_ALLOW_PRIVATE_TARGETS) opens everything for
+goes to the checked address (`Target.address`, see `atransport.Client.post`) with the original
+Host header and TLS server name: a name that resolves to something else a moment later (DNS
+rebinding) cannot redirect it. `allow_private` (WEBHOOKS_ALLOW_PRIVATE_TARGETS) opens everything for
 development and tests; `allowed_cidrs` (WEBHOOKS_ALLOWED_TARGET_CIDRS) opens chosen networks.
 """
 

@@ -7,6 +7,7 @@ import sys
 import time
 
 import pytest
+import urllib3
 from django.core.management import CommandError, call_command
 from rest_framework.test import APIClient
 from standardwebhooks import Webhook
@@ -15,7 +16,7 @@ from deliveries.models import Delivery
 from devstack.process import Child
 from tests.conftest import WorkerProcess, wait_until, worker_env
 from tests.sink import Sink
-from webhooks import signing, transport
+from webhooks import signing
 from webhooks.management.commands.listen import check
 
 
@@ -71,10 +72,8 @@ def test_the_listener_prints_each_delivery_and_whether_it_verifies() -> None:
                 "webhook-signature": signing.sign(signing.secret_key(key_secret), msg_id, ts, body),
                 "content-type": "application/json",
             }
-            result = transport.post(
-                url, body, headers, timeout=5, connect_timeout=2, max_response_bytes=100
-            )
-            return result.status_code
+            answer = urllib3.request("POST", url, body=body, headers=headers, timeout=5)
+            return answer.status
 
         assert send(secret, "msg_good") == 204
         assert send(signing.generate_secret(), "msg_forged") == 401

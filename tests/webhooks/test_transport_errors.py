@@ -16,19 +16,12 @@ from webhooks import atransport, transport
 Post = Callable[..., transport.TransportResult]
 
 
-@pytest.fixture(params=["urllib3", "aiohttp"])
-def post(request: pytest.FixtureRequest) -> Iterator[Post]:
-    """A request through each transport; the aiohttp one keeps one client (its pool) for the
-    whole test, on one event loop, as the sender does."""
+@pytest.fixture
+def post() -> Iterator[Post]:
+    """A request through the sender's transport, with one client (its pool) for the whole
+    test, on one event loop, as the sender does."""
     options = {"connect_timeout": 1.0, "max_response_bytes": 4096}
     headers = {"content-type": "application/json"}
-    if request.param == "urllib3":
-
-        def sync(url: str, **kwargs: float) -> transport.TransportResult:
-            return transport.post(url, b"{}", headers, **(options | {"timeout": 2.0} | kwargs))
-
-        yield sync
-        return
     loop = asyncio.new_event_loop()
     client = loop.run_until_complete(_client())
 
