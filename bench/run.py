@@ -32,6 +32,7 @@ from .scenarios import (
     run_paced,
     run_throughput,
     setup_endpoints,
+    swept_since,
 )
 from .stack import PY, Stack, log, service_proc
 
@@ -153,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
         )
 
         log(f"pipeline, all healthy, under a one-core CPU hog: {events} events")
+        worker_log = stack.tmp / "worker.log"
+        _, _, offset = swept_since(worker_log, 0)
         stack.spawn("hog", [PY, "-c", HOG])
         try:
             results["hog"] = run_throughput(
@@ -171,10 +174,12 @@ def main(argv: list[str] | None = None) -> int:
             )
         finally:
             stack.stop("hog")
+        results["hog"]["swept"], results["hog"]["sweeps"], _ = swept_since(worker_log, offset)
         log(
             f"  {results['hog']['rate']:.0f} deliveries/s "
             f"({results['hog']['rate'] / healthy['rate']:.2f} of quiet), "
-            f"{results['hog']['waited_for_sweep']} waited longer than a sweep interval"
+            f"{results['hog']['swept']} published or taken back by the sweeper "
+            f"in {results['hog']['sweeps']} sweeps"
         )
 
         for mode in ("fail", "hang"):

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import statistics
 import subprocess
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -21,8 +23,6 @@ from .stack import PY, Proc, Sampler, Stack, api, sink_count, sink_stats
 # How often a phase looks at the sink or the database while it waits: each look costs the
 # system measured a request (the sink) or a query (PostgreSQL), O(1) either way.
 POLL = 0.2
-# The bench stack's sweep interval (WEBHOOKS_REQUEUE_INTERVAL's default), in ms.
-SWEEP_MS = 15_000
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -247,8 +247,6 @@ def run_throughput(
         "p50_ms": percentile(latencies, 0.5),
         "p99_ms": percentile(latencies, 0.99),
         "max_accepted_ms": max(accepted, default=float("nan")),
-        # from acceptance to receipt longer than a sweep interval: it waited for the sweeper
-        "waited_for_sweep": sum(1 for ms in accepted if ms > SWEEP_MS),
         "processes": sampler.report(),
     }
 
@@ -417,3 +415,20 @@ def measure_floor(
     return {name: statistics.median(values) for name, values in stages.items() if values} | {
         "count": len(rows)
     }
+
+
+_SWEPT = re.compile(
+    r"requeue_stuck\[[^\]]*\] succeeded in [0-9.e-]+s: \{'reclaimed': (\d+), 'published': (\d+)\}"
+)
+
+
+def swept_since(log: Path, offset: int) -> tuple[int, int, int]:
+    """What the sweeper did since `offset` of the worker's log (its INFO lines name each run's
+    result): (deliveries it published or took back, sweeps seen, the log's new end). A
+    delivery of a healthy endpoint that the sweeper had to publish waited for a sweep."""
+    with log.open("rb") as f:
+        f.seek(offset)
+        text = f.read().decode(errors="replace")
+        end = f.tell()
+    runs = _SWEPT.findall(text)
+    return sum(int(a) + int(b) for a, b in runs), len(runs), end
