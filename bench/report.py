@@ -34,6 +34,7 @@ def render(r: dict[str, Any]) -> str:
         "",
         f"Produced by `{cmd}` (`python -m bench.run"
         + (" --quick" if a["quick"] else "")
+        + (f" --events {a['events']}" if a["events"] != (300 if a["quick"] else 5000) else "")
         + f"`) on {time.strftime('%Y-%m-%d')}: {platform.platform()}, "
         f"{os.cpu_count()} CPUs, {round(psutil.virtual_memory().total / 2**30, 1)} GiB, "
         f"Python {platform.python_version()}. Everything on loopback: PostgreSQL (fsync on), "
