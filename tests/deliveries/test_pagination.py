@@ -139,13 +139,27 @@ def _fill(endpoint_ids: list[str], application_id: int, events: int) -> None:
 
 
 def _whole_table_scans(plan: str) -> list[str]:
-    """Seq scans of a big table, or of a partition of one that holds rows (an empty day ahead
-    is scanned, correctly, as the cheapest way to read nothing), that are not cut short by a
-    LIMIT right above them, or above the Append of the partitions (a LIMIT over a sort or an
-    aggregate still reads every row below)."""
+    """Seq scans of a big table, or of a partition of one that holds a full day's rows, that
+    are not cut short by a LIMIT right above them, or above the Append of the partitions (a
+    LIMIT over a sort or an aggregate still reads every row below).
+
+    A partition with less than half the rows of its fullest sibling (an empty day ahead;
+    today's, which holds only the hours since midnight UTC) is skipped: scanning it whole is
+    the planner's right choice, and it made this test fail when run in the first hours of a UTC
+    day (1,200 rows of today against 16,000 of a whole day)."""
     with connection.cursor() as cursor:
-        cursor.execute("SELECT relname, reltuples FROM pg_class WHERE relkind IN ('r', 'p')")
-        rows = dict(cursor.fetchall())
+        cursor.execute(
+            "SELECT c.relname, c.reltuples, max(s.reltuples) FROM pg_class c "
+            "LEFT JOIN pg_inherits i ON i.inhrelid = c.oid "
+            "LEFT JOIN pg_inherits si ON si.inhparent = i.inhparent "
+            "LEFT JOIN pg_class s ON s.oid = si.inhrelid "
+            "WHERE c.relkind IN ('r', 'p') GROUP BY c.relname, c.reltuples"
+        )
+        small = {
+            name
+            for name, tuples, fullest in cursor.fetchall()
+            if tuples < max(1000, 0.5 * (fullest or 0))
+        }
     lines = plan.splitlines()
 
     def depth(line: str) -> int:
@@ -156,7 +170,7 @@ def _whole_table_scans(plan: str) -> list[str]:
         match = re.search(r"Seq Scan on (\w+)", line)
         if not match or not match.group(1).startswith(BIG_TABLES):
             continue
-        if match.group(1) not in BIG_TABLES and rows.get(match.group(1), 0) < 1000:
+        if match.group(1) not in BIG_TABLES and match.group(1) in small:
             continue
         parent, level = "", depth(line)
         for above in reversed(lines[:i]):  # the nearest node above, through the partitions' Append
