@@ -15,6 +15,27 @@ import urllib3
 from webhooks import signing
 
 
+def signed_request(key: bytes, n: int, filler: str) -> tuple[bytes, dict[str, str]]:
+    """The `n`th request of a raw loop: a body like the service's, serialized once and signed
+    (Standard Webhooks v1), and its headers."""
+    msg_id = f"evt_raw{n}"
+    ts = int(time.time())
+    body = orjson.dumps(
+        {
+            "type": "bench.event",
+            "timestamp": "2026-01-01T00:00:00Z",
+            "data": {"n": n, "t": time.time(), "filler": filler},
+        }
+    )
+    headers = {
+        "content-type": "application/json",
+        "webhook-id": msg_id,
+        "webhook-timestamp": str(ts),
+        "webhook-signature": signing.signature_header([key], msg_id, ts, body),
+    }
+    return body, headers
+
+
 def main(url: str, count: int, payload_bytes: int) -> None:
     key = signing.secret_key(signing.generate_secret())
     pool = urllib3.PoolManager(maxsize=4)
@@ -22,21 +43,7 @@ def main(url: str, count: int, payload_bytes: int) -> None:
     started = time.perf_counter()
     cpu = time.process_time()
     for n in range(count):
-        msg_id = f"evt_raw{n}"
-        ts = int(time.time())
-        body = orjson.dumps(
-            {
-                "type": "bench.event",
-                "timestamp": "2026-01-01T00:00:00Z",
-                "data": {"n": n, "t": time.time(), "filler": filler},
-            }
-        )
-        headers = {
-            "content-type": "application/json",
-            "webhook-id": msg_id,
-            "webhook-timestamp": str(ts),
-            "webhook-signature": signing.signature_header([key], msg_id, ts, body),
-        }
+        body, headers = signed_request(key, n, filler)
         response = pool.request("POST", url, body=body, headers=headers, retries=False)
         assert response.status == 200, response.status
     seconds = time.perf_counter() - started

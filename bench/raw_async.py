@@ -15,6 +15,7 @@ import time
 import aiohttp
 import orjson
 
+from bench.raw import signed_request
 from webhooks import signing
 
 try:
@@ -31,21 +32,7 @@ async def _run(url: str, count: int, payload_bytes: int, inflight: int) -> dict[
 
     async def client(session: aiohttp.ClientSession) -> None:
         for n in todo:
-            msg_id = f"evt_raw{n}"
-            ts = int(time.time())
-            body = orjson.dumps(
-                {
-                    "type": "bench.event",
-                    "timestamp": "2026-01-01T00:00:00Z",
-                    "data": {"n": n, "t": time.time(), "filler": filler},
-                }
-            )
-            headers = {
-                "content-type": "application/json",
-                "webhook-id": msg_id,
-                "webhook-timestamp": str(ts),
-                "webhook-signature": signing.signature_header([key], msg_id, ts, body),
-            }
+            body, headers = signed_request(key, n, filler)
             async with session.post(url, data=body, headers=headers) as response:
                 await response.read()
                 statuses[response.status] = statuses.get(response.status, 0) + 1

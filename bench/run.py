@@ -28,7 +28,6 @@ from .scenarios import (
     measure_ingest,
     measure_noop,
     measure_raw,
-    measure_raw_async,
     run_paced,
     run_throughput,
     setup_endpoints,
@@ -65,7 +64,9 @@ def main(argv: list[str] | None = None) -> int:
         results["raw"] = measure_raw(stack, sink, raw_count, args.payload_bytes)
         log(f"  {results['raw']['rate']:.0f} req/s")
         log(f"asyncio limit: {raw_count} signed POSTs, aiohttp on uvloop, 32 in flight")
-        results["raw_async"] = measure_raw_async(stack, sink, raw_count, args.payload_bytes)
+        results["raw_async"] = measure_raw(
+            stack, sink, raw_count, args.payload_bytes, module="bench.raw_async"
+        )
         log(f"  {results['raw_async']['rate']:.0f} req/s")
         log(f"Celery no-op: {noop_count} tasks")
         results["noop"] = measure_noop(stack, noop_count)
@@ -96,37 +97,31 @@ def main(argv: list[str] | None = None) -> int:
 
         setup_endpoints(base, key, sink, "bench.healthy", args.fanout, 0, "ok")
         log("warm-up")
-        run_throughput(
-            base,
-            key,
-            sink,
-            dsn,
-            "bench.healthy",
-            100,
-            args.fanout,
-            args.fanout,
-            args.payload_bytes,
-            args.batch,
-            procs,
-        )
+
+        def healthy_burst(count: int, tag: str = "throughput") -> dict[str, Any]:
+            """`count` events to the ten healthy endpoints, first POST to last attempt."""
+            return run_throughput(
+                base,
+                key,
+                sink,
+                dsn,
+                "bench.healthy",
+                count,
+                args.fanout,
+                args.fanout,
+                args.payload_bytes,
+                args.batch,
+                procs,
+                tag=tag,
+            )
+
+        healthy_burst(100)
         floor_count = 20 if args.quick else 100
         log(f"idle floor: {floor_count} single events, one at a time")
         results["floor"] = measure_floor(base, key, sink, dsn, floor_count, args.payload_bytes)
         log(f"  {results['floor']['total']:.1f} ms from POST to receipt (median)")
         log(f"pipeline, all healthy: {events} events x {args.fanout} endpoints")
-        healthy = run_throughput(
-            base,
-            key,
-            sink,
-            dsn,
-            "bench.healthy",
-            events,
-            args.fanout,
-            args.fanout,
-            args.payload_bytes,
-            args.batch,
-            procs,
-        )
+        healthy = healthy_burst(events)
         results["healthy"] = healthy
         log(f"  {healthy['rate']:.0f} deliveries/s, ingest {healthy['ingest_rate']:.0f} events/s")
 
@@ -158,20 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         _, _, offset = swept_since(worker_log, 0)
         stack.spawn("hog", [PY, "-c", HOG])
         try:
-            results["hog"] = run_throughput(
-                base,
-                key,
-                sink,
-                dsn,
-                "bench.healthy",
-                events,
-                args.fanout,
-                args.fanout,
-                args.payload_bytes,
-                args.batch,
-                procs,
-                tag="hog",
-            )
+            results["hog"] = healthy_burst(events, tag="hog")
         finally:
             stack.stop("hog")
         results["hog"]["swept"], results["hog"]["sweeps"], _ = swept_since(worker_log, offset)

@@ -35,22 +35,13 @@ def percentile(values: list[float], q: float) -> float:
 # --- phases -------------------------------------------------------------------------------------
 
 
-def measure_raw(stack: Stack, sink: str, count: int, payload: int) -> dict[str, float]:
+def measure_raw(
+    stack: Stack, sink: str, count: int, payload: int, module: str = "bench.raw"
+) -> dict[str, float]:
+    """A raw sign-and-POST loop (`bench.raw`, urllib3; `bench.raw_async`, the machine's limit:
+    aiohttp on uvloop, 32 in flight) in its own process, against the sink."""
     out = subprocess.run(
-        [PY, "-m", "bench.raw", sink + "/ok/raw", str(count), str(payload)],
-        cwd=BASE_DIR,
-        env=stack.env,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    return orjson.loads(out.strip().splitlines()[-1])
-
-
-def measure_raw_async(stack: Stack, sink: str, count: int, payload: int) -> dict[str, float]:
-    """The machine's limit for signed POSTs (aiohttp on uvloop, 32 in flight; issue 15)."""
-    out = subprocess.run(
-        [PY, "-m", "bench.raw_async", sink + "/ok/raw", str(count), str(payload), "32"],
+        [PY, "-m", module, sink + "/ok/raw", str(count), str(payload)],
         cwd=BASE_DIR,
         env=stack.env,
         capture_output=True,
