@@ -379,11 +379,14 @@ def measure_floor(
         deadline = time.monotonic() + 30
         while sink_count(sink)["ok"] <= n and time.monotonic() < deadline:
             time.sleep(0.002)  # idle: nothing else runs, and each wait is short
-    wait_drained(dsn)
-    time.sleep(0.5)  # the last attempt's record
+    wait_drained(dsn)  # a delivery leaves in_flight in the transaction that records its attempt
     stats = sink_stats(sink)
     with psycopg.connect(dsn) as conn:
         rows = conn.execute(_FLOOR_ROWS, [event_type]).fetchall()
+    if not len(rows) == len(stats["received"]) == count:  # paired by order: all or nothing
+        raise RuntimeError(
+            f"idle floor: {count} sent, {len(stats['received'])} received, {len(rows)} recorded"
+        )
     stages: dict[str, list[float]] = {
         "post_to_accepted": [],
         "accepted_to_claimed": [],
@@ -392,7 +395,7 @@ def measure_floor(
         "receipt_to_recorded": [],
         "total": [],
     }
-    for t0, row, received in zip(sent, rows, stats["received"], strict=False):
+    for t0, row, received in zip(sent, rows, stats["received"], strict=True):
         accepted, claimed, started, recorded = (v.timestamp() for v in row)
         for name, value in (
             ("post_to_accepted", accepted - t0),

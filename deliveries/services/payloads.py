@@ -18,7 +18,7 @@ import logging
 from datetime import UTC, date, datetime, timedelta
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import connection
 from django.utils import timezone
 
 from deliveries.models import Delivery, DeliveryAttempt, PayloadExpiredDay
@@ -32,18 +32,21 @@ _D = Delivery._meta.db_table
 _A = DeliveryAttempt._meta.db_table
 
 # The deliveries of one batch that succeeded before the cutoff and still hold a payload; their
-# attempts lose the bodies they sent and every answer's body and headers.
+# attempts lose the bodies they sent and every answer's body and headers. Answers how many
+# deliveries it cleared.
 _CLEAR_SQL = f"""
 WITH cleared AS (
     UPDATE {{part}} SET request_body = NULL, payload_expired_at = %(now)s
      WHERE id = ANY(%(ids)s) AND status = 'succeeded' AND completed_at < %(cutoff)s
        AND payload_expired_at IS NULL
     RETURNING id
+), attempts AS (
+    UPDATE {_A} SET request_body = NULL, response_body = '', response_headers = '{{{{}}}}'::jsonb
+      FROM cleared
+     WHERE {_A}.delivery_id = cleared.id
+       AND {_A}.delivery_id >= %(low)s AND {_A}.delivery_id < %(high)s
 )
-UPDATE {_A} SET request_body = NULL, response_body = '', response_headers = '{{{{}}}}'::jsonb
-  FROM cleared
- WHERE {_A}.delivery_id = cleared.id
-   AND {_A}.delivery_id >= %(low)s AND {_A}.delivery_id < %(high)s
+SELECT count(*) FROM cleared
 """  # noqa: S608 - table names are ours, every value is a parameter
 
 
@@ -51,19 +54,12 @@ def _clear(part: str, ids: list[int], *, cutoff: datetime, now: datetime) -> int
     """Clear the payloads of the succeeded deliveries among `ids` (rows of `part`)."""
     if not ids:
         return 0
-    with transaction.atomic(), connection.cursor() as cursor:
+    with connection.cursor() as cursor:  # one statement: its own transaction
         cursor.execute(
-            f"SELECT count(*) FROM {part} WHERE id = ANY(%s) AND status = 'succeeded' "  # noqa: S608
-            "AND completed_at < %s AND payload_expired_at IS NULL",
-            [ids, cutoff],
+            _CLEAR_SQL.format(part=part),
+            {"ids": ids, "cutoff": cutoff, "now": now, "low": min(ids), "high": max(ids) + 1},
         )
-        count = int(cursor.fetchone()[0])
-        if count:
-            cursor.execute(
-                _CLEAR_SQL.format(part=part),
-                {"ids": ids, "cutoff": cutoff, "now": now, "low": min(ids), "high": max(ids) + 1},
-            )
-    return count
+        return int(cursor.fetchone()[0])
 
 
 def expire_day(day: date, *, cutoff: datetime, now: datetime, batch_size: int = 5000) -> int:
