@@ -31,6 +31,7 @@ from . import ratelimit
 from .metrics import BOUNDS_MS
 from .models import DeliveryTotal
 from .selectors import backlog
+from .services.enqueue import FEED_KEY
 
 # kombu's Redis transport keeps a queue's messages in the list named after it, plus one list
 # per priority step ("<queue>\x06\x16<priority>") when priorities are used.
@@ -199,13 +200,16 @@ class DeliveryCollector:
         )
         yield from _held_back(labels)
         depth = GaugeMetricFamily(
-            "webhooks_queue_depth", "Messages waiting in each Celery queue.", labels=["queue"]
+            "webhooks_queue_depth",
+            "Messages waiting in each Celery queue and on the feed.",
+            labels=["queue"],
         )
         client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=2)
         try:
             names = [q.name for q in settings.CELERY_TASK_QUEUES]
             for queue, length in queue_depths(client, names).items():
                 depth.add_metric([queue], length)
+            depth.add_metric([FEED_KEY], client.llen(FEED_KEY))
             yield depth
         except (redis.RedisError, OSError):
             pass  # the broker is away: no queue gauge this scrape, the rest still answers

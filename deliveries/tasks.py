@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import logging
 
-from celery import shared_task
-from celery.signals import worker_process_shutdown
+from celery import current_app, shared_task
+from celery.signals import worker_process_init, worker_process_shutdown, worker_ready
 from django.conf import settings
 from django.db import InterfaceError, OperationalError
 
+from .feeder import feeder_start, feeder_stop
 from .metrics import stats_prune
 from .services.dispatch import current_sender, deliveries_dispatch
 from .services.endpoints import endpoints_disable_failing
-from .services.enqueue import DELIVER_BATCH
+from .services.enqueue import DELIVER_BATCH, FRESH_QUEUE
 from .services.partitions import partitions_ensure, partitions_expire
 from .services.payloads import payloads_expire
 from .services.retention import events_prune
@@ -68,9 +69,31 @@ def prune() -> int:
     return deleted
 
 
+def _feeds() -> bool:
+    """Whether this worker takes fresh work: it consumes the fresh queue, and the feed is on."""
+    return settings.WEBHOOKS_DIRECT_FEED and FRESH_QUEUE in current_app.amqp.queues.consume_from
+
+
+@worker_process_init.connect
+def _start_feeder(**_: object) -> None:
+    """Each prefork child takes fresh deliveries from the feed (services.enqueue)."""
+    if _feeds():
+        feeder_start()
+
+
+@worker_ready.connect
+def _start_feeder_in_pool(sender: object = None, **_: object) -> None:
+    """With the solo or threads pool the tasks run in the main process: its feeder runs there."""
+    pool = getattr(sender, "pool", None)
+    if pool is not None and type(pool).__module__ != "celery.concurrency.prefork" and _feeds():
+        feeder_start()
+
+
 @worker_process_shutdown.connect
 def _drain_sender(**_: object) -> None:
-    """On a warm shutdown, let requests already sent finish and be recorded (bounded wait)."""
+    """On a warm shutdown, take nothing more from the feed, and let requests already sent
+    finish and be recorded (bounded wait)."""
+    feeder_stop()
     sender = current_sender()
     if sender is not None and not sender.drain(timeout=settings.WEBHOOKS_HTTP_TIMEOUT + 5):
         logger.warning("shutdown with deliveries still in flight; their leases will expire")

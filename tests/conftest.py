@@ -167,7 +167,7 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 20, interval: floa
         time.sleep(interval)
 
 
-QUEUES = ("deliveries", "retries", "maintenance")
+QUEUES = ("deliveries", "retries", "maintenance", "webhooks:fresh")  # the last: the feed
 
 
 def broker_idle(redis_url: str | None = None) -> bool:

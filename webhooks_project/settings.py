@@ -364,6 +364,9 @@ WEBHOOKS_COUNTDOWN_MAX = env_int("WEBHOOKS_COUNTDOWN_MAX", 60)
 # threads, deliveries between claim and record, and per endpoint: requests at once, and
 # deliveries queued before the rest go back to the database for later.
 WEBHOOKS_BATCH_SIZE = env_int("WEBHOOKS_BATCH_SIZE", 100, minimum=1)
+# New deliveries go to worker processes on a Redis list of their own, without a Celery message
+# (deliveries/services/enqueue.py); false: on the Celery `deliveries` queue.
+WEBHOOKS_DIRECT_FEED = env_bool("WEBHOOKS_DIRECT_FEED", True)
 WEBHOOKS_SEND_THREADS = env_int("WEBHOOKS_SEND_THREADS", 64, minimum=1)
 WEBHOOKS_MAX_IN_FLIGHT = env_int("WEBHOOKS_MAX_IN_FLIGHT", 4000, minimum=1)
 WEBHOOKS_ENDPOINT_CONCURRENCY = env_int("WEBHOOKS_ENDPOINT_CONCURRENCY", 8, minimum=1)

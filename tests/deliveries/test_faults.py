@@ -25,6 +25,7 @@ import redis
 from django.utils import timezone
 
 from deliveries.models import Delivery, DeliveryAttempt, DeliveryTotal, Event
+from deliveries.services.enqueue import FEED_KEY
 from devstack.services import LocalRedis
 from schemas_app.services import event_type_create
 from tests.conftest import BASE_DIR, WebServer, WorkerProcess, wait_idle, wait_until, worker_env
@@ -162,15 +163,15 @@ def test_broker_down_at_ingest_then_back_delivers_everything(stack: Stack, sink:
 
 
 def test_queued_messages_lost_with_redis_are_rebuilt(stack: Stack, sink: Sink) -> None:
-    # given events accepted while no worker runs: their messages wait in Redis
+    # given events accepted while no worker runs: their messages wait in Redis (on the feed)
     endpoint_create(url=sink.url("ok"))
     for n in range(10):
         assert stack.post_event({"n": n})[0] == 202
-    assert redis.Redis.from_url(stack.redis.url()).llen("deliveries") == 10
+    assert redis.Redis.from_url(stack.redis.url()).llen(FEED_KEY) == 10
     # when Redis is killed and restarts empty
     stack.redis.stop(kill=True)
     stack.redis = LocalRedis(stack.tmp / "redis", port=stack.redis.port, persist=False).start()
-    assert redis.Redis.from_url(stack.redis.url()).llen("deliveries") == 0
+    assert redis.Redis.from_url(stack.redis.url()).llen(FEED_KEY) == 0
     stack.start_worker()
     stack.start_beat()
     # then everything is delivered from the rows, once each
@@ -238,15 +239,22 @@ def test_a_parked_retry_is_attempted_exactly_once_despite_a_short_visibility_tim
     assert DeliveryAttempt.objects.count() == 2
 
 
-def test_two_copies_of_the_same_task_send_once(stack: Stack, sink: Sink) -> None:
-    # given a delivery whose message is duplicated in the broker
+@pytest.mark.parametrize("queue", [FEED_KEY, "deliveries"])
+def test_two_copies_of_the_same_task_send_once(stack: Stack, sink: Sink, queue: str) -> None:
+    # given a delivery whose message is duplicated in the broker: on the feed, or on the Celery
+    # queue that carries fresh work with the feed off
+    if queue == "deliveries":
+        assert stack.web is not None
+        stack.web.stop()
+        stack.env["WEBHOOKS_DIRECT_FEED"] = "false"
+        stack.web = WebServer(stack.env).start()
     sink.plan("dup", 200, delay=0.5)
     endpoint_create(url=sink.url("dup"))
     stack.post_event({"n": 1})
     client = redis.Redis.from_url(stack.redis.url())
-    (message,) = client.lrange("deliveries", 0, -1)
+    (message,) = client.lrange(queue, 0, -1)
     for _ in range(3):
-        client.lpush("deliveries", message)
+        client.lpush(queue, message)
     # when two worker processes take the copies at once
     stack.start_worker()
     wait_until(lambda: _all_succeeded(1), timeout=30)

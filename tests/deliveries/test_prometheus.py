@@ -77,7 +77,7 @@ def test_gauges_show_the_backlog_the_oldest_overdue_delivery_and_disabled_endpoi
     assert 600 <= samples["webhooks_oldest_pending_delivery_age_seconds", ()] < 660
     assert samples["webhooks_endpoints_disabled", ()] == 1
     assert samples["webhooks_dead_letters_waiting", ()] == 1
-    for queue in ("deliveries", "retries", "maintenance"):
+    for queue in ("deliveries", "retries", "maintenance", "webhooks:fresh"):
         assert ("webhooks_queue_depth", (("queue", queue),)) in samples
 
 
