@@ -9,3 +9,10 @@ class SchemasAppConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
     name = "schemas_app"
     verbose_name = "Event types and schemas"
+
+    def ready(self) -> None:
+        from webhooks_project import generation
+
+        from .models import EventType, SchemaVersion
+
+        generation.watch([EventType, SchemaVersion])

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from django.db.models import OuterRef, QuerySet, Subquery
 
+from webhooks_project import generation
+
 from .models import EventType, SchemaVersion
 
 
@@ -17,10 +19,15 @@ def event_type_list() -> QuerySet[EventType]:
 
 
 def schema_version_current(*, name: str) -> SchemaVersion | None:
-    """The newest schema version of the non-archived event type `name`, or None."""
-    return (
-        SchemaVersion.objects.select_related("event_type")
-        .filter(event_type__name=name, event_type__archived=False)
-        .order_by("-version")
-        .first()
+    """The newest schema version of the non-archived event type `name`, or None; kept per
+    process until the configuration changes (webhooks_project.generation)."""
+    return generation.cached(
+        ("schema_version", name),
+        lambda: (
+            SchemaVersion.objects.select_related("event_type")
+            .filter(event_type__name=name, event_type__archived=False)
+            .order_by("-version")
+            .first()
+        ),
+        cache_none=False,
     )

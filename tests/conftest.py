@@ -26,6 +26,15 @@ from webhooks.services import api_key_create
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 
+@pytest.fixture(autouse=True)
+def _new_configuration_generation() -> None:
+    """Each test starts a configuration generation: the test database is rolled back or flushed
+    between tests, which no signal reports (webhooks_project.generation)."""
+    from webhooks_project import generation
+
+    generation.restart()
+
+
 @pytest.fixture
 def make_api_client(db: None) -> Callable[..., APIClient]:
     """Return a factory of API clients authenticated with a new key of the given scopes."""

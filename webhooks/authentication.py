@@ -11,6 +11,8 @@ from django.utils import timezone
 from rest_framework import authentication, exceptions
 from rest_framework.request import Request
 
+from webhooks_project import generation
+
 from . import crypto, signing
 from .models import ApiKey, Source
 from .replay import REPLAY_KEY
@@ -50,10 +52,15 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
         key = key.strip()
         if not key or "." not in key:
             raise exceptions.AuthenticationFailed("Malformed API key.")
-        try:
-            api_key = ApiKey.objects.get_from_key(key)
-        except ApiKey.DoesNotExist as exc:
-            raise exceptions.AuthenticationFailed("Invalid or revoked API key.") from exc
+        # cached per process until the configuration changes (webhooks_project.generation),
+        # by the key's digest; unknown keys are not cached
+        api_key = generation.cached(
+            ("api_key", hashlib.sha256(key.encode()).digest()),
+            lambda: _usable_key(key),
+            cache_none=False,
+        )
+        if api_key is None:
+            raise exceptions.AuthenticationFailed("Invalid or revoked API key.")
         if api_key.has_expired:
             raise exceptions.AuthenticationFailed("This API key has expired.")
         source = api_key.source
@@ -62,6 +69,7 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
         now = timezone.now()
         if api_key.last_used_at is None or now - api_key.last_used_at > LAST_USED_PRECISION:
             ApiKey.objects.filter(pk=api_key.pk).update(last_used_at=now)
+            api_key.last_used_at = now  # the cached copy too: one write per key per period
         return ApiKeyUser(api_key), api_key
 
     def authenticate_header(self, request: Request) -> str:
@@ -69,6 +77,13 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
 
 
 SAFE = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def _usable_key(key: str) -> ApiKey | None:
+    try:
+        return ApiKey.objects.get_from_key(key)
+    except ApiKey.DoesNotExist:
+        return None
 
 
 def _verify_source_signature(request: Request, source: Source) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 
+from webhooks_project import generation
+
 from . import crypto
 from .models import Endpoint, EndpointSecret
 from .operational import OPERATIONAL_EVENT_TYPES
@@ -17,14 +19,19 @@ def endpoint_ids_for_event(*, event_type: str, application_id: int | None) -> li
     application goes only to endpoints without one. An empty `event_types` subscribes to all
     business events; operational events go only to endpoints that list them.
     """
-    subscribed = Q(event_types__contains=[event_type])
-    if event_type not in OPERATIONAL_EVENT_TYPES:
-        subscribed |= Q(event_types=[])
-    return list(
-        Endpoint.objects.filter(enabled=True, application_id=application_id)  # type: ignore[misc]  # =None is IS NULL; the stubs refuse None
-        .filter(subscribed)
-        .values_list("id", flat=True)
-    )
+
+    def load() -> list[str]:
+        subscribed = Q(event_types__contains=[event_type])
+        if event_type not in OPERATIONAL_EVENT_TYPES:
+            subscribed |= Q(event_types=[])
+        return list(
+            Endpoint.objects.filter(enabled=True, application_id=application_id)  # type: ignore[misc]  # =None is IS NULL; the stubs refuse None
+            .filter(subscribed)
+            .values_list("id", flat=True)
+        )
+
+    # per process until the configuration changes (webhooks_project.generation)
+    return list(generation.cached(("endpoint_ids", event_type, application_id), load))
 
 
 def endpoint_active_secrets(*, endpoint_id: str) -> list[str]:

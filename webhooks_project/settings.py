@@ -83,6 +83,7 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "webhooks_project.generation.RequestScope",  # the configuration generation: read once
     "webhooks_project.middleware.BodyLimitMiddleware",
     "webhooks_project.middleware.NulCharacterMiddleware",
     "webhooks.replay.ReplayWindowMiddleware",

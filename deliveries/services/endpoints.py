@@ -29,6 +29,7 @@ from webhooks.operational import (
     WEBHOOK_TEST_DESCRIPTION,
     WEBHOOK_TEST_SCHEMA,
 )
+from webhooks_project import generation
 
 from .dead_letters import dead_letters_replay
 from .enqueue import FRESH_QUEUE, deliveries_enqueue
@@ -130,6 +131,7 @@ def endpoint_disable(*, endpoint_id: str, reason: str, actor: str = "system") ->
         enabled=False, disabled_reason=reason[:500], disabled_at=timezone.now()
     )
     if changed:
+        generation.bump()  # it no longer gets events (a bulk update sends no signal)
         audit.record(
             actor=actor,
             action="endpoint.disabled",
@@ -191,6 +193,7 @@ def endpoint_enable(*, endpoint_id: str, actor: str, replay_missed: bool = False
         Endpoint.objects.filter(pk=endpoint_id).update(
             enabled=True, disabled_reason="", disabled_at=None, failing_since=None
         )
+        generation.bump()  # it gets events again (a bulk update sends no signal)
         replayed = backfilled = 0
         if replay_missed:
             replayed = dead_letters_replay(

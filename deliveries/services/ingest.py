@@ -7,6 +7,7 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 import orjson
@@ -21,6 +22,7 @@ from schemas_app.validation import validate
 from webhooks import crypto
 from webhooks.models import Application
 from webhooks.selectors import endpoint_ids_for_event
+from webhooks_project import generation
 from webhooks_project.db import binding_cursor
 
 from .enqueue import FRESH_QUEUE, deliveries_enqueue
@@ -69,6 +71,10 @@ class IngestRejected(Exception):
         self.errors = errors
 
 
+def _application(uid: str) -> Application | None:
+    return Application.objects.filter(uid=uid).first()
+
+
 def _pointer_prefix(index: int | None) -> str:
     return "" if index is None else f"/{index}"
 
@@ -82,7 +88,15 @@ def _check_inputs(
     uids = {i.application for i in items if i.application}
     if only_application is not None:
         uids &= {only_application}  # any other is unknown to this caller
-    applications = {a.uid: a for a in Application.objects.filter(uid__in=uids)}
+    applications = {
+        uid: app
+        for uid in uids
+        if (
+            app := generation.cached(
+                ("application", uid), partial(_application, uid), cache_none=False
+            )
+        )
+    }
     for index, item in enumerate(items):
         prefix = _pointer_prefix(None if single else index)
         version = versions.get(item.type)
