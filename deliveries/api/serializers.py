@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+from functools import lru_cache
 from typing import Any
 
 from rest_framework import serializers
@@ -14,6 +16,9 @@ from webhooks_project.strict import StrictFields
 MAX_BATCH = 1000
 
 
+_PLAIN = {"type", "data"}
+
+
 class EventCreateSerializer(StrictFields, serializers.Serializer):
     """What a source posts: the type, the data, and optional application, key and time."""
 
@@ -23,6 +28,27 @@ class EventCreateSerializer(StrictFields, serializers.Serializer):
     application = serializers.CharField(max_length=64, required=False, allow_null=True)
     idempotency_key = serializers.CharField(max_length=200, required=False, allow_null=True)
     occurred_at = serializers.DateTimeField(required=False, allow_null=True)
+
+    @staticmethod
+    def plain_inputs(items: list[Any]) -> list[EventInput] | None:
+        """The inputs of a batch whose every item is only a `type` this serializer accepts as
+        given and a non-null `data`, without running it per item (a sixth of a batch's time
+        in the web); None when any item needs the serializer (its errors are the answer)."""
+        inputs = []
+        for item in items:
+            if not isinstance(item, dict) or item.keys() != _PLAIN:
+                return None
+            name, data = item["type"], item["data"]
+            if (
+                not isinstance(name, str)
+                or not 0 < len(name) <= 200
+                or name != name.strip()
+                or "\x00" in name
+                or data is None
+            ):
+                return None
+            inputs.append(EventInput(type=name, data=data))
+        return inputs
 
     @staticmethod
     def input_from(validated: dict[str, Any]) -> EventInput:
@@ -102,8 +128,8 @@ class AcceptedEventSerializer(serializers.Serializer):
             "data": event.data,
             "application": event.application.uid if event.application_id else None,
             "idempotency_key": event.idempotency_key,
-            "occurred_at": _DATETIME.to_representation(event.occurred_at),
-            "created_at": _DATETIME.to_representation(event.created_at),
+            "occurred_at": _datetime(event.occurred_at),
+            "created_at": _datetime(event.created_at),
             "schema_version": event.schema_version.version if event.schema_version_id else None,
             "deliveries": instance.delivery_count,
             "created": instance.created,
@@ -111,6 +137,12 @@ class AcceptedEventSerializer(serializers.Serializer):
 
 
 _DATETIME = serializers.DateTimeField()
+
+
+@lru_cache(maxsize=64)
+def _datetime(value: datetime) -> str:
+    """As the API writes times; the events of a batch share theirs: formatted once."""
+    return _DATETIME.to_representation(value)
 
 
 class AttemptSerializer(serializers.ModelSerializer):

@@ -149,12 +149,13 @@ class EventViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Ge
         }
         if unknown:
             raise ValidationError(unknown)
-        serializer = EventCreateSerializer(data=request.data, many=True)
-        if not serializer.is_valid():
-            raise UnprocessableEntity({str(i): e for i, e in enumerate(serializer.errors) if e})
-        items = _bound(
-            request, [EventCreateSerializer.input_from(v) for v in serializer.validated_data]
-        )
+        plain = EventCreateSerializer.plain_inputs(request.data)
+        if plain is None:
+            serializer = EventCreateSerializer(data=request.data, many=True)
+            if not serializer.is_valid():
+                raise UnprocessableEntity(_by_index(serializer.errors))
+            plain = [EventCreateSerializer.input_from(v) for v in serializer.validated_data]
+        items = _bound(request, plain)
         try:
             results = events_ingest(items=items, only_application=_limit(request))
         except IngestRejected as exc:
@@ -165,6 +166,14 @@ class EventViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Ge
             {"count": len(results), "results": AcceptedEventSerializer(results, many=True).data},
             status=status.HTTP_202_ACCEPTED,
         )
+
+
+def _by_index(errors: Any) -> dict[str, Any]:
+    """A list serializer's errors keyed by item index: DRF gives a list with an entry per item,
+    or (3.16) a dict of only the failing indexes; enumerating that dict named its keys as
+    indexes ("/0" with detail "1" for item 1's problem)."""
+    pairs = errors.items() if isinstance(errors, dict) else enumerate(errors)
+    return {str(i): e for i, e in pairs if e}
 
 
 def _bound(request: Request, items: list[EventInput]) -> list[EventInput]:

@@ -219,7 +219,7 @@ def _store(
         plan.append((event, True))
     if conflicts:
         raise IdempotencyConflict(conflicts)
-    Event.objects.bulk_create(new_events)
+    events_insert(new_events)
     # a concurrent request that took one of these keys makes this raise IntegrityError
     IdempotencyKey.objects.bulk_create(
         IdempotencyKey(
@@ -256,6 +256,48 @@ def _store(
             count = Delivery.objects.of_events([event.id]).count()
         results.append(IngestResult(event=event, delivery_count=count, created=created))
     return results
+
+
+def events_insert(events: Sequence[Event]) -> None:
+    """Insert the events in one statement of array parameters (the ORM's `bulk_create` built
+    and bound a row of nine parameters per event: a fifth of a batch's time in the web). The
+    data goes as JSON text, encoded once here."""
+    if not events:
+        return
+    columns = (
+        "id",
+        "type",
+        "schema_version_id",
+        "application_id",
+        "data",
+        "idempotency_key",
+        "request_hash",
+        "occurred_at",
+        "created_at",
+    )
+    with binding_cursor() as cursor:
+        cursor.execute(
+            f"""
+            INSERT INTO {Event._meta.db_table} ({", ".join(columns)})
+            SELECT id, type, version, app, data::jsonb, key, hash, occurred, created
+              FROM unnest(%s::varchar[], %s::varchar[], %s::bigint[], %s::bigint[], %s::text[],
+                          %s::varchar[], %s::varchar[], %s::timestamptz[], %s::timestamptz[])
+                   AS t(id, type, version, app, data, key, hash, occurred, created)
+            """,  # noqa: S608 - the names are ours, every value is a parameter
+            [
+                [e.id for e in events],
+                [e.event_type_id for e in events],
+                [e.schema_version_id for e in events],
+                [e.application_id for e in events],
+                [orjson.dumps(e.data).decode() for e in events],
+                [e.idempotency_key for e in events],
+                [e.request_hash for e in events],
+                [e.occurred_at for e in events],
+                [e.created_at for e in events],
+            ],
+        )
+    for event in events:  # as bulk_create leaves them: saved
+        event._state.adding = False
 
 
 def deliveries_insert(

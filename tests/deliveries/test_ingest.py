@@ -288,6 +288,37 @@ def test_batch_is_all_or_nothing_with_indexed_pointers(
     assert Delivery.objects.count() == 3
 
 
+@pytest.mark.parametrize(
+    ("item", "pointer", "accepted_as"),
+    [
+        # items that are not only a plain type and data go through the serializer, item by item
+        ({"type": " order.created ", "data": {"id": "o", "amount": 1}}, None, "order.created"),
+        ({"type": "order.created", "data": None}, "/1/data", None),
+        ({"type": "", "data": {}}, "/1/type", None),
+        ({"type": "x" * 201, "data": {}}, "/1/type", None),
+        ({"type": 7, "data": {}}, "/1/type", None),
+        ({"type": "order.created"}, "/1/data", None),
+    ],
+)
+def test_a_batch_answers_as_its_items_would_alone(
+    api: APIClient,
+    order_type: dict[str, Any],
+    item: dict[str, Any],
+    pointer: str | None,
+    accepted_as: str | None,
+) -> None:
+    _endpoint(api, "a")
+    good = {"type": "order.created", "data": {"id": "o", "amount": 1}}
+    response = api.post("/api/v1/events/batch/", [good, item], format="json")
+    if pointer is None:
+        assert response.status_code == 202
+        assert [r["type"] for r in response.json()["results"]] == ["order.created", accepted_as]
+    else:
+        assert response.status_code == 422
+        assert [e["pointer"] for e in response.json()["errors"]] == [pointer], response.json()
+        assert Event.objects.count() == 0
+
+
 def test_batch_requires_a_list(api: APIClient) -> None:
     response = api.post("/api/v1/events/batch/", {"type": "x"}, format="json")
     assert response.status_code == 400
