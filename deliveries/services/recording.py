@@ -411,6 +411,12 @@ def _stats_of(decided: Sequence[tuple[Job, Decision]], advanced: set[int]) -> me
     return deltas
 
 
+_CLEAR_FAILING_SQL = f"""
+UPDATE {Endpoint._meta.db_table} SET failing_since = NULL
+ WHERE id = ANY(%s::varchar[]) AND failing_since IS NOT NULL
+"""  # noqa: S608 - the table name is ours, the value a parameter
+
+
 def _endpoint_health_note(*, decided: Sequence[tuple[Job, Decision]], advanced: set[int]) -> None:
     """Track each endpoint's current run of failures: a success ends it, a failure starts it.
 
@@ -429,9 +435,10 @@ def _endpoint_health_note(*, decided: Sequence[tuple[Job, Decision]], advanced: 
             at = datetime.fromtimestamp(job.started_at, UTC)
             failed_first[endpoint_id] = min(at, failed_first.get(endpoint_id, at))
     if succeeded:
-        Endpoint.objects.filter(pk__in=succeeded, failing_since__isnull=False).update(
-            failing_since=None
-        )
+        # on nearly every batch, to clear what is rarely set: one plain statement (the ORM's
+        # update cost 5% of the worker's time at a steady load, issue 15)
+        with binding_cursor() as cursor:
+            cursor.execute(_CLEAR_FAILING_SQL, [sorted(succeeded)])
     for endpoint_id, at in failed_first.items():
         if endpoint_id not in succeeded:
             Endpoint.objects.filter(pk=endpoint_id, failing_since__isnull=True).update(
