@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 
@@ -15,6 +15,7 @@ from webhooks_project.paging import EstimatedCountPaginator
 # importing it registers the endpoint admin (it lives with the engine it needs)
 from .endpoint_admin import replay_and_report
 from .models import DeadLetter, Delivery, Event, IdempotencyKey
+from .services.resend import NotNow, delivery_resend, delivery_retry_now
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -152,10 +153,40 @@ class DeliveryAdmin(ReadOnlyAdmin):
         "status",
         "event__event_type",
         "endpoint",
+        "endpoint__application",
         "created_at",
     ]
     search_fields = ["=id", "=event__id", "=endpoint__id", "endpoint__url"]
     raw_id_fields = ["event", "endpoint"]
+    actions = ["resend_selected", "retry_selected_now"]
+
+    def has_resend_permission(self, request: HttpRequest) -> bool:
+        # sending again is replaying: the same permission as dead letters' replay
+        return request.user.has_perm("deliveries.change_deadletter")
+
+    @admin.action(description="Send selected finished deliveries again", permissions=["resend"])
+    def resend_selected(self, request: HttpRequest, queryset: QuerySet[Delivery]) -> None:
+        self._operate(request, queryset[:1000], delivery_resend, "sent again")
+
+    @admin.action(description="Retry selected waiting deliveries now", permissions=["resend"])
+    def retry_selected_now(self, request: HttpRequest, queryset: QuerySet[Delivery]) -> None:
+        self._operate(request, queryset[:1000], delivery_retry_now, "retried now")
+
+    def _operate(
+        self, request: HttpRequest, queryset: QuerySet[Delivery], operation: Any, done: str
+    ) -> None:
+        changed, refused = 0, []
+        for delivery_id in queryset.values_list("id", flat=True):
+            try:
+                operation(delivery_id=delivery_id, actor=f"admin:{request.user}")
+                changed += 1
+            except NotNow as exc:
+                refused.append(f"{delivery_id}: {exc}")
+        if changed:
+            self.message_user(request, f"{changed} deliveries {done}.", messages.SUCCESS)
+        for text in refused[:10]:
+            self.message_user(request, f"Not {done}: {text}.", messages.WARNING)
+
     # not the event: a join of two partitioned tables costs more to plan than to run; the
     # page's event types come in one query of their days (get_changelist_instance)
     list_select_related = ["endpoint"]

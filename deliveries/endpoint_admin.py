@@ -126,8 +126,16 @@ class EndpointAdminForm(forms.ModelForm):
                 fields=given, endpoint=self.instance if self.instance.pk else None
             )
         except ValidationError as exc:
-            for field, problems in exc.message_dict.items():
-                self.add_error(field if field in self.fields else None, problems)
+            for field, errors in exc.error_dict.items():
+                for error in errors:
+                    pointer = (
+                        (error.params or {}).get("pointer")
+                        if isinstance(error.params, dict)
+                        else None
+                    )
+                    for message in error.messages:  # a filter's problem says where it is
+                        text = f"{pointer}: {message}" if pointer else message
+                        self.add_error(field if field in self.fields else None, text)
             return cleaned
         cleaned.update({k: v for k, v in checked.items() if k in given})
         return cleaned

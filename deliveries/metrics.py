@@ -107,6 +107,7 @@ class Delta:
     attempts: int = 0
     retried: int = 0
     lost: int = 0
+    filtered: int = 0
     attempt_ms_sum: float = 0.0
     attempt_hist: list[int] = field(default_factory=lambda: [0] * BUCKETS)
     latency_ms_sum: float = 0.0
@@ -142,6 +143,7 @@ COUNTERS = (
     "attempts",
     "retried",
     "lost",
+    "filtered",
     "attempt_ms_sum",
     "latency_ms_sum",
 )

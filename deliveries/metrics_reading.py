@@ -94,6 +94,7 @@ class Summary(Delta):
                 "failed": self.failed,
                 "dead": self.dead,
                 "success_rate": self.success_rate,
+                "filtered": self.filtered,
             },
             "latency_ms": self._distribution(
                 self.succeeded, self.latency_ms_sum, self.latency_hist

@@ -316,6 +316,8 @@ class _Counters(models.Model):
     retried = models.BigIntegerField(default=0)  # failed attempts followed by another one
     # tries whose worker died before recording them (the sweeper records them as `unknown`)
     lost = models.BigIntegerField(default=0, db_default=0)
+    # (event, endpoint) pairs an endpoint's filter kept from becoming deliveries (at ingest)
+    filtered = models.BigIntegerField(default=0, db_default=0)
     attempt_ms_sum = models.FloatField(default=0.0)
     attempt_hist = ArrayField(models.BigIntegerField(), default=list)
     latency_ms_sum = models.FloatField(default=0.0)  # event accepted -> consumer's 2xx

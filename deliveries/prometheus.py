@@ -68,6 +68,7 @@ _COUNTERS = (
     "attempts",
     "retried",
     "lost",
+    "filtered",
     "dead_lettered",
     "latency_ms_sum",
     "attempt_ms_sum",
@@ -145,6 +146,11 @@ class DeliveryCollector:
             "Tries whose worker was lost before recording them (outcome unknown).",
             labels=labels,
         )
+        filtered = CounterMetricFamily(
+            "webhooks_events_filtered",
+            "Events an endpoint's filter kept from it (no delivery made).",
+            labels=labels,
+        )
         latency = HistogramMetricFamily(
             "webhooks_delivery_latency_seconds",
             "Event accepted to the consumer's 2xx, per successful delivery.",
@@ -160,13 +166,14 @@ class DeliveryCollector:
             retried.add_metric(key, total["retried"])
             dead_letters.add_metric(key, total["dead_lettered"])
             lost.add_metric(key, total["lost"])
+            filtered.add_metric(key, total["filtered"])
             latency.add_metric(
                 key, _buckets(total["latency_hist"], 0.001), total["latency_ms_sum"] / 1000
             )
             duration.add_metric(
                 key, _buckets(total["attempt_hist"], 0.001), total["attempt_ms_sum"] / 1000
             )
-        yield from (finished, attempts, retried, dead_letters, lost, latency, duration)
+        yield from (finished, attempts, retried, dead_letters, lost, filtered, latency, duration)
 
         now = timezone.now()
         waiting = backlog(now)

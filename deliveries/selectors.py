@@ -62,9 +62,15 @@ def delivery_counts(event_ids: list[str]) -> dict[str, int]:
 
 
 def delivery_list(
-    *, event: str | None = None, endpoint: str | None = None, status: str | None = None
+    *,
+    event: str | None = None,
+    endpoint: str | None = None,
+    status: str | None = None,
+    event_type: str | None = None,
+    application: str | None = None,
 ) -> QuerySet[Delivery]:
-    """Deliveries, newest first, filtered by event id, endpoint id and status."""
+    """Deliveries, newest first, filtered by event id, endpoint id, status, their event's type
+    and their endpoint's application (uid)."""
     qs = Delivery.objects.order_by("-id")
     if event:
         qs = qs.of_events([event])
@@ -72,6 +78,10 @@ def delivery_list(
         qs = qs.filter(endpoint_id=endpoint)
     if status:
         qs = qs.filter(status=status)
+    if event_type:
+        qs = qs.filter(event__event_type_id=event_type)  # type: ignore[misc]  # the stubs type a string primary key's _id as int
+    if application:
+        qs = qs.filter(endpoint__application__uid=application)
     return qs
 
 

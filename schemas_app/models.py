@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from django.contrib.postgres.fields import ArrayField
 from django.core.validators import RegexValidator
 from django.db import models
 from django.utils import timezone
@@ -38,6 +39,14 @@ class EventType(models.Model):
         default=list,
         blank=True,
         help_text="JSON pointers into an event's data whose values are stored encrypted",
+    )
+    # Between the global WEBHOOKS_RETRY_SCHEDULE and an endpoint's own (which wins).
+    retry_schedule = ArrayField(
+        models.PositiveIntegerField(),
+        null=True,
+        blank=True,
+        help_text="delays in seconds before each retry of this type's deliveries; empty: the "
+        "default (an endpoint's own schedule wins over it)",
     )
     created_at = models.DateTimeField(default=timezone.now, editable=False)
     updated_at = models.DateTimeField(auto_now=True)

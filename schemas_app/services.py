@@ -13,6 +13,7 @@ from django.db.models import Max
 from django.utils import timezone
 
 from audit import chain as audit_chain
+from webhooks_project.schedules import schedule_problem
 
 from . import masking
 from .compatibility import Change, breaking_changes
@@ -80,7 +81,14 @@ def _snapshot(event_type: EventType, version: int | None) -> dict[str, Any]:
         "output_schema": event_type.output_schema,
         "masking": event_type.masking,
         "sensitive_fields": list(event_type.sensitive_fields or []),
+        "retry_schedule": event_type.retry_schedule,
     }
+
+
+def _retry_schedule_checked(schedule: Any) -> None:
+    problem = schedule_problem(schedule)
+    if problem is not None:
+        raise ValidationError({"retry_schedule": problem})
 
 
 def event_type_fields_check(
@@ -91,13 +99,15 @@ def event_type_fields_check(
     output_schema: Any = None,
     masking: Any = None,
     sensitive_fields: Any = None,
+    retry_schedule: Any = None,
 ) -> None:
     """The rules every way of saving an event type runs (the API, the admin): the example
-    against the schema, the mapping, the output schema, masking rules and sensitive fields.
-    Raises a ValidationError keyed by field."""
+    against the schema, the mapping, the output schema, masking rules, sensitive fields and
+    the retry schedule. Raises a ValidationError keyed by field."""
     _example_checked(example, schema)
     _transform_checked(transform, output_schema)
     _masking_checked(masking, sensitive_fields or [])
+    _retry_schedule_checked(retry_schedule)
 
 
 class BreakingSchemaChange(Exception):
@@ -120,9 +130,11 @@ def event_type_create(
     output_schema: Any = None,
     masking: Any = None,
     sensitive_fields: Any = None,
+    retry_schedule: Any = None,
     actor: str = "system",
 ) -> EventType:
     """Create an event type with version 1 of its schema."""
+    _retry_schedule_checked(retry_schedule)
     event_type = EventType(
         name=name,
         description=description,
@@ -132,6 +144,7 @@ def event_type_create(
         output_schema=output_schema,
         masking=masking,
         sensitive_fields=sensitive_fields or [],
+        retry_schedule=retry_schedule,
     )
     event_type.full_clean()
     _checked(schema)
@@ -174,6 +187,7 @@ def event_type_update(
     output_schema: Any = _UNSET,
     masking: Any = _UNSET,
     sensitive_fields: Any = _UNSET,
+    retry_schedule: Any = _UNSET,
     allow_breaking: bool = False,
     actor: str = "system",
 ) -> EventTypeUpdate:
@@ -219,6 +233,9 @@ def event_type_update(
         locked.masking = masking
     if sensitive_fields is not _UNSET:
         locked.sensitive_fields = sensitive_fields or []  # applies to events accepted from now
+    if retry_schedule is not _UNSET:
+        _retry_schedule_checked(retry_schedule)
+        locked.retry_schedule = retry_schedule  # None: the default; applies to the next retry
     _transform_checked(locked.transform, locked.output_schema)
     _masking_checked(locked.masking, locked.sensitive_fields)
     locked.save()

@@ -68,6 +68,7 @@ class EventTypeAdminForm(forms.ModelForm):
                 output_schema=cleaned.get("output_schema"),
                 masking=cleaned.get("masking"),
                 sensitive_fields=cleaned.get("sensitive_fields"),
+                retry_schedule=cleaned.get("retry_schedule"),
             )
         except ValidationError as exc:
             for field, problems in exc.message_dict.items():
@@ -94,6 +95,7 @@ class EventTypeAdmin(admin.ModelAdmin):
             "output_schema": obj.output_schema,
             "masking": obj.masking,
             "sensitive_fields": obj.sensitive_fields,
+            "retry_schedule": obj.retry_schedule,
         }
         actor = f"admin:{request.user}"
         if change:

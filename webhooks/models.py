@@ -82,6 +82,14 @@ class Endpoint(models.Model):
         blank=True,
         help_text="per event type name, masking rules used instead of the type's",
     )
+    # Content filters (webhooks/filters.py): an event is delivered here only if its data
+    # matches `filter` and, for its type, `filters[type]`. Null / {}: no condition.
+    filter = models.JSONField(
+        null=True, blank=True, help_text="a condition over the event's data, for every type"
+    )
+    filters = models.JSONField(
+        default=dict, blank=True, help_text="per event type name, a condition over its data"
+    )
     encryption_key = models.JSONField(
         null=True, blank=True, help_text="public JWK that `encrypt` masking encrypts for"
     )

@@ -16,7 +16,8 @@ class HasScope(permissions.BasePermission):
     """Allow staff sessions everything; allow an API key what its scopes cover.
 
     Views set `write_scope` (e.g. "events:write"); safe methods accept `read` or the write scope.
-    `scope_for_action` maps an action to the one scope it needs, whatever the method.
+    `scope_for_action` maps an action to the one scope it needs (or a tuple: any of them),
+    whatever the method.
     """
 
     message = "This API key lacks the scope this action needs."
@@ -36,5 +37,8 @@ class HasScope(permissions.BasePermission):
         needed = needed or write_scope
         if needed is None:
             return False
+        if isinstance(needed, tuple):  # any one of them
+            self.message = f"This API key lacks one of the scopes {', '.join(needed)}."
+            return any(scope in scopes for scope in needed)
         self.message = f"This API key lacks the {needed!r} scope."
         return needed in scopes

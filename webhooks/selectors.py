@@ -2,36 +2,101 @@
 
 from __future__ import annotations
 
+import logging
+from dataclasses import dataclass
+from typing import Any
+
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from webhooks_project import generation
+from webhooks_project.pointers import escape_pointer_token
 
-from . import crypto
+from . import crypto, subscriptions
+from .filters import Filter, FilterError, Miss, compile_filter
 from .models import Endpoint, EndpointSecret
 from .operational import OPERATIONAL_EVENT_TYPES
 
+logger = logging.getLogger(__name__)
 
-def endpoint_ids_for_event(*, event_type: str, application_id: int | None) -> list[str]:
-    """Ids of enabled endpoints that must receive an event of `event_type` for `application_id`.
+
+@dataclass(frozen=True)
+class Subscriber:
+    """An endpoint that gets events of a type, and the condition on their data, if any."""
+
+    endpoint_id: str
+    condition: Filter | None = None  # its `filter` and its `filters[type]`, both must hold
+
+    def wants(self, data: Any) -> bool:
+        return self.condition is None or self.condition.matches(data)
+
+
+def endpoint_condition(common: Any, filters: Any, event_type: str) -> Filter | None:
+    """One condition of an endpoint's `filter` and its `filters[event_type]`, both to hold; a
+    miss points into the endpoint (`/filter/...`, `/filters/<type>/...`). Saved filters were
+    checked; one that no longer compiles (a limit lowered since) matches nothing, logged."""
+    per_type = (filters or {}).get(event_type)
+    parts = []
+    try:
+        if common:
+            parts.append(compile_filter(common, "/filter"))
+        if per_type:
+            parts.append(compile_filter(per_type, "/filters/" + escape_pointer_token(event_type)))
+    except FilterError as exc:
+        logger.error("a stored filter does not compile (%s); its endpoint gets nothing", exc)
+        return compile_filter({"$not": {}})
+    if not parts:
+        return None
+    if len(parts) == 1:
+        return parts[0]
+
+    def both(data: Any) -> Miss | None:
+        return parts[0].explain(data) or parts[1].explain(data)
+
+    return Filter(source={"filter": common, "filters": per_type}, explain=both)
+
+
+def event_subscribers(*, event_type: str, application_id: int | None) -> list[Subscriber]:
+    """The enabled endpoints that must receive an event of `event_type` for `application_id`,
+    with their conditions on its data (webhooks/filters.py).
 
     An event for an application goes only to that application's endpoints; one without an
     application goes only to endpoints without one. An empty `event_types` subscribes to all
-    business events; operational events go only to endpoints that list them.
+    business events, and so do wildcards that match (webhooks/subscriptions.py); operational
+    events go only to endpoints that list them by name. Kept per process until the
+    configuration changes (webhooks_project.generation).
     """
 
-    def load() -> list[str]:
-        subscribed = Q(event_types__contains=[event_type])
+    def load() -> list[Subscriber]:
+        listed = Q(event_types__contains=[event_type])
         if event_type not in OPERATIONAL_EVENT_TYPES:
-            subscribed |= Q(event_types=[])
-        return list(
+            patterns = subscriptions.patterns_for(event_type)
+            listed |= Q(event_types=[])
+            # endpoints listing a pattern that matches (the GIN index finds them)
+            listed |= Q(event_types__overlap=patterns) if patterns is not None else Q()
+        rows = (
             Endpoint.objects.filter(enabled=True, application_id=application_id)  # type: ignore[misc]  # =None is IS NULL; the stubs refuse None
-            .filter(subscribed)
-            .values_list("id", flat=True)
+            .filter(listed)
+            .values_list("id", "event_types", "filter", "filters")
         )
+        return [
+            Subscriber(endpoint_id, endpoint_condition(common, per_type, event_type))
+            for endpoint_id, types, common, per_type in rows
+            if subscriptions.subscribed(types, event_type, OPERATIONAL_EVENT_TYPES)
+        ]
 
-    # per process until the configuration changes (webhooks_project.generation)
-    return list(generation.cached(("endpoint_ids", event_type, application_id), load))
+    return generation.cached(("subscribers", event_type, application_id), load)
+
+
+def endpoint_ids_for_event(
+    *, event_type: str, application_id: int | None, data: Any = None
+) -> list[str]:
+    """Ids of the endpoints that get this event (`data` decides for those with a filter)."""
+    return [
+        s.endpoint_id
+        for s in event_subscribers(event_type=event_type, application_id=application_id)
+        if s.wants(data)
+    ]
 
 
 def endpoint_active_secrets(*, endpoint_id: str) -> list[str]:

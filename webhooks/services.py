@@ -17,8 +17,11 @@ from schemas_app import masking
 from schemas_app.models import EventType
 from schemas_app.payloads import check_mapping
 from schemas_app.transform import TransformError
+from webhooks_project.pointers import escape_pointer_token
+from webhooks_project.schedules import schedule_problem
 
-from . import audit, crypto
+from . import audit, crypto, subscriptions
+from .filters import FilterError, compile_filter
 from .headers import HeaderRefused, check_headers
 from .models import ApiKey, Application, Endpoint, EndpointSecret, Source
 from .signing import generate_secret, new_secret
@@ -38,6 +41,8 @@ ENDPOINT_FIELDS = (
     "transforms",
     "masking",
     "encryption_key",
+    "filter",
+    "filters",
 )
 
 
@@ -90,8 +95,6 @@ def _check_target(url: str) -> None:
         raise ValidationError({"url": f"This URL cannot receive webhooks: {exc}"}) from exc
 
 
-MAX_SCHEDULE_LENGTH = 20
-MAX_RETRY_DELAY = 7 * 24 * 3600
 MAX_TIMEOUT_SECONDS = 60
 
 
@@ -103,30 +106,52 @@ def max_request_seconds() -> int:
 
 
 def _schedule_checked(schedule: Any) -> None:
-    if schedule is None:
-        return
-    if (
-        not isinstance(schedule, list)
-        or len(schedule) > MAX_SCHEDULE_LENGTH
-        or not all(
-            isinstance(d, int) and not isinstance(d, bool) and 0 <= d <= MAX_RETRY_DELAY
-            for d in schedule
-        )
-    ):
+    problem = schedule_problem(schedule)
+    if problem is not None:
+        raise ValidationError({"retry_schedule": problem})
+
+
+def _filter_checked(spec: Any, field: str, pointer: str = "") -> None:
+    try:
+        compile_filter(spec, pointer)
+    except FilterError as exc:
         raise ValidationError(
-            {
-                "retry_schedule": f"Give a list of at most {MAX_SCHEDULE_LENGTH} whole numbers "
-                f"of seconds, each from 0 to {MAX_RETRY_DELAY}."
-            }
-        )
+            {field: ValidationError(exc.message, code="invalid", params={"pointer": exc.pointer})}
+        ) from exc
+
+
+def _filters_checked(filters: Any) -> None:
+    """Per-type filters: an object of known event type names -> filter."""
+    if not isinstance(filters, dict):
+        raise ValidationError({"filters": "Give an object of event type name -> filter."})
+    known = set(EventType.objects.filter(name__in=list(filters)).values_list("name", flat=True))
+    for name, spec in filters.items():
+        if name not in known:
+            raise ValidationError(
+                {
+                    "filters": ValidationError(
+                        f"Unknown event type {name!r}.",
+                        code="invalid",
+                        params={"pointer": "/" + escape_pointer_token(name)},
+                    )
+                }
+            )
+        _filter_checked(spec, "filters", "/" + escape_pointer_token(name))
 
 
 def _event_types_checked(names: Any) -> list[str]:
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
         raise ValidationError({"event_types": "Give a list of event type names."})
     names = list(dict.fromkeys(names))
-    known = set(EventType.objects.filter(name__in=names).values_list("name", flat=True))
-    unknown = [n for n in names if n not in known]
+    for name in names:
+        if subscriptions.is_pattern(name):
+            try:
+                subscriptions.check_pattern(name)
+            except subscriptions.PatternError as exc:
+                raise ValidationError({"event_types": str(exc)}) from exc
+    plain = [n for n in names if not subscriptions.is_pattern(n)]
+    known = set(EventType.objects.filter(name__in=plain).values_list("name", flat=True))
+    unknown = [n for n in plain if n not in known]
     if unknown:
         raise ValidationError({"event_types": f"Unknown event types: {', '.join(unknown)}."})
     return names
@@ -159,6 +184,11 @@ def endpoint_fields_check(
     if "transforms" in out:
         out["transforms"] = out["transforms"] or {}  # null means none
         _transforms_checked(out["transforms"])
+    if out.get("filter") is not None:
+        _filter_checked(out["filter"], "filter")
+    if "filters" in out:
+        out["filters"] = out["filters"] or {}  # null means none
+        _filters_checked(out["filters"])
     if "masking" in out or "encryption_key" in out:
         current_masking = endpoint.masking if endpoint is not None else {}
         current_key = endpoint.encryption_key if endpoint is not None else None

@@ -44,10 +44,21 @@ class Conflict(exceptions.ValidationError):
 
 
 def from_django_validation(exc: DjangoValidationError) -> exceptions.ValidationError:
-    """A service's Django ValidationError (per field, or not) as a DRF one for the API."""
-    return exceptions.ValidationError(
-        exc.message_dict if hasattr(exc, "error_dict") else exc.messages
-    )
+    """A service's Django ValidationError (per field, or not) as a DRF one for the API. An
+    error raised with `params={"pointer": ...}` points inside its field (`/filter/$or/0`)."""
+    if not hasattr(exc, "error_dict"):
+        return exceptions.ValidationError(exc.messages)
+    detail: dict[str, list[Any]] = {}
+    for field, errors in exc.error_dict.items():
+        for error in errors:
+            params = error.params if isinstance(error.params, dict) else {}
+            for message in error.messages:
+                if "pointer" in params:
+                    entry = {"pointer": params["pointer"], "detail": message}
+                    detail.setdefault(field, []).append(entry | {"code": error.code or ""})
+                else:
+                    detail.setdefault(field, []).append(message)
+    return exceptions.ValidationError(detail)
 
 
 def flatten_errors(detail: Any, prefix: str = "") -> list[dict[str, str]]:

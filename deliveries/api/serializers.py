@@ -196,10 +196,19 @@ class DeadLetterFilterSerializer(StrictFields, serializers.Serializer):
 
 
 class TimeRangeSerializer(serializers.Serializer):
-    """`since` and `until` of the event and delivery lists (ISO 8601; `until` excluded)."""
+    """`created_after` and `created_before` of the event and delivery lists (ISO 8601; the
+    second excluded); `since` and `until` are their older names."""
 
+    created_after = serializers.DateTimeField(required=False)
+    created_before = serializers.DateTimeField(required=False)
     since = serializers.DateTimeField(required=False)
     until = serializers.DateTimeField(required=False)
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        for new, old in (("created_after", "since"), ("created_before", "until")):
+            if new in attrs and old in attrs:
+                raise serializers.ValidationError({old: [f"Give {new} or {old}, not both."]})
+        return attrs
 
 
 class ReplayResultSerializer(serializers.Serializer):
@@ -222,6 +231,9 @@ class _DeliveryCountsSerializer(serializers.Serializer):
     dead = serializers.IntegerField(help_text="Every attempt of the schedule failed.")
     success_rate = serializers.FloatField(
         allow_null=True, help_text="succeeded / finished; null when nothing finished."
+    )
+    filtered = serializers.IntegerField(
+        help_text="Events an endpoint's filter kept from it (no delivery was made)."
     )
 
 

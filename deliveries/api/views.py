@@ -33,6 +33,7 @@ from deliveries.services.ingest import (
     IngestRejected,
     events_ingest,
 )
+from deliveries.services.resend import NotNow, delivery_resend, delivery_retry_now
 from schemas_app.models import EventType
 from webhooks.models import Endpoint
 from webhooks.scoping import for_key, key_application
@@ -77,9 +78,12 @@ class EventViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Ge
             qs = events_between(
                 event_list().select_related("schema_version"), **_time_range(self.request)
             )
-            event_type = self.request.query_params.get("type")
+            params = self.request.query_params
+            event_type = params.get("type") or params.get("event_type")
             if event_type:
                 qs = qs.filter(event_type_id=event_type)  # type: ignore[misc]  # the stubs type a string primary key's _id as int
+            if params.get("application"):
+                qs = qs.filter(application__uid=params["application"])
         return for_key(self.request, qs, "application_id")
 
     def get_serializer_class(self):
@@ -88,8 +92,20 @@ class EventViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Ge
     @extend_schema(
         parameters=[
             OpenApiParameter("type", OpenApiTypes.STR, description="an event type name"),
-            OpenApiParameter("since", OpenApiTypes.DATETIME, description="accepted at or after"),
-            OpenApiParameter("until", OpenApiTypes.DATETIME, description="accepted before"),
+            OpenApiParameter("event_type", OpenApiTypes.STR, description="the same as type"),
+            OpenApiParameter("application", OpenApiTypes.STR, description="an application uid"),
+            OpenApiParameter(
+                "created_after", OpenApiTypes.DATETIME, description="accepted at or after"
+            ),
+            OpenApiParameter(
+                "created_before", OpenApiTypes.DATETIME, description="accepted before"
+            ),
+            OpenApiParameter(
+                "since", OpenApiTypes.DATETIME, description="created_after's old name"
+            ),
+            OpenApiParameter(
+                "until", OpenApiTypes.DATETIME, description="created_before's old name"
+            ),
         ]
     )
     def list(self, request: Request, *args: Any, **kwargs: Any) -> Response:
@@ -192,9 +208,10 @@ def _time_range(request: Request) -> dict[str, Any]:
     """`since`/`until` from the query (400 naming the parameter when not a date-time)."""
     serializer = TimeRangeSerializer(data=request.query_params)
     serializer.is_valid(raise_exception=True)
+    given = serializer.validated_data
     return {
-        "since": serializer.validated_data.get("since"),
-        "until": serializer.validated_data.get("until"),
+        "since": given.get("created_after") or given.get("since"),
+        "until": given.get("created_before") or given.get("until"),
     }
 
 
@@ -208,6 +225,8 @@ class DeliveryViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
 
     serializer_class = DeliverySerializer
     write_scope = None
+    # sending again is what replaying a dead letter is
+    scope_for_action = {"resend": "dead-letters:replay", "retry_now": "dead-letters:replay"}
     pagination_class = NewestFirst
 
     def get_queryset(self):
@@ -218,7 +237,11 @@ class DeliveryViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
                 {"status": [f"Choose one of {', '.join(Delivery.Status.values)}."]}
             )
         qs = delivery_list(
-            event=params.get("event"), endpoint=params.get("endpoint"), status=status_filter
+            event=params.get("event"),
+            endpoint=params.get("endpoint"),
+            status=status_filter,
+            event_type=params.get("event_type"),
+            application=params.get("application"),
         )
         return for_key(
             self.request,
@@ -231,12 +254,51 @@ class DeliveryViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
             OpenApiParameter("event", OpenApiTypes.STR),
             OpenApiParameter("endpoint", OpenApiTypes.STR),
             OpenApiParameter("status", OpenApiTypes.STR, enum=Delivery.Status.values),
-            OpenApiParameter("since", OpenApiTypes.DATETIME, description="made at or after"),
-            OpenApiParameter("until", OpenApiTypes.DATETIME, description="made before"),
+            OpenApiParameter("event_type", OpenApiTypes.STR, description="its event's type"),
+            OpenApiParameter(
+                "application", OpenApiTypes.STR, description="its endpoint's application uid"
+            ),
+            OpenApiParameter(
+                "created_after", OpenApiTypes.DATETIME, description="made at or after"
+            ),
+            OpenApiParameter("created_before", OpenApiTypes.DATETIME, description="made before"),
+            OpenApiParameter(
+                "since", OpenApiTypes.DATETIME, description="created_after's old name"
+            ),
+            OpenApiParameter(
+                "until", OpenApiTypes.DATETIME, description="created_before's old name"
+            ),
         ]
     )
     def list(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         return super().list(request, *args, **kwargs)
+
+    @extend_schema(request=None, responses={202: DeliverySerializer, 409: OpenApiTypes.OBJECT})
+    @action(detail=True, methods=["post"])
+    def resend(self, request: Request, pk: str | None = None) -> Response:
+        """Send a finished delivery (succeeded, failed, dead) again: a new series of attempts
+        with a fresh schedule and the same `webhook-id`. 409 if it is not finished or its
+        endpoint is disabled. Audited."""
+        return self._operate(request, delivery_resend)
+
+    @extend_schema(request=None, responses={202: DeliverySerializer, 409: OpenApiTypes.OBJECT})
+    @action(detail=True, methods=["post"], url_path="retry-now")
+    def retry_now(self, request: Request, pk: str | None = None) -> Response:
+        """A pending delivery waiting on its backoff goes now (attempt count unchanged). 409 if
+        it is not pending or its endpoint is disabled. Audited."""
+        return self._operate(request, delivery_retry_now)
+
+    def _operate(self, request: Request, operation: Any) -> Response:
+        refuse_body(request.data)
+        delivery = self.get_object()
+        try:
+            changed = operation(delivery_id=delivery.pk, actor=_actor(request))
+        except NotNow as exc:
+            return Response(
+                {"error": "conflict", "detail": f"Nothing done: {exc}."},
+                status=status.HTTP_409_CONFLICT,
+            )
+        return Response(DeliverySerializer(changed).data, status=status.HTTP_202_ACCEPTED)
 
     @extend_schema(responses=AttemptSerializer(many=True))
     @action(detail=True, methods=["get"])

@@ -44,7 +44,7 @@ class Claim:
     enabled: bool
     headers: dict[str, str]
     timeout: float | None
-    schedule: list[int] | None
+    schedule: list[int] | None  # the endpoint's retry schedule
     keys: list[signing.SigningKey] | None  # of every secret still valid, newest first;
     # None when the stored secret cannot be decrypted (its encryption key is gone)
     lease: datetime  # the claim's lease expiry (renewed while the sender holds the claim)
@@ -59,6 +59,7 @@ class Claim:
     accepted_at: datetime | None = None  # when the event was accepted (latency is from here)
     rate_limit: int | None = None  # the endpoint's requests per second, if it has a limit
     body_digest: str | None = None  # of the body stored on the delivery, if an attempt stored it
+    type_schedule: list[int] | None = None  # the event type's retry schedule
 
 
 _D = Delivery._meta.db_table
@@ -100,6 +101,7 @@ RETURNING d.id AS delivery_id, d.attempt_count AS number, d.retry_base,
           e.created_at AS accepted_at, t.sensitive_fields::text AS sensitive_fields,
           p.id AS endpoint_id, p.url, p.enabled, p.headers::text AS headers,
           p.timeout_seconds AS timeout, p.retry_schedule AS schedule,
+          t.retry_schedule AS type_schedule,
           p.rate_limit_per_second AS rate_limit, p.encryption_key::text AS encryption_key,
           ARRAY(SELECT s.secret FROM {_S} AS s
                  WHERE s.endpoint_id = p.id AND (s.expires_at IS NULL OR s.expires_at > %(now)s)

@@ -14,6 +14,7 @@ import orjson
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from deliveries import metrics
 from deliveries.models import Delivery, Event, IdempotencyKey
 from deliveries.partition_keys import DAY_SHIFT, DELIVERY_SEQUENCE, event_day
 from schemas_app import payloads
@@ -21,7 +22,7 @@ from schemas_app.selectors import schema_version_current
 from schemas_app.validation import validate
 from webhooks import crypto
 from webhooks.models import Application
-from webhooks.selectors import endpoint_ids_for_event
+from webhooks.selectors import Subscriber, event_subscribers
 from webhooks_project import generation
 from webhooks_project.db import binding_cursor
 
@@ -180,6 +181,7 @@ def _store(
     # plan: (event, created) per item, in order; a key repeated in one batch makes one event
     plan: list[tuple[Event, bool]] = []
     new_events: list[Event] = []
+    incoming: dict[str, Any] = {}
     conflicts: list[dict[str, str]] = []
     for index, item in enumerate(items):
         app = applications[item.application] if item.application else None
@@ -214,6 +216,7 @@ def _store(
             created_at=now,
         )
         new_events.append(event)
+        incoming[event.id] = item.data  # filters read the data as sent, never the sealed copy
         if key is not None:
             stored[key] = event
         plan.append((event, True))
@@ -235,14 +238,23 @@ def _store(
     event_ids: list[str] = []
     endpoint_ids: list[str] = []
     counts: dict[str, int] = {}
-    targets: dict[tuple[str, int | None], list[str]] = {}
+    targets: dict[tuple[str, int | None], list[Subscriber]] = {}
+    filtered = metrics.Deltas()
     for event in new_events:
         combo = (event.event_type_id, event.application_id)
         if combo not in targets:
-            targets[combo] = endpoint_ids_for_event(event_type=combo[0], application_id=combo[1])
-        event_ids.extend([event.id] * len(targets[combo]))
-        endpoint_ids.extend(targets[combo])
-        counts[event.id] = len(targets[combo])
+            targets[combo] = event_subscribers(event_type=combo[0], application_id=combo[1])
+        chosen = []
+        for subscriber in targets[combo]:
+            if subscriber.wants(incoming[event.id]):
+                chosen.append(subscriber.endpoint_id)
+            else:
+                filtered.of(subscriber.endpoint_id, combo[0]).filtered += 1
+        event_ids.extend([event.id] * len(chosen))
+        endpoint_ids.extend(chosen)
+        counts[event.id] = len(chosen)
+    if filtered:
+        metrics.stats_add(filtered, at=now)
     delivery_ids = deliveries_insert(event_ids=event_ids, endpoint_ids=endpoint_ids, now=now)
     if delivery_ids:
         transaction.on_commit(

@@ -194,8 +194,11 @@ def _decide(jobs: Sequence[Job]) -> list[tuple[Job, Decision]]:
     for job in jobs:
         claim, result = job.claim, job.result
         assert result is not None
-        schedule = (
-            claim.schedule if claim.schedule is not None else settings.WEBHOOKS_RETRY_SCHEDULE
+        # the endpoint's own, else its event type's, else the default
+        schedule = next(
+            s
+            for s in (claim.schedule, claim.type_schedule, settings.WEBHOOKS_RETRY_SCHEDULE)
+            if s is not None
         )
         decision = decide(
             status_code=result.status_code,

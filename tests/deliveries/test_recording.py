@@ -240,3 +240,35 @@ def test_held_claims_are_renewed_in_the_database_and_one_taken_back_is_reported(
         assert row.lease_expires_at > before[row.pk]
         assert job.claim.lease == row.lease_expires_at
     assert Delivery.objects.get(pk=taken).lease_expires_at == before[taken]
+
+
+@pytest.mark.parametrize(
+    ("type_schedule", "endpoint_schedule", "expected"),
+    [
+        ([600], None, 600),  # the type's, over the default (5 s)
+        ([600], [1200], 1200),  # the endpoint's own wins
+        (None, None, 5),  # the default
+    ],
+)
+def test_a_retry_waits_by_the_endpoints_then_the_types_then_the_default_schedule(
+    settings: Any, type_schedule: Any, endpoint_schedule: Any, expected: int
+) -> None:
+    settings.WEBHOOKS_RETRY_SCHEDULE = [5]
+    settings.WEBHOOKS_RETRY_JITTER = 0.0
+    event_type_create(name="order.paid", schema={}, retry_schedule=type_schedule)
+    endpoint, _ = endpoint_create(url="http://127.0.0.1:9/x", retry_schedule=endpoint_schedule)
+    event = Event.objects.create(event_type_id="order.paid", data={})
+    delivery = Delivery.objects.create(event=event, endpoint=endpoint)
+    (claim,) = deliveries_claim(delivery_ids=[delivery.pk], now=timezone.now())
+    assert (claim.type_schedule, claim.schedule) == (type_schedule, endpoint_schedule)
+    failed = Job(
+        claim=claim,
+        started_at=time.time(),
+        result=transport.TransportResult(status_code=500, duration_ms=3.0),
+    )
+    before = timezone.now()
+    attempts_record([failed])
+    delivery.refresh_from_db()
+    assert delivery.status == "pending"
+    waits = (delivery.next_attempt_at - before).total_seconds()
+    assert expected - 1 <= waits <= expected + 1

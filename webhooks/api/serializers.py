@@ -11,7 +11,8 @@ from webhooks import headers as headers_rules
 from webhooks import signing
 from webhooks.models import Application, Endpoint
 from webhooks.scoping import key_application
-from webhooks.services import MAX_RETRY_DELAY, MAX_SCHEDULE_LENGTH, MAX_TIMEOUT_SECONDS
+from webhooks.services import MAX_TIMEOUT_SECONDS
+from webhooks_project.schedules import MAX_RETRY_DELAY, MAX_SCHEDULE_LENGTH
 from webhooks_project.strict import StrictFields
 
 MAX_RATE_LIMIT = 100_000  # requests per second; above this a limit means nothing
@@ -43,7 +44,8 @@ class EndpointSerializer(StrictFields, serializers.ModelSerializer):
         child=serializers.CharField(max_length=200),
         required=False,
         allow_empty=True,
-        help_text="Event type names this endpoint receives; empty means all.",
+        help_text="Event type names this endpoint receives, or wildcards over dotted names "
+        "(order.*); empty means all business events.",
     )
     headers = serializers.DictField(
         child=serializers.CharField(trim_whitespace=False, allow_blank=True),
@@ -89,6 +91,19 @@ class EndpointSerializer(StrictFields, serializers.ModelSerializer):
         allow_null=True,
         help_text="Public JWK (RSA 2048+ or EC) that `encrypt` masking encrypts for.",
     )
+    filter = serializers.JSONField(
+        required=False,
+        allow_null=True,
+        help_text="A condition over the event's data ($eq, $neq, $in, $nin, $gt, $gte, $lt, "
+        "$lte, $exist, $and, $or, $not; dotted paths): only matching events are delivered. "
+        "Null: every event.",
+    )
+    filters = serializers.DictField(
+        child=serializers.JSONField(),
+        required=False,
+        allow_null=True,
+        help_text="Per event type name, a condition over its data, on top of `filter`.",
+    )
 
     class Meta:
         model = Endpoint
@@ -110,6 +125,8 @@ class EndpointSerializer(StrictFields, serializers.ModelSerializer):
             "transforms",
             "masking",
             "encryption_key",
+            "filter",
+            "filters",
             "created_at",
             "updated_at",
         ]
@@ -147,6 +164,24 @@ class EndpointSerializer(StrictFields, serializers.ModelSerializer):
         data = super().to_representation(instance)
         data["headers"] = headers_rules.masked(data.get("headers"))
         return data
+
+
+class FilterTestSerializer(StrictFields, serializers.Serializer):
+    """An event to try against an endpoint's subscription and filters."""
+
+    type = serializers.CharField(max_length=200)
+    data = serializers.JSONField(help_text="The event's data, as a source would post it.")  # type: ignore[assignment]
+
+
+class FilterTestResultSerializer(serializers.Serializer):
+    matches = serializers.BooleanField(help_text="Whether the event would be delivered here.")
+    subscribed = serializers.BooleanField(help_text="Whether the endpoint gets this type.")
+    clause = serializers.CharField(
+        allow_null=True,
+        help_text="JSON pointer into the endpoint (/filter/... or /filters/<type>/...) of the "
+        "condition that failed; null when it matches or is not subscribed.",
+    )
+    reason = serializers.CharField(allow_null=True, help_text="What failed, in words.")
 
 
 class EndpointHeadersSerializer(serializers.Serializer):

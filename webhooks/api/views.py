@@ -14,9 +14,12 @@ from rest_framework.response import Response
 from rest_framework.serializers import BaseSerializer, Serializer
 
 from audit.models import AuditRecord
+from schemas_app.models import EventType
+from webhooks import subscriptions
 from webhooks.models import Application, Endpoint
+from webhooks.operational import OPERATIONAL_EVENT_TYPES
 from webhooks.scoping import for_key, key_application, refuse_if_limited
-from webhooks.selectors import endpoint_active_secrets, endpoint_list
+from webhooks.selectors import endpoint_active_secrets, endpoint_condition, endpoint_list
 from webhooks.services import (
     application_create,
     application_delete,
@@ -26,7 +29,7 @@ from webhooks.services import (
     endpoint_secret_rotate,
     endpoint_update,
 )
-from webhooks_project.errors import from_django_validation
+from webhooks_project.errors import UnprocessableEntity, from_django_validation
 from webhooks_project.pagination import NewestFirst
 
 from .serializers import (
@@ -37,6 +40,8 @@ from .serializers import (
     EndpointHeadersSerializer,
     EndpointSecretSerializer,
     EndpointSerializer,
+    FilterTestResultSerializer,
+    FilterTestSerializer,
     SecretRotatedSerializer,
     SecretRotateSerializer,
     credentials,
@@ -83,7 +88,11 @@ class EndpointViewSet(viewsets.ModelViewSet[Endpoint]):
 
     serializer_class = EndpointSerializer
     write_scope = "endpoints:manage"
-    scope_for_action = {"secret": "endpoints:manage", "reveal_headers": "endpoints:manage"}
+    scope_for_action = {
+        "secret": "endpoints:manage",
+        "reveal_headers": "endpoints:manage",
+        "filter_test": ("read", "endpoints:manage"),  # it stores nothing
+    }
 
     def get_queryset(self):
         return for_key(self.request, endpoint_list(), "application_id")
@@ -143,6 +152,36 @@ class EndpointViewSet(viewsets.ModelViewSet[Endpoint]):
         """The endpoint's custom headers with their values (reads of the endpoint mask them)."""
         endpoint = self.get_object()
         return Response({"headers": dict(endpoint.headers or {})})
+
+    @extend_schema(request=FilterTestSerializer, responses=FilterTestResultSerializer)
+    @action(detail=True, methods=["post"], url_path="filter-test")
+    def filter_test(self, request: Request, pk: str | None = None) -> Response:
+        """Whether an event of `type` with `data` would be delivered to this endpoint (its
+        subscription and its filters), and if not, which clause said no. Stores nothing."""
+        endpoint = self.get_object()
+        given = FilterTestSerializer(data=request.data)
+        given.is_valid(raise_exception=True)  # a missing or unknown field: 400
+        event_type, data = given.validated_data["type"], given.validated_data["data"]
+        if not EventType.objects.filter(name=event_type).exists():
+            raise UnprocessableEntity(
+                [
+                    {
+                        "pointer": "/type",
+                        "detail": f"Unknown event type {event_type!r}.",
+                        "code": "unknown_event_type",
+                    }
+                ]
+            )
+        answer: dict[str, Any] = {"matches": False, "subscribed": False, "clause": None}
+        if not subscriptions.subscribed(endpoint.event_types, event_type, OPERATIONAL_EVENT_TYPES):
+            answer["reason"] = f"the endpoint does not subscribe to {event_type!r}"
+            return Response(answer)
+        answer["subscribed"] = True
+        condition = endpoint_condition(endpoint.filter, endpoint.filters, event_type)
+        miss = condition.explain(data) if condition is not None else None
+        if miss is None:
+            return Response(answer | {"matches": True, "reason": None})
+        return Response(answer | {"clause": miss.pointer, "reason": miss.reason})
 
     @extend_schema(request=SecretRotateSerializer, responses=SecretRotatedSerializer)
     @action(detail=True, methods=["post"], url_path="rotate-secret")

@@ -7,6 +7,7 @@ from typing import Any
 from rest_framework import serializers
 
 from schemas_app.models import EventType, SchemaVersion, event_type_name_validator
+from webhooks_project.schedules import MAX_RETRY_DELAY, MAX_SCHEDULE_LENGTH
 from webhooks_project.strict import StrictFields
 
 
@@ -58,6 +59,14 @@ class EventTypeSerializer(StrictFields, serializers.ModelSerializer):
         allow_null=True,
         help_text="JSON pointers into `data` whose values are stored encrypted.",
     )
+    retry_schedule = serializers.ListField(
+        child=serializers.IntegerField(min_value=0, max_value=MAX_RETRY_DELAY),
+        required=False,
+        allow_null=True,
+        max_length=MAX_SCHEDULE_LENGTH,
+        help_text="Delays in seconds before each retry of this type's deliveries, used unless "
+        "the endpoint has its own; null: WEBHOOKS_RETRY_SCHEDULE.",
+    )
 
     class Meta:
         model = EventType
@@ -71,6 +80,7 @@ class EventTypeSerializer(StrictFields, serializers.ModelSerializer):
             "output_schema",
             "masking",
             "sensitive_fields",
+            "retry_schedule",
             "archived",
             "allow_breaking",
             "versions",
