@@ -204,7 +204,7 @@ def test_an_idempotency_key_reused_with_another_body_is_a_409_naming_the_event(
         ("/api/v1/events/", {"type": "order.created", "data": {}, "channels": ["a"]}),
         ("/api/v1/event-types/", {"name": "x.y", "schema": {}, "filter": {}}),
         ("/api/v1/applications/", {"uid": "a1", "name": "A", "metadata": {}}),
-        ("/api/v1/endpoints/", {"url": "http://127.0.0.1:9/x", "filter": {"a": 1}}),
+        ("/api/v1/endpoints/", {"url": "http://127.0.0.1:9/x", "metadata": {"a": 1}}),
         ("/api/v1/endpoints/", {"url": "http://127.0.0.1:9/x", "channels": ["c"]}),
         ("/api/v1/dead-letters/replay/", {"endpoint_id": "ep_x"}),
     ],
@@ -225,9 +225,9 @@ def test_unknown_fields_on_updates_batches_and_bodiless_actions_are_refused(
     endpoint = _endpoint(api, "a")
     path = f"/api/v1/endpoints/{endpoint['id']}/"
     for method in (api.patch, api.put):
-        answer = method(path, {"url": endpoint["url"], "filter": {}}, format="json")
+        answer = method(path, {"url": endpoint["url"], "metadata": {}}, format="json")
         assert answer.status_code == 400
-        assert answer.json()["errors"][0]["pointer"] == "/filter"
+        assert answer.json()["errors"][0]["pointer"] == "/metadata"
     # a body read from the API and sent back (read-only fields included) is accepted
     read = api.get(path).json()
     assert api.put(path, {**read, "headers": {}}, format="json").status_code == 200

@@ -165,6 +165,7 @@ def test_the_metrics_api_reports_what_the_worker_recorded(
         "failed": 3,
         "dead": 0,
         "success_rate": round(15 / 18, 6),
+        "filtered": 0,
     }
     assert body["retries"] == {
         "failed_attempts_retried": 1,
