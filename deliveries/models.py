@@ -63,6 +63,10 @@ class Event(models.Model):
     request_hash = models.CharField(max_length=64, blank=True, default="", editable=False)
     occurred_at = models.DateTimeField(default=timezone.now)
     created_at = models.DateTimeField(default=timezone.now, editable=False, db_index=True)
+    # Routing (README "Routing"): the channels it was sent on, and the endpoints it was aimed
+    # at; null: none given (every subscribed endpoint)
+    channels = ArrayField(models.CharField(max_length=128), null=True, blank=True)
+    endpoints = ArrayField(models.CharField(max_length=40), null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at"]

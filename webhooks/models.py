@@ -90,6 +90,12 @@ class Endpoint(models.Model):
     filters = models.JSONField(
         default=dict, blank=True, help_text="per event type name, a condition over its data"
     )
+    channels = ArrayField(
+        models.CharField(max_length=128),
+        default=list,
+        blank=True,
+        help_text="only events sent on one of these channels (empty: events on any or none)",
+    )
     encryption_key = models.JSONField(
         null=True, blank=True, help_text="public JWK that `encrypt` masking encrypts for"
     )

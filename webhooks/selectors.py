@@ -26,6 +26,7 @@ class Subscriber:
 
     endpoint_id: str
     condition: Filter | None = None  # its `filter` and its `filters[type]`, both must hold
+    channels: frozenset[str] = frozenset()  # it gets only events sent on one of these, if any
 
     def wants(self, data: Any) -> bool:
         return self.condition is None or self.condition.matches(data)
@@ -77,11 +78,15 @@ def event_subscribers(*, event_type: str, application_id: int | None) -> list[Su
         rows = (
             Endpoint.objects.filter(enabled=True, application_id=application_id)  # type: ignore[misc]  # =None is IS NULL; the stubs refuse None
             .filter(listed)
-            .values_list("id", "event_types", "filter", "filters")
+            .values_list("id", "event_types", "filter", "filters", "channels")
         )
         return [
-            Subscriber(endpoint_id, endpoint_condition(common, per_type, event_type))
-            for endpoint_id, types, common, per_type in rows
+            Subscriber(
+                endpoint_id,
+                endpoint_condition(common, per_type, event_type),
+                frozenset(channels or ()),
+            )
+            for endpoint_id, types, common, per_type, channels in rows
             if subscriptions.subscribed(types, event_type, OPERATIONAL_EVENT_TYPES)
         ]
 

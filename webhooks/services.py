@@ -43,6 +43,7 @@ ENDPOINT_FIELDS = (
     "encryption_key",
     "filter",
     "filters",
+    "channels",
 )
 
 
@@ -184,6 +185,13 @@ def endpoint_fields_check(
     if "transforms" in out:
         out["transforms"] = out["transforms"] or {}  # null means none
         _transforms_checked(out["transforms"])
+    if "channels" in out:
+        out["channels"] = list(dict.fromkeys(out["channels"] or []))
+        problem = subscriptions.channels_problem(
+            out["channels"], subscriptions.MAX_ENDPOINT_CHANNELS
+        )
+        if problem is not None:
+            raise ValidationError({"channels": problem})
     if out.get("filter") is not None:
         _filter_checked(out["filter"], "filter")
     if "filters" in out:

@@ -81,3 +81,30 @@ def patterns_for(event_type: str, limit: int = 10) -> list[str] | None:
             out.add(".".join([*variant, "*"]))
     out.discard(event_type)
     return sorted(out)
+
+
+# Channels (Svix's model): an event may be sent on channels, an endpoint may listen to some.
+CHANNEL = re.compile(r"[A-Za-z0-9_.:\-]{1,128}")
+MAX_EVENT_CHANNELS = 10
+MAX_ENDPOINT_CHANNELS = 50
+
+
+def channels_problem(names: object, most: int) -> str | None:
+    """Why `names` is not a list of channel names (None: it is)."""
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        return "Give a list of channel names."
+    if len(names) > most:
+        return f"At most {most} channels."
+    bad = [n for n in names if not CHANNEL.fullmatch(n)]
+    if bad:
+        return f"{bad[0]!r}: a channel is 1 to 128 letters, digits, and _ . : -"
+    return None
+
+
+def on_channels(listening: Collection[str], sent_on: Collection[str] | None) -> bool:
+    """Whether an endpoint listening to `listening` gets an event sent on `sent_on`: one that
+    listens to none gets every event; one that listens to some gets only events sent on at
+    least one of them."""
+    if not listening:
+        return True
+    return bool(sent_on) and any(c in listening for c in sent_on or ())

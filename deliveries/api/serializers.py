@@ -11,12 +11,17 @@ from rest_framework import serializers
 from deliveries.models import DeadLetter, Delivery, DeliveryAttempt, Event
 from deliveries.services.ingest import EventInput
 from webhooks.models import Application
+from webhooks.subscriptions import MAX_EVENT_CHANNELS
 from webhooks_project.strict import StrictFields
 
 MAX_BATCH = 1000
 
 
 _PLAIN = {"type", "data"}
+
+
+def _tuple(values: list[str] | None) -> tuple[str, ...] | None:
+    return tuple(dict.fromkeys(values)) if values is not None else None
 
 
 class EventCreateSerializer(StrictFields, serializers.Serializer):
@@ -28,6 +33,23 @@ class EventCreateSerializer(StrictFields, serializers.Serializer):
     application = serializers.CharField(max_length=64, required=False, allow_null=True)
     idempotency_key = serializers.CharField(max_length=200, required=False, allow_null=True)
     occurred_at = serializers.DateTimeField(required=False, allow_null=True)
+    channels = serializers.ListField(
+        child=serializers.CharField(max_length=128),
+        required=False,
+        allow_null=True,
+        max_length=MAX_EVENT_CHANNELS,
+        help_text="Channels it is sent on: endpoints that listen to channels get it only if "
+        "they listen to one of these (README: Routing).",
+    )
+    endpoints = serializers.ListField(
+        child=serializers.CharField(max_length=40),
+        required=False,
+        allow_null=True,
+        allow_empty=False,
+        max_length=100,
+        help_text="Send only to these endpoints (of the event's application, each still "
+        "subscribed to the type and passing its filters).",
+    )
 
     @staticmethod
     def plain_inputs(items: list[Any]) -> list[EventInput] | None:
@@ -59,6 +81,8 @@ class EventCreateSerializer(StrictFields, serializers.Serializer):
             application=validated.get("application"),
             idempotency_key=validated.get("idempotency_key"),
             occurred_at=validated.get("occurred_at"),
+            channels=_tuple(validated.get("channels")),
+            endpoints=_tuple(validated.get("endpoints")),
         )
 
 
@@ -100,6 +124,8 @@ class EventSerializer(serializers.ModelSerializer):
             "occurred_at",
             "created_at",
             "schema_version",
+            "channels",
+            "endpoints",
             "deliveries",
         ]
         read_only_fields = fields
@@ -131,6 +157,8 @@ class AcceptedEventSerializer(serializers.Serializer):
             "occurred_at": _datetime(event.occurred_at),
             "created_at": _datetime(event.created_at),
             "schema_version": event.schema_version.version if event.schema_version_id else None,
+            "channels": event.channels,
+            "endpoints": event.endpoints,
             "deliveries": instance.delivery_count,
             "created": instance.created,
         }

@@ -242,8 +242,14 @@ def _deliveries_backfill(*, endpoint: Endpoint, since: datetime, batch_size: int
     now = timezone.now()
     created = 0
     batch: list[str] = []
-    rows = events.order_by("created_at").values_list("id", "event_type_id", "data")
-    for event_id, event_type, data in rows.iterator(chunk_size=batch_size):
+    rows = events.order_by("created_at").values_list(
+        "id", "event_type_id", "data", "channels", "endpoints"
+    )
+    for event_id, event_type, data, channels, aimed in rows.iterator(chunk_size=batch_size):
+        if aimed is not None and endpoint.pk not in aimed:
+            continue  # it was aimed at other endpoints
+        if not subscriptions.on_channels(endpoint.channels, channels):
+            continue
         if not passes(str(event_type), data):  # the stubs type a string key's _id as int
             continue
         batch.append(event_id)

@@ -201,11 +201,11 @@ def test_an_idempotency_key_reused_with_another_body_is_a_409_naming_the_event(
     ("path", "body"),
     [
         ("/api/v1/events/", {"type": "order.created", "data": {}, "ordering_key": "x"}),
-        ("/api/v1/events/", {"type": "order.created", "data": {}, "channels": ["a"]}),
+        ("/api/v1/events/", {"type": "order.created", "data": {}, "channel": ["a"]}),
         ("/api/v1/event-types/", {"name": "x.y", "schema": {}, "filter": {}}),
         ("/api/v1/applications/", {"uid": "a1", "name": "A", "metadata": {}}),
         ("/api/v1/endpoints/", {"url": "http://127.0.0.1:9/x", "metadata": {"a": 1}}),
-        ("/api/v1/endpoints/", {"url": "http://127.0.0.1:9/x", "channels": ["c"]}),
+        ("/api/v1/endpoints/", {"url": "http://127.0.0.1:9/x", "channel": ["c"]}),
         ("/api/v1/dead-letters/replay/", {"endpoint_id": "ep_x"}),
     ],
 )

@@ -320,3 +320,91 @@ def test_an_event_type_carries_a_retry_schedule(api: APIClient) -> None:
     cleared = api.patch("/api/v1/event-types/order.paid/", {"retry_schedule": None}, format="json")
     assert cleared.status_code == 200, cleared.content
     assert cleared.json()["retry_schedule"] is None
+
+
+def test_channels_narrow_who_gets_an_event(api: APIClient, types: None) -> None:
+    eu = _endpoint(api, "eu", channels=["region:eu"])
+    eu_us = _endpoint(api, "eu-us", channels=["region:eu", "region:us"])
+    every = _endpoint(api, "every")
+
+    def post(channels: Any) -> dict[str, Any]:
+        body = {"type": "order.paid", "data": {}, "channels": channels}
+        response = api.post("/api/v1/events/", body, format="json")
+        assert response.status_code == 202, response.content
+        return response.json()
+
+    assert _targets(post(["region:eu"])) == {eu["id"], eu_us["id"], every["id"]}
+    assert _targets(post(["region:us", "other"])) == {eu_us["id"], every["id"]}
+    assert _targets(post(None)) == {every["id"]}  # listening endpoints need a channel
+    assert _targets(_post(api, "order.paid", {})) == {every["id"]}
+    assert post(["region:eu"])["channels"] == ["region:eu"]
+    bad = api.post(
+        "/api/v1/events/",
+        {"type": "order.paid", "data": {}, "channels": ["ok", "not ok!"]},
+        format="json",
+    )
+    assert bad.status_code == 422
+    assert [e["pointer"] for e in bad.json()["errors"]] == ["/channels/1"]
+    refused = api.post(
+        "/api/v1/endpoints/", {"url": "http://127.0.0.1:9/c", "channels": ["a b"]}, format="json"
+    )
+    assert refused.status_code == 400
+    assert refused.json()["errors"][0]["pointer"] == "/channels"
+
+
+def test_an_event_aimed_at_endpoints_goes_to_those_only(
+    api: APIClient, types: None, make_api_client: Any
+) -> None:
+    first = _endpoint(api, "first")
+    second = _endpoint(api, "second")
+    users_only = _endpoint(api, "users", event_types=["user.created"])
+    _endpoint(api, "third")
+    body = {"type": "order.paid", "data": {}, "endpoints": [first["id"], second["id"]]}
+    event = api.post("/api/v1/events/", body, format="json").json()
+    assert _targets(event) == {first["id"], second["id"]}
+    assert event["endpoints"] == [first["id"], second["id"]]
+    # still subject to its subscription
+    aimed = {"type": "order.paid", "data": {}, "endpoints": [users_only["id"]]}
+    assert _targets(api.post("/api/v1/events/", aimed, format="json").json()) == set()
+    # another application's endpoint, or none, is unknown
+    api.post("/api/v1/applications/", {"uid": "acme", "name": "Acme"}, format="json")
+    theirs = _endpoint(api, "theirs", application="acme")
+    for target in (theirs["id"], "ep_nope"):
+        body = {"type": "order.paid", "data": {}, "endpoints": [first["id"], target]}
+        response = api.post("/api/v1/events/", body, format="json")
+        assert response.status_code == 422, response.content
+        assert [e["pointer"] for e in response.json()["errors"]] == ["/endpoints/1"]
+    # a key limited to acme aims at acme's endpoints only
+    from webhooks.models import ApiKey, Application
+
+    limited = make_api_client(["events:write", "read"])
+    key = ApiKey.objects.order_by("-created").first()
+    assert key is not None
+    key.application = Application.objects.get(uid="acme")
+    key.save()
+    mine = {"type": "order.paid", "data": {}, "endpoints": [theirs["id"]]}
+    assert _targets(limited.post("/api/v1/events/", mine, format="json").json()) == {theirs["id"]}
+    other = {"type": "order.paid", "data": {}, "endpoints": [first["id"]]}
+    assert limited.post("/api/v1/events/", other, format="json").status_code == 422
+
+
+def test_enabling_sends_only_what_was_aimed_at_it_and_on_its_channels(
+    api: APIClient, types: None
+) -> None:
+    endpoint = _endpoint(api, "e", channels=["blue"])
+    other = _endpoint(api, "o")
+    api.patch(f"/api/v1/endpoints/{endpoint['id']}/", {"enabled": False}, format="json")
+    wanted = api.post(
+        "/api/v1/events/", {"type": "order.paid", "data": {}, "channels": ["blue"]}, format="json"
+    ).json()
+    api.post(
+        "/api/v1/events/", {"type": "order.paid", "data": {}, "channels": ["red"]}, format="json"
+    )
+    api.post(
+        "/api/v1/events/",
+        {"type": "order.paid", "data": {}, "channels": ["blue"], "endpoints": [other["id"]]},
+        format="json",
+    )
+    api.post(f"/api/v1/endpoints/{endpoint['id']}/enable/", {"replay_missed": True}, format="json")
+    mine = Delivery.objects.filter(endpoint_id=endpoint["id"]).values_list("event_id", flat=True)
+    assert set(mine) == {wanted["id"]}

@@ -104,6 +104,13 @@ class EndpointSerializer(StrictFields, serializers.ModelSerializer):
         allow_null=True,
         help_text="Per event type name, a condition over its data, on top of `filter`.",
     )
+    channels = serializers.ListField(
+        child=serializers.CharField(max_length=128),
+        required=False,
+        allow_empty=True,
+        help_text="Only events sent on one of these channels; empty: events on any channel or "
+        "none.",
+    )
 
     class Meta:
         model = Endpoint
@@ -127,6 +134,7 @@ class EndpointSerializer(StrictFields, serializers.ModelSerializer):
             "encryption_key",
             "filter",
             "filters",
+            "channels",
             "created_at",
             "updated_at",
         ]
