@@ -392,6 +392,8 @@ WEBHOOKS_RETRY_SCHEDULE = env_int_list(
 )
 WEBHOOKS_RETRY_JITTER = env_float("WEBHOOKS_RETRY_JITTER", 0.1)
 WEBHOOKS_DISABLE_AFTER = env_int("WEBHOOKS_DISABLE_AFTER", 5 * 24 * 3600, minimum=1)
+# At most one `delivery.dead` notice per endpoint in this many seconds (failure notices).
+WEBHOOKS_NOTICE_INTERVAL = env_int("WEBHOOKS_NOTICE_INTERVAL", 60, minimum=1)
 WEBHOOKS_MAX_PAYLOAD_BYTES = env_int("WEBHOOKS_MAX_PAYLOAD_BYTES", 1024 * 1024, minimum=1024)
 # The key of `hash` masking (HMAC-SHA256): consumers can join on hashed values without seeing
 # them. Derived from SECRET_KEY unless set; changing it changes every hashed value.

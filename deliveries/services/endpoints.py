@@ -18,7 +18,7 @@ from django.utils import timezone
 from deliveries import metrics
 from deliveries.models import DeadLetter, Delivery, Event
 from schemas_app import payloads
-from schemas_app.models import EventType, SchemaVersion
+from schemas_app.models import EventType
 from webhooks import audit, crypto, subscriptions
 from webhooks.filters import Filter
 from webhooks.models import Endpoint
@@ -37,21 +37,9 @@ from webhooks_project import generation
 from .dead_letters import dead_letters_replay
 from .enqueue import FRESH_QUEUE, deliveries_enqueue
 from .ingest import EventInput, IngestRejected, deliveries_insert, events_ingest
+from .notices import notices_failing_thresholds, operational_type
 
 logger = logging.getLogger(__name__)
-
-
-def _operational_type(name: str, schema: dict[str, Any], description: str) -> SchemaVersion:
-    """The current version of an operational event type (its migration registers it; this
-    covers a database flushed since)."""
-    event_type, created = EventType.objects.get_or_create(
-        name=name, defaults={"description": description}
-    )
-    if created:
-        SchemaVersion.objects.create(event_type=event_type, version=1, schema=schema)
-    version = event_type.versions.order_by("-version").first()
-    assert version is not None
-    return version
 
 
 @dataclass(frozen=True)
@@ -72,7 +60,7 @@ def endpoint_send_test(*, endpoint_id: str, actor: str) -> SentTestEvent:
         raise EndpointNotSendable("the endpoint is disabled; enable it first")
     now = timezone.now()
     with transaction.atomic():
-        version = _operational_type(WEBHOOK_TEST, WEBHOOK_TEST_SCHEMA, WEBHOOK_TEST_DESCRIPTION)
+        version = operational_type(WEBHOOK_TEST, WEBHOOK_TEST_SCHEMA, WEBHOOK_TEST_DESCRIPTION)
         event = Event.objects.create(
             event_type_id=WEBHOOK_TEST,
             schema_version=version,
@@ -103,7 +91,7 @@ def _emit_endpoint_disabled(*, endpoint_id: str) -> None:
         .values("id", "url", "application__uid", "disabled_reason", "disabled_at", "failing_since")
         .get()
     )
-    _operational_type(ENDPOINT_DISABLED, ENDPOINT_DISABLED_SCHEMA, ENDPOINT_DISABLED_DESCRIPTION)
+    operational_type(ENDPOINT_DISABLED, ENDPOINT_DISABLED_SCHEMA, ENDPOINT_DISABLED_DESCRIPTION)
     data = {
         "endpoint_id": row["id"],
         "url": row["url"],
@@ -159,8 +147,10 @@ def endpoint_disable_with_notice(*, endpoint_id: str, reason: str) -> bool:
 
 
 def endpoints_disable_failing() -> list[str]:
-    """Beat job: disable each endpoint whose every attempt failed for WEBHOOKS_DISABLE_AFTER."""
+    """Beat job: announce runs of failures that crossed a threshold (`endpoint.failing`), and
+    disable each endpoint whose every attempt failed for WEBHOOKS_DISABLE_AFTER."""
     now = timezone.now()
+    notices_failing_thresholds(now=now)
     cutoff = now - timedelta(seconds=settings.WEBHOOKS_DISABLE_AFTER)
     disabled = []
     for endpoint_id, since in Endpoint.objects.filter(

@@ -26,6 +26,7 @@ from deliveries.partition_keys import id_span
 from webhooks.models import Endpoint
 from webhooks_project.db import binding_cursor
 
+from . import notices
 from .claims import Claim, deliveries_release
 from .endpoints import endpoint_disable_with_notice
 from .enqueue import deliveries_enqueue
@@ -329,6 +330,23 @@ def _attempts_write(jobs: Sequence[Job], *, numbers: Sequence[int] | None = None
             and decision.verdict in (Verdict.FAILED, Verdict.DEAD)
         )
         _endpoint_health_note(decided=decided, advanced=advanced)
+        notices.notices_delivery_dead(
+            [
+                notices.DeadDelivery(
+                    delivery_id=job.claim.delivery_id,
+                    event_id=job.claim.event_id,
+                    event_type=job.claim.event_type,
+                    endpoint_id=job.claim.endpoint_id,
+                    attempts=job.claim.number,
+                    last_status_code=job.result.status_code if job.result else None,
+                    reason=decision.reason,
+                )
+                for job, decision in decided
+                if job.claim.delivery_id in advanced
+                and decision.verdict in (Verdict.FAILED, Verdict.DEAD)
+            ],
+            at=now,
+        )
         metrics.stats_add(_stats_of(decided, advanced), at=now)
         for endpoint_id, reason in {
             job.claim.endpoint_id: decision.reason
@@ -415,8 +433,14 @@ def _stats_of(decided: Sequence[tuple[Job, Decision]], advanced: set[int]) -> me
 
 
 _CLEAR_FAILING_SQL = f"""
-UPDATE {Endpoint._meta.db_table} SET failing_since = NULL
- WHERE id = ANY(%s::varchar[]) AND failing_since IS NOT NULL
+WITH ended AS (
+    SELECT id, failing_since FROM {Endpoint._meta.db_table}
+     WHERE id = ANY(%s::varchar[]) AND failing_since IS NOT NULL
+       FOR NO KEY UPDATE
+)
+UPDATE {Endpoint._meta.db_table} AS e SET failing_since = NULL
+  FROM ended WHERE e.id = ended.id
+RETURNING e.id, ended.failing_since
 """  # noqa: S608 - the table name is ours, the value a parameter
 
 
@@ -442,8 +466,14 @@ def _endpoint_health_note(*, decided: Sequence[tuple[Job, Decision]], advanced: 
         # update cost 5% of the worker's time at a steady load, issue 15)
         with binding_cursor() as cursor:
             cursor.execute(_CLEAR_FAILING_SQL, [sorted(succeeded)])
+            recovered = dict(cursor.fetchall())
+        if recovered:  # runs that ended: announced (failure notices)
+            notices.notices_endpoint_recovered(recovered, at=timezone.now())
+    started = {}
     for endpoint_id, at in failed_first.items():
-        if endpoint_id not in succeeded:
-            Endpoint.objects.filter(pk=endpoint_id, failing_since__isnull=True).update(
-                failing_since=at
-            )
+        if endpoint_id not in succeeded and Endpoint.objects.filter(
+            pk=endpoint_id, failing_since__isnull=True
+        ).update(failing_since=at):
+            started[endpoint_id] = at
+    if started:  # runs that started: announced
+        notices.notices_endpoint_failing(started)

@@ -18,9 +18,24 @@ class NotNow(Exception):
     """The delivery is not in a state the action applies to; nothing changed."""
 
 
-def _application(delivery: Delivery) -> str | None:
+def _audited_and_sent(
+    delivery: Delivery, actor: str, action: str, *, before: dict, after: dict
+) -> None:
+    """The change in the audit log (with the endpoint's application, for scoped readers), and
+    the delivery published on the feed once it commits."""
     application = delivery.endpoint.application
-    return application.uid if application is not None else None
+    audit.record(
+        actor=actor,
+        action=action,
+        object_type="delivery",
+        object_id=str(delivery.pk),
+        application=application.uid if application is not None else None,
+        before=before,
+        after=after,
+    )
+    transaction.on_commit(
+        lambda: deliveries_enqueue(delivery_ids=[delivery.pk], queue=FRESH_QUEUE), robust=True
+    )
 
 
 def _locked(delivery_id: int) -> Delivery:
@@ -57,18 +72,12 @@ def delivery_resend(*, delivery_id: int, actor: str) -> Delivery:
         DeadLetter.objects.filter(delivery_id=delivery.pk, replayed_at__isnull=True).update(
             replayed_at=now, replayed_by=actor[:200]
         )
-        audit.record(
-            actor=actor,
-            action="delivery.resent",
-            object_type="delivery",
-            object_id=str(delivery.pk),
-            application=_application(delivery),
+        _audited_and_sent(
+            delivery,
+            actor,
+            "delivery.resent",
             before={"status": before},
             after={"status": Delivery.Status.PENDING.value},
-        )
-        transaction.on_commit(
-            lambda: deliveries_enqueue(delivery_ids=[delivery.pk], queue=FRESH_QUEUE),
-            robust=True,
         )
     delivery.refresh_from_db()
     return delivery
@@ -88,18 +97,12 @@ def delivery_retry_now(*, delivery_id: int, actor: str) -> Delivery:
             raise NotNow("its endpoint is disabled: enable it first")
         waited = delivery.next_attempt_at
         Delivery.objects.filter(pk=delivery.pk).update(next_attempt_at=now, dispatched_at=now)
-        audit.record(
-            actor=actor,
-            action="delivery.retried_now",
-            object_type="delivery",
-            object_id=str(delivery.pk),
-            application=_application(delivery),
+        _audited_and_sent(
+            delivery,
+            actor,
+            "delivery.retried_now",
             before={"next_attempt_at": waited.isoformat() if waited else None},
             after={"next_attempt_at": now.isoformat()},
-        )
-        transaction.on_commit(
-            lambda: deliveries_enqueue(delivery_ids=[delivery.pk], queue=FRESH_QUEUE),
-            robust=True,
         )
     delivery.refresh_from_db()
     return delivery
