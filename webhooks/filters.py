@@ -65,6 +65,17 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
+def _key(value: Any) -> tuple[str, Any] | None:
+    """A hashable stand-in for a scalar under JSON equality (None for arrays and objects)."""
+    if isinstance(value, bool):
+        return ("bool", value)
+    if _is_number(value):
+        return ("number", value)  # 1 and 1.0 hash and compare alike
+    if value is None or isinstance(value, str):
+        return (type(value).__name__, value)
+    return None
+
+
 def _same(a: Any, b: Any) -> bool:
     """JSON equality: numbers by value (1 == 1.0), but never a boolean for a number."""
     if isinstance(a, bool) or isinstance(b, bool):
@@ -81,6 +92,15 @@ def _same(a: Any, b: Any) -> bool:
 def values_at(data: Any, segments: tuple[str, ...]) -> list[Any]:
     """Every value at the path: arrays on the way are looked into, element by element (or
     indexed by a numeric segment); an array at the end is a value, and so is each element."""
+    value = data
+    for segment in segments:  # the common case first: objects all the way, no array
+        if not isinstance(value, dict):
+            break
+        if segment not in value:
+            return _MISSING
+        value = value[segment]
+    else:
+        return [value, *value] if isinstance(value, list) else [value]
     current = [data]
     for segment in segments:
         found: list[Any] = []
@@ -182,9 +202,14 @@ class _Compiler:
             self.count(here)
         if op in ("$eq", "$neq"):
             want = op == "$eq"
+            key = _key(operand)
 
             def equal(found: list[Any]) -> Miss | None:
-                if any(_same(v, operand) for v in found) == want:
+                if key is not None:  # a scalar: compared by its hashable stand-in
+                    hit = any(_key(v) == key for v in found)
+                else:
+                    hit = any(_same(v, operand) for v in found)
+                if hit == want:
                     return None
                 seen = "missing" if not found else _short(found[0])
                 verb = "equal" if want else "not equal"
@@ -195,9 +220,14 @@ class _Compiler:
             if not isinstance(operand, list) or len(operand) > MAX_LIST:
                 raise FilterError(here, f"{op} takes a list of at most {MAX_LIST} values.")
             want = op == "$in"
+            keys = {_key(o) for o in operand}
+            scalars = None not in keys  # every operand scalar: a set lookup per value
 
             def inside(found: list[Any]) -> Miss | None:
-                hit = any(_same(v, o) for v in found for o in operand)
+                if scalars:
+                    hit = any(_key(v) in keys for v in found)
+                else:
+                    hit = any(_same(v, o) for v in found for o in operand)
                 if hit == want:
                     return None
                 seen = "missing" if not found else _short(found[0])
