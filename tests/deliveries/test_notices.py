@@ -17,13 +17,23 @@ from deliveries.services.notices import (
     DeadDelivery,
     notices_delivery_dead,
     notices_failing_thresholds,
+    operational_type,
 )
 from tests.conftest import WorkerProcess, wait_until
 from tests.sink import Sink
 from webhooks.models import Endpoint
+from webhooks.operational import NOTICE_SCHEMAS
 from webhooks.services import endpoint_create
 
 NOTICES = ["delivery.dead", "endpoint.failing", "endpoint.recovered"]
+
+
+@pytest.fixture(autouse=True)
+def notice_types(db: None) -> None:
+    """The notices' event types, as their migration registers them (a transactional test before
+    this one may have flushed them)."""
+    for name in NOTICES:
+        operational_type(name, *NOTICE_SCHEMAS[name])
 
 
 def _dead(endpoint_id: str, n: int, event_type: str = "order.paid") -> DeadDelivery:
