@@ -63,6 +63,9 @@ class Admission:
     soon: bool
 
 
+# Ends that say an endpoint hangs: no answer in time.
+TIMEOUTS = frozenset({"read_timeout", "connect_timeout"})
+
 # A request starts only if its claim's lease has this many seconds left after its deadline:
 # time for the answer to reach the recorder before the lease could be taken back.
 START_MARGIN = 1.0
@@ -107,6 +110,7 @@ class Sender:
         self._answered: set[str] = set()  # endpoints that have answered a request
         self._latency: dict[str, float] = {}  # endpoint -> moving average request seconds
         self._last_answer: dict[str, float] = {}  # endpoint -> when it last answered (monotonic)
+        self._timed_out: set[str] = set()  # endpoints whose last request ended in a timeout
         self._connect_timeout = connect_timeout
         self._max_response_bytes = max_response_bytes
         self._lanes: dict[str, _Lane] = {}
@@ -195,11 +199,16 @@ class Sender:
             while lane.waiting and self._may_start(endpoint_id, lane, now):
                 start.append(self._activate(endpoint_id, lane))
             defer = self._drain_seconds(endpoint_id, lane, now) if len(taken) < len(jobs) else 1.0
+            # A full lane of an endpoint that hangs hands back to the sweeper, which paces a
+            # failing endpoint: published again on a countdown, its deliveries were claimed and
+            # handed back every few seconds, half the worker's time with half the endpoints
+            # hanging (issue 15). A lane that is only slow publishes them (`_hanging`).
+            soon = not self._hanging(endpoint_id, lane, now)
             if not lane.active and not lane.waiting:
                 del self._lanes[endpoint_id]
         if start:
             self._loop.call_soon_threadsafe(self._start, start)
-        return Admission(len(taken), defer, soon=True)
+        return Admission(len(taken), defer, soon=soon)
 
     def _drain_seconds(self, endpoint_id: str, lane: _Lane | None, now: float) -> float:
         """When jobs the lane had no room for should come back (lock held): when its next
@@ -239,6 +248,18 @@ class Sender:
         if now - self._last_answer.get(endpoint_id, 0.0) <= self._slow_after:
             return False
         return self._slow(lane, now) or self._latency.get(endpoint_id, 0.0) > self._slow_after
+
+    def _hanging(self, endpoint_id: str, lane: _Lane, now: float) -> bool:
+        """Whether an endpoint hangs rather than answers slowly (lock held): its last request
+        ended in a timeout with no answer since, or it has not answered for twice its usual
+        time (at least `slow_after`) while a request has been running that long. An endpoint
+        answering in 0.8 s, one request at a time, is slow between its answers, not hanging."""
+        if endpoint_id in self._timed_out:
+            return True
+        patience = max(self._slow_after, 2 * self._latency.get(endpoint_id, 0.0))
+        if now - self._last_answer.get(endpoint_id, 0.0) <= patience:
+            return False
+        return any(job.begun and now - job.begun > patience for job in lane.active.values())
 
     def _slow(self, lane: _Lane, now: float) -> bool:
         """A lane is slow while a request has been running at its endpoint for `slow_after`,
@@ -377,6 +398,11 @@ class Sender:
                 if len(self._last_answer) > 100_000:
                     self._last_answer.clear()
                 self._last_answer[endpoint_id] = now
+                self._timed_out.discard(endpoint_id)
+            elif job.result is not None and job.result.error_class in TIMEOUTS:
+                if len(self._timed_out) > 100_000:
+                    self._timed_out.clear()
+                self._timed_out.add(endpoint_id)
             if job.result is not None and endpoint_id not in self._answered:
                 if len(self._answered) > 100_000:  # bounded memory; they re-prove themselves
                     self._answered.clear()

@@ -192,6 +192,29 @@ def test_a_slow_endpoint_within_its_timeout_drains_at_its_full_concurrency(
     assert all(j.result and j.result.status_code == 200 for j in recorded.sent())
 
 
+def test_a_full_lane_of_an_endpoint_that_hangs_hands_back_to_the_sweeper(
+    sink: Sink, recorded: Recorded
+) -> None:
+    # given an endpoint whose requests hang (past slow_after, 0.5 s, and no answer yet)
+    sink.plan("hang", 200, delay=3)
+    sender = make_sender(recorded, endpoint_concurrency=2)
+    first = jobs(sink, "hang", 4, "ep_hang", timeout=2)
+    sender.acquire(len(first))
+    assert sender.admit("ep_hang", first).taken == 4
+    wait_until(lambda: len(sink.requests("hang")) == 2)
+    started = time.monotonic()
+    wait_until(lambda: time.monotonic() - started > 0.6)  # its requests run past slow_after
+    # when more arrive than its lane holds
+    more = jobs(sink, "hang", 3, "ep_hang", timeout=2)
+    sender.acquire(len(more))
+    admission = sender.admit("ep_hang", more)
+    # then they are not published again on a countdown: the sweeper paces a failing endpoint
+    assert (admission.taken, admission.soon) == (0, False)
+    sender.give_back(len(more))
+    assert sender.drain(timeout=30)
+    assert {j.result.error_class for j in recorded.sent() if j.result} == {"read_timeout"}
+
+
 def test_slow_lanes_together_get_at_most_half_the_threads(recorded: Recorded) -> None:
     # given 8 threads, and lanes whose requests have all run past slow_after
     sender = make_sender(recorded, threads=8, endpoint_concurrency=4)
