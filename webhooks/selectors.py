@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,7 +29,15 @@ class Subscriber:
     condition: Filter | None = None  # its `filter` and its `filters[type]`, both must hold
     channels: frozenset[str] = frozenset()  # it gets only events sent on one of these, if any
 
+    def reached(self, channels: Collection[str] | None, aimed: Collection[str] | None) -> bool:
+        """Whether an event sent on `channels` and aimed at `aimed` (None: not aimed) can reach
+        this endpoint at all: aimed at it, if aimed, and on one of its channels, if it has."""
+        if aimed is not None and self.endpoint_id not in aimed:
+            return False
+        return subscriptions.on_channels(self.channels, channels)
+
     def wants(self, data: Any) -> bool:
+        """Whether its filters let the event's data through (what the metrics count)."""
         return self.condition is None or self.condition.matches(data)
 
 
@@ -91,17 +100,6 @@ def event_subscribers(*, event_type: str, application_id: int | None) -> list[Su
         ]
 
     return generation.cached(("subscribers", event_type, application_id), load)
-
-
-def endpoint_ids_for_event(
-    *, event_type: str, application_id: int | None, data: Any = None
-) -> list[str]:
-    """Ids of the endpoints that get this event (`data` decides for those with a filter)."""
-    return [
-        s.endpoint_id
-        for s in event_subscribers(event_type=event_type, application_id=application_id)
-        if s.wants(data)
-    ]
 
 
 def endpoint_active_secrets(*, endpoint_id: str) -> list[str]:

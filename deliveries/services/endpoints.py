@@ -20,7 +20,6 @@ from deliveries.models import DeadLetter, Delivery, Event
 from schemas_app import payloads
 from schemas_app.models import EventType
 from webhooks import audit, crypto, subscriptions
-from webhooks.filters import Filter
 from webhooks.models import Endpoint
 from webhooks.operational import (
     ENDPOINT_DISABLED,
@@ -31,7 +30,7 @@ from webhooks.operational import (
     WEBHOOK_TEST_DESCRIPTION,
     WEBHOOK_TEST_SCHEMA,
 )
-from webhooks.selectors import endpoint_condition
+from webhooks.selectors import Subscriber, endpoint_condition
 from webhooks_project import generation
 
 from .dead_letters import dead_letters_replay
@@ -228,7 +227,7 @@ def _deliveries_backfill(*, endpoint: Endpoint, since: datetime, batch_size: int
     events = events.exclude(
         Exists(Delivery.objects.filter(event_id=OuterRef("pk"), endpoint_id=endpoint.pk))
     )
-    passes = _filter_check(endpoint)
+    passes = _routing_check(endpoint)
     now = timezone.now()
     created = 0
     batch: list[str] = []
@@ -236,11 +235,8 @@ def _deliveries_backfill(*, endpoint: Endpoint, since: datetime, batch_size: int
         "id", "event_type_id", "data", "channels", "endpoints"
     )
     for event_id, event_type, data, channels, aimed in rows.iterator(chunk_size=batch_size):
-        if aimed is not None and endpoint.pk not in aimed:
-            continue  # it was aimed at other endpoints
-        if not subscriptions.on_channels(endpoint.channels, channels):
-            continue
-        if not passes(str(event_type), data):  # the stubs type a string key's _id as int
+        # the stubs type a string key's _id as int
+        if not passes(str(event_type), data, channels, aimed):
             continue
         batch.append(event_id)
         if len(batch) == batch_size:
@@ -251,19 +247,24 @@ def _deliveries_backfill(*, endpoint: Endpoint, since: datetime, batch_size: int
     return created
 
 
-def _filter_check(endpoint: Endpoint) -> Callable[[str, Any], bool]:
-    """Whether the endpoint's filters let an event it missed through, judged like at ingest:
-    on the data as sent (sealed sensitive fields opened in memory for the check)."""
+def _routing_check(endpoint: Endpoint) -> Callable[[str, Any, Any, Any], bool]:
+    """Whether an event the endpoint missed reaches it, judged as at ingest (`Subscriber`): its
+    aim, its channels, and the endpoint's filters on the data as sent (sealed sensitive fields
+    opened in memory for the check)."""
     sensitive = dict(EventType.objects.values_list("name", "sensitive_fields"))
-    conditions: dict[str, Filter | None] = {}
+    as_subscriber: dict[str, Subscriber] = {}
 
-    def passes(event_type: str, data: Any) -> bool:
-        if event_type not in conditions:
-            conditions[event_type] = endpoint_condition(
-                endpoint.filter, endpoint.filters, event_type
+    def passes(event_type: str, data: Any, channels: Any, aimed: Any) -> bool:
+        if event_type not in as_subscriber:
+            as_subscriber[event_type] = Subscriber(
+                endpoint.pk,
+                endpoint_condition(endpoint.filter, endpoint.filters, event_type),
+                frozenset(endpoint.channels or ()),
             )
-        condition = conditions[event_type]
-        if condition is None:
+        subscriber = as_subscriber[event_type]
+        if not subscriber.reached(channels, aimed):
+            return False
+        if subscriber.condition is None:
             return True
         if sensitive.get(event_type):
             try:
@@ -271,7 +272,7 @@ def _filter_check(endpoint: Endpoint) -> Callable[[str, Any], bool]:
             except crypto.SecretUnreadable:
                 logger.warning("an event of type %s cannot be unsealed to filter it", event_type)
                 return False
-        return condition.matches(data)
+        return subscriber.wants(data)
 
     return passes
 

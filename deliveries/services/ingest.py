@@ -295,10 +295,8 @@ def _store(
         chosen = []
         aimed = set(event.endpoints) if event.endpoints is not None else None
         for subscriber in targets[combo]:
-            if aimed is not None and subscriber.endpoint_id not in aimed:
-                continue  # not aimed at: not a filter's doing
-            if not subscriptions.on_channels(subscriber.channels, event.channels):
-                continue
+            if not subscriber.reached(event.channels, aimed):
+                continue  # not a filter's doing: not counted
             if subscriber.wants(incoming[event.id]):
                 chosen.append(subscriber.endpoint_id)
             else:

@@ -17,7 +17,7 @@ stores it once.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -152,39 +152,40 @@ def notices_delivery_dead(dead: list[DeadDelivery], *, at: datetime) -> None:
     _emit(DELIVERY_DEAD, items)
 
 
-def notices_endpoint_failing(runs: dict[str, datetime], threshold: str = "started") -> None:
-    """Announce endpoints whose run of failures started at `runs[id]` (or crossed `threshold`)."""
+def _emit_runs(
+    name: str,
+    runs: dict[str, datetime],
+    fields: Callable[[datetime], dict[str, Any]],
+    suffix: str = "",
+) -> None:
+    """Notices of type `name` about runs of failures (endpoint id -> when the run started),
+    each with the endpoint, `failing_since` and `fields(since)`; keyed by run (and `suffix`)."""
     endpoints = _endpoints(runs)
-    disable_after = timedelta(seconds=settings.WEBHOOKS_DISABLE_AFTER)
     items = []
     for endpoint_id, since in runs.items():
-        if endpoint_id not in endpoints:
-            continue
-        data = {
-            **endpoints[endpoint_id],
-            "failing_since": payloads.iso(since),
+        if endpoint_id in endpoints:
+            data = {**endpoints[endpoint_id], "failing_since": payloads.iso(since), **fields(since)}
+            items.append((data, f"{name}:{endpoint_id}:{data['failing_since']}{suffix}"))
+    _emit(name, items)
+
+
+def notices_endpoint_failing(runs: dict[str, datetime], threshold: str = "started") -> None:
+    """Announce endpoints whose run of failures started at `runs[id]` (or crossed `threshold`)."""
+    disable_after = timedelta(seconds=settings.WEBHOOKS_DISABLE_AFTER)
+    _emit_runs(
+        ENDPOINT_FAILING,
+        runs,
+        lambda since: {
             "threshold": threshold,
             "disabled_after": payloads.iso(since + disable_after),
-        }
-        key = f"{ENDPOINT_FAILING}:{endpoint_id}:{data['failing_since']}:{threshold}"
-        items.append((data, key))
-    _emit(ENDPOINT_FAILING, items)
+        },
+        suffix=f":{threshold}",
+    )
 
 
 def notices_endpoint_recovered(runs: dict[str, datetime], *, at: datetime) -> None:
     """Announce endpoints whose run of failures (started at `runs[id]`) ended at `at`."""
-    endpoints = _endpoints(runs)
-    items = []
-    for endpoint_id, since in runs.items():
-        if endpoint_id not in endpoints:
-            continue
-        data = {
-            **endpoints[endpoint_id],
-            "failing_since": payloads.iso(since),
-            "recovered_at": payloads.iso(at),
-        }
-        items.append((data, f"{ENDPOINT_RECOVERED}:{endpoint_id}:{data['failing_since']}"))
-    _emit(ENDPOINT_RECOVERED, items)
+    _emit_runs(ENDPOINT_RECOVERED, runs, lambda since: {"recovered_at": payloads.iso(at)})
 
 
 def notices_failing_thresholds(*, now: datetime | None = None) -> int:
