@@ -23,6 +23,7 @@ from deliveries.services.endpoints import (
     EndpointNotSendable,
     endpoint_disable,
     endpoint_enable,
+    endpoint_ordering_changed,
     endpoint_send_test,
 )
 from webhooks import audit, signing
@@ -178,6 +179,14 @@ class EndpointAdmin(AuditedAdmin):
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Endpoint]:
         return _with_health(super().get_queryset(request).select_related("application"))
+
+    def save_model(self, request: HttpRequest, obj: Endpoint, form: Any, change: bool) -> None:
+        held = (
+            change
+            and Endpoint.objects.filter(pk=obj.pk, ordering_on_dead=Endpoint.OnDead.BLOCK).exists()
+        )
+        super().save_model(request, obj, form, change)
+        endpoint_ordering_changed(endpoint=obj, was_blocking=held)
 
     def get_fields(self, request: HttpRequest, obj: Endpoint | None = None) -> list[Any]:
         """Header values are secrets: staff who may only view see their names."""

@@ -67,6 +67,9 @@ class Event(models.Model):
     # at; null: none given (every subscribed endpoint)
     channels = ArrayField(models.CharField(max_length=128), null=True, blank=True)
     endpoints = ArrayField(models.CharField(max_length=40), null=True, blank=True)
+    # Ordered delivery: endpoints with ordering "per_key" get the events of one key one at a
+    # time, in the order accepted (services/ordering.py). Null: no key.
+    ordering_key = models.CharField(max_length=200, null=True, blank=True)  # noqa: DJ001
 
     class Meta:
         ordering = ["-created_at"]
@@ -136,6 +139,12 @@ class Delivery(models.Model):
     # cleared, WEBHOOKS_PAYLOAD_RETENTION_DAYS after it succeeded (services.payloads); the rows
     # stay until the day is dropped.
     payload_expired_at = models.DateTimeField(null=True, blank=True, editable=False)
+    # Ordered delivery (services/ordering.py): to an endpoint with ordering "per_key", the
+    # event's key and this delivery's place among the key's deliveries to that endpoint (1, 2,
+    # ...: the `webhook-sequence` header). A pending one whose turn has not come has no
+    # next_attempt_at: it waits for its key, and nothing publishes it until then.
+    ordering_key = models.CharField(max_length=200, null=True, blank=True, editable=False)  # noqa: DJ001
+    sequence = models.BigIntegerField(null=True, blank=True, editable=False)
 
     objects = DeliveryQuerySet.as_manager()
 
@@ -158,6 +167,25 @@ class Delivery(models.Model):
             # the API's pages, newest first, by endpoint and by status
             models.Index(fields=["endpoint", "-id"], name="delivery_endpoint_newest_idx"),
             models.Index(fields=["status", "-id"], name="delivery_status_newest_idx"),
+            # ordered delivery: a key's pending deliveries in order (its head first), the
+            # ones ended without success (which may hold it), and the few not waiting
+            models.Index(
+                fields=["endpoint", "ordering_key", "sequence"],
+                condition=Q(ordering_key__isnull=False, status="pending"),
+                name="delivery_key_pending_idx",
+            ),
+            models.Index(
+                fields=["endpoint", "ordering_key", "sequence"],
+                condition=Q(ordering_key__isnull=False, status__in=["failed", "dead"]),
+                name="delivery_key_ended_idx",
+            ),
+            models.Index(
+                fields=["endpoint", "ordering_key"],
+                condition=Q(
+                    ordering_key__isnull=False, status="pending", next_attempt_at__isnull=False
+                ),
+                name="delivery_key_ready_idx",
+            ),
         ]
 
     def __str__(self) -> str:
@@ -238,8 +266,11 @@ class DeadLetter(models.Model):
     reason = models.CharField(max_length=500)
     last_status_code = models.PositiveSmallIntegerField(null=True, blank=True)
     created_at = models.DateTimeField(default=timezone.now, editable=False, db_index=True)
+    # when it was handled and by whom: replayed, or skipped (`skipped`: its delivery stays as it
+    # ended and an ordering key it held moves on)
     replayed_at = models.DateTimeField(null=True, blank=True)
     replayed_by = models.CharField(max_length=200, blank=True, default="")
+    skipped = models.BooleanField(default=False, db_default=False)
 
     class Meta:
         ordering = ["-created_at"]
@@ -272,6 +303,36 @@ class DeadLetter(models.Model):
 
     def __str__(self) -> str:
         return f"dead letter of delivery {self.delivery_id}: {self.reason}"
+
+
+class OrderingKey(models.Model):
+    """One ordering key of one ordered endpoint: the last sequence given, and the delivery of
+    it in flight (at most one: a claim takes this slot, services/ordering.py)."""
+
+    endpoint = models.ForeignKey(
+        Endpoint, on_delete=models.CASCADE, related_name="+", db_index=False
+    )
+    key = models.CharField(max_length=200)
+    last_sequence = models.BigIntegerField(default=0)
+    in_flight = models.BigIntegerField(null=True, blank=True)  # a delivery id
+    claimed_at = models.DateTimeField(null=True, blank=True)
+    used_at = models.DateTimeField(default=timezone.now)  # when it last gave a sequence
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["endpoint", "key"], name="ordering_key_unique")
+        ]
+        indexes = [
+            models.Index(
+                fields=["claimed_at"],
+                condition=Q(in_flight__isnull=False),
+                name="ordering_key_busy_idx",
+            ),
+            models.Index(fields=["used_at"], name="ordering_key_used_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.endpoint_id} key {self.key!r} at {self.last_sequence}"
 
 
 class PayloadExpiredDay(models.Model):

@@ -14,6 +14,7 @@ from .metrics import stats_prune
 from .services.dispatch import current_sender, deliveries_dispatch
 from .services.endpoints import endpoints_disable_failing
 from .services.enqueue import DELIVER_BATCH, FRESH_QUEUE
+from .services.ordering import keys_prune
 from .services.partitions import partitions_ensure, partitions_expire
 from .services.payloads import payloads_expire
 from .services.retention import events_prune
@@ -60,12 +61,14 @@ def prune() -> int:
     """Beat job: make the coming days' partitions, drop the days past WEBHOOKS_RETENTION_DAYS
     (keeping what is still owed), delete the rows kept that way once they are done, clear the
     payloads past WEBHOOKS_PAYLOAD_RETENTION_DAYS, and drop the metrics buckets older than
-    WEBHOOKS_METRICS_RETENTION_DAYS. Returns the events removed."""
+    WEBHOOKS_METRICS_RETENTION_DAYS, and forget ordering keys idle past the retention.
+    Returns the events removed."""
     partitions_ensure()
     dropped = partitions_expire()
     deleted = dropped["events_dropped"] + events_prune()
     payloads_expire()
     stats_prune()
+    keys_prune()
     return deleted
 
 

@@ -7,6 +7,7 @@ import struct
 import sys
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -57,6 +58,10 @@ class Sink:
         self._lock = threading.Lock()
         self._plans: dict[str, Plan] = {}
         self._received: list[Received] = []
+        # ordered deliveries: requests open now per (path, key), and each time a second one of
+        # a key arrived while one was open
+        self._open: Counter[tuple[str, str]] = Counter()
+        self.overlaps: list[tuple[str, str]] = []
         self._arrived = threading.Condition(self._lock)
         sink = self
 
@@ -64,11 +69,27 @@ class Sink:
             protocol_version = "HTTP/1.1"
 
             def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+                # an ordered delivery's key: its requests are counted while open (overlaps)
+                key = self.headers.get("webhook-ordering-key")
+                try:
+                    self._post(key)
+                finally:
+                    if key is not None:
+                        with sink._lock:
+                            sink._open[(self.path, key)] -= 1
+
+            def _post(self, key: str | None) -> None:
                 length = int(self.headers.get("content-length") or 0)
                 body = self.rfile.read(length)
                 name = self.path.lstrip("/")
                 with sink._lock:
-                    plan = sink._plans.setdefault(name, Plan())
+                    if key is not None:
+                        sink._open[(self.path, key)] += 1
+                        if sink._open[(self.path, key)] > 1:
+                            sink.overlaps.append((name, key))
+                    # a plan for this path and key (`name#key`) first, else for the path
+                    planned = f"{name}#{key}" if f"{name}#{key}" in sink._plans else name
+                    plan = sink._plans.setdefault(planned, Plan())
                     delay = (
                         plan.first_delay if plan.served == 0 and plan.first_delay else plan.delay
                     )
@@ -168,6 +189,7 @@ class Sink:
         with self._lock:
             self._plans.clear()
             self._received.clear()
+            self.overlaps.clear()
 
     def requests(self, name: str | None = None) -> list[Received]:
         with self._lock:

@@ -30,6 +30,11 @@ def endpoint_snapshot(endpoint: Endpoint) -> dict[str, Any]:
         "transforms": endpoint.transforms,
         "masking": endpoint.masking,
         "encryption_key": endpoint.encryption_key,  # public: safe to record
+        "filter": endpoint.filter,
+        "filters": endpoint.filters,
+        "channels": list(endpoint.channels or ()),
+        "ordering": endpoint.ordering,
+        "ordering_on_dead": endpoint.ordering_on_dead,
     }
 
 

@@ -99,6 +99,24 @@ class Endpoint(models.Model):
     encryption_key = models.JSONField(
         null=True, blank=True, help_text="public JWK that `encrypt` masking encrypts for"
     )
+    # Ordered delivery (README "Routing"): per ordering key, one delivery at a time, in the
+    # order the events were accepted (deliveries/services/ordering.py)
+
+    class Ordering(models.TextChoices):
+        NONE = "none", "none: in parallel, in any order"
+        PER_KEY = "per_key", "per key: one at a time per ordering_key, in the order accepted"
+
+    class OnDead(models.TextChoices):
+        SKIP = "skip", "skip: the next delivery of the key proceeds"
+        BLOCK = "block", "block: the key waits until the dead letter is replayed or skipped"
+
+    ordering = models.CharField(max_length=10, choices=Ordering.choices, default=Ordering.NONE)
+    ordering_on_dead = models.CharField(
+        max_length=10,
+        choices=OnDead.choices,
+        default=OnDead.SKIP,
+        help_text="when an ordered delivery fails for good: skip it, or hold its key",
+    )
     created_at = models.DateTimeField(default=timezone.now, editable=False)
     updated_at = models.DateTimeField(auto_now=True)
 

@@ -28,6 +28,7 @@ class Subscriber:
     endpoint_id: str
     condition: Filter | None = None  # its `filter` and its `filters[type]`, both must hold
     channels: frozenset[str] = frozenset()  # it gets only events sent on one of these, if any
+    ordered: bool = False  # ordering "per_key": a key's events one at a time, in order
 
     def reached(self, channels: Collection[str] | None, aimed: Collection[str] | None) -> bool:
         """Whether an event sent on `channels` and aimed at `aimed` (None: not aimed) can reach
@@ -87,15 +88,16 @@ def event_subscribers(*, event_type: str, application_id: int | None) -> list[Su
         rows = (
             Endpoint.objects.filter(enabled=True, application_id=application_id)  # type: ignore[misc]  # =None is IS NULL; the stubs refuse None
             .filter(listed)
-            .values_list("id", "event_types", "filter", "filters", "channels")
+            .values_list("id", "event_types", "filter", "filters", "channels", "ordering")
         )
         return [
             Subscriber(
                 endpoint_id,
                 endpoint_condition(common, per_type, event_type),
                 frozenset(channels or ()),
+                ordering == Endpoint.Ordering.PER_KEY,
             )
-            for endpoint_id, types, common, per_type, channels in rows
+            for endpoint_id, types, common, per_type, channels, ordering in rows
             if subscriptions.subscribed(types, event_type, OPERATIONAL_EVENT_TYPES)
         ]
 

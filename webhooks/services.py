@@ -44,6 +44,8 @@ ENDPOINT_FIELDS = (
     "filter",
     "filters",
     "channels",
+    "ordering",
+    "ordering_on_dead",
 )
 
 

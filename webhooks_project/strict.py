@@ -10,6 +10,7 @@ from django.http import QueryDict
 from rest_framework import serializers
 
 UNKNOWN = "Unknown field: this resource has no such field."
+NOT_TEXT = "Not a string: send this value as a JSON string."
 
 
 def unknown_fields(data: Any, known: Any) -> dict[str, list[str]]:
@@ -28,14 +29,42 @@ def refuse_body(data: Any) -> None:
         raise serializers.ValidationError({"non_field_errors": ["This action takes no body."]})
 
 
+def _not_text(field: serializers.Field, value: Any) -> Any:
+    """The errors of `value` for a text field that DRF would convert from a number (a JSON
+    `5` becoming "5"): a number, or a boolean, where a string is expected is refused, as is
+    any such item of a list or dict of text. None when it is fine."""
+    if value is None:
+        return None
+    if isinstance(field, serializers.CharField):
+        return None if isinstance(value, str) else [NOT_TEXT]
+    child = getattr(field, "child", None)
+    if isinstance(field, serializers.ListField) and isinstance(value, list) and child:
+        items = {i: e for i, item in enumerate(value) if (e := _not_text(child, item))}
+        return items or None
+    if isinstance(field, serializers.DictField) and isinstance(value, Mapping) and child:
+        entries = {k: e for k, item in value.items() if (e := _not_text(child, item))}
+        return entries or None
+    return None
+
+
 class StrictFields:
     """Mix into a DRF serializer used for input: keys of the body that are not fields of the
-    serializer are refused, each with its pointer. Read-only fields are fields: a body read
+    serializer are refused, each with its pointer, and so are numbers and booleans sent for
+    text (DRF would store `5` as "5"). Read-only fields are fields: a body read
     from the API and sent back is accepted (they are ignored, as DRF does). Query strings are
     not checked (pagination and format parameters live there)."""
 
     def to_internal_value(self, data: Any) -> Any:
-        unknown = unknown_fields(data, self.fields)  # type: ignore[attr-defined]  # the serializer's
+        fields = self.fields  # type: ignore[attr-defined]  # the serializer's
+        unknown = unknown_fields(data, fields)
         if unknown:
             raise serializers.ValidationError(unknown)
+        if isinstance(data, Mapping) and not isinstance(data, QueryDict):
+            mistyped = {
+                name: errors
+                for name, field in fields.items()
+                if name in data and not field.read_only and (errors := _not_text(field, data[name]))
+            }
+            if mistyped:
+                raise serializers.ValidationError(mistyped)
         return super().to_internal_value(data)  # type: ignore[misc]  # the serializer's

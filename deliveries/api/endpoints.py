@@ -11,8 +11,14 @@ from rest_framework import status
 from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.serializers import BaseSerializer
 
-from deliveries.services.endpoints import EndpointNotSendable, endpoint_enable, endpoint_send_test
+from deliveries.services.endpoints import (
+    EndpointNotSendable,
+    endpoint_enable,
+    endpoint_ordering_changed,
+    endpoint_send_test,
+)
 from webhooks.api import views as webhooks_views
 from webhooks.api.serializers import (
     EndpointEnabledSerializer,
@@ -20,11 +26,18 @@ from webhooks.api.serializers import (
     EndpointSerializer,
     SentTestEventSerializer,
 )
+from webhooks.models import Endpoint
 from webhooks_project.strict import refuse_body
 
 
 class EndpointViewSet(webhooks_views.EndpointViewSet):
     __doc__ = webhooks_views.EndpointViewSet.__doc__
+
+    def perform_update(self, serializer: BaseSerializer[Endpoint]) -> None:
+        assert serializer.instance is not None  # an update has its instance
+        held = serializer.instance.ordering_on_dead == Endpoint.OnDead.BLOCK
+        super().perform_update(serializer)
+        endpoint_ordering_changed(endpoint=serializer.instance, was_blocking=held)
 
     @extend_schema(request=EndpointEnableSerializer, responses=EndpointEnabledSerializer)
     @action(detail=True, methods=["post"])

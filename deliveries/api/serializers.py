@@ -41,6 +41,14 @@ class EventCreateSerializer(StrictFields, serializers.Serializer):
         help_text="Channels it is sent on: endpoints that listen to channels get it only if "
         "they listen to one of these (README: Routing).",
     )
+    ordering_key = serializers.CharField(
+        max_length=200,
+        required=False,
+        allow_null=True,
+        trim_whitespace=False,
+        help_text="Endpoints with ordering per_key get the events of one key one at a time, "
+        "in the order they were accepted (README: Routing).",
+    )
     endpoints = serializers.ListField(
         child=serializers.CharField(max_length=40),
         required=False,
@@ -50,6 +58,11 @@ class EventCreateSerializer(StrictFields, serializers.Serializer):
         help_text="Send only to these endpoints (of the event's application, each still "
         "subscribed to the type and passing its filters).",
     )
+
+    def validate_ordering_key(self, value: str | None) -> str | None:
+        if value is not None and any(ord(c) < 32 or ord(c) == 127 for c in value):
+            raise serializers.ValidationError("An ordering key has no control characters.")
+        return value
 
     @staticmethod
     def plain_inputs(items: list[Any]) -> list[EventInput] | None:
@@ -83,6 +96,7 @@ class EventCreateSerializer(StrictFields, serializers.Serializer):
             occurred_at=validated.get("occurred_at"),
             channels=_tuple(validated.get("channels")),
             endpoints=_tuple(validated.get("endpoints")),
+            ordering_key=validated.get("ordering_key"),
         )
 
 
@@ -101,6 +115,8 @@ class DeliverySerializer(serializers.ModelSerializer):
             "completed_at",
             "created_at",
             "payload_expired_at",
+            "ordering_key",
+            "sequence",
         ]
         read_only_fields = fields
 
@@ -126,6 +142,7 @@ class EventSerializer(serializers.ModelSerializer):
             "schema_version",
             "channels",
             "endpoints",
+            "ordering_key",
             "deliveries",
         ]
         read_only_fields = fields
@@ -159,6 +176,7 @@ class AcceptedEventSerializer(serializers.Serializer):
             "schema_version": event.schema_version.version if event.schema_version_id else None,
             "channels": event.channels,
             "endpoints": event.endpoints,
+            "ordering_key": event.ordering_key,
             "deliveries": instance.delivery_count,
             "created": instance.created,
         }
@@ -210,6 +228,7 @@ class DeadLetterSerializer(serializers.ModelSerializer):
             "created_at",
             "replayed_at",
             "replayed_by",
+            "skipped",
         ]
         read_only_fields = fields
 

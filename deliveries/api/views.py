@@ -26,7 +26,7 @@ from deliveries.selectors import (
     event_list,
     events_between,
 )
-from deliveries.services.dead_letters import dead_letters_replay
+from deliveries.services.dead_letters import AlreadyHandled, dead_letter_skip, dead_letters_replay
 from deliveries.services.ingest import (
     EventInput,
     IdempotencyConflict,
@@ -361,6 +361,23 @@ class DeadLetterViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewse
             dead_letters=DeadLetter.objects.filter(pk=dead_letter.pk), actor=_actor(request)
         )
         return Response(ReplayResultSerializer(result).data, status=status.HTTP_202_ACCEPTED)
+
+    @extend_schema(request=None, responses={200: DeadLetterSerializer, 409: OpenApiTypes.OBJECT})
+    @action(detail=True, methods=["post"])
+    def skip(self, request: Request, pk: str | None = None) -> Response:
+        """Mark this dead letter handled without sending its delivery again: the delivery stays
+        as it ended, and under `ordering_on_dead: block` its ordering key moves on to the next
+        delivery. 409 if it was already replayed or skipped. Audited."""
+        refuse_body(request.data)
+        dead_letter = self.get_object()
+        try:
+            skipped = dead_letter_skip(dead_letter_id=dead_letter.pk, actor=_actor(request))
+        except AlreadyHandled as exc:
+            return Response(
+                {"error": "conflict", "detail": f"Nothing done: {exc}"},
+                status=status.HTTP_409_CONFLICT,
+            )
+        return Response(DeadLetterSerializer(skipped).data)
 
     @extend_schema(request=DeadLetterFilterSerializer, responses={202: ReplayResultSerializer})
     @action(detail=False, methods=["post"], url_path="replay")

@@ -6,24 +6,27 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
 from django.conf import settings
-from django.db import close_old_connections
+from django.db import close_old_connections, transaction
 from django.utils import timezone
 
 from deliveries.job import Job
-from deliveries.models import Delivery, Event
+from deliveries.models import Delivery, Event, OrderingKey
 from deliveries.partition_keys import claim_bounds, id_span
 from schemas_app.models import EventType
 from webhooks import crypto, signing
 from webhooks.models import Endpoint, EndpointSecret
 from webhooks_project.db import binding_cursor
 
+from . import ordering
 from .enqueue import deliveries_enqueue
+from .ordering import BLOCKED_BY_DEAD
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +63,8 @@ class Claim:
     rate_limit: int | None = None  # the endpoint's requests per second, if it has a limit
     body_digest: str | None = None  # of the body stored on the delivery, if an attempt stored it
     type_schedule: list[int] | None = None  # the event type's retry schedule
+    ordering_key: str | None = None  # to an ordered endpoint: its key, and its place in it
+    sequence: int | None = None
 
 
 _D = Delivery._meta.db_table
@@ -68,26 +73,54 @@ _P = Endpoint._meta.db_table
 
 _S = EndpointSecret._meta.db_table
 _T = EventType._meta.db_table
+_K = OrderingKey._meta.db_table
 
 # One statement, one round trip, in autocommit. Rows are locked in id order and locked ones
 # skipped, so two claims over overlapping ids never deadlock and never both win a row. Returns
 # each claimed row joined with its event, its endpoint and the endpoint's signing secrets.
+# A delivery to an ordered endpoint is claimed only if it is its key's head and it takes the
+# key's slot, never waiting for it (services/ordering.py).
 # The claim commits without waiting for the WAL flush (`synchronous_commit` off for this one
 # transaction): if PostgreSQL crashed right after, the claim is forgotten and the delivery is
-# sent again, a duplicate of the kind a crash always allows, never a loss. Events and attempt
-# records keep synchronous commits. The claim that comes after a lost one has the same attempt
-# number, so the claim time written here (`last_attempt_at`, written by nothing else) is what
-# identifies a claim: renewing, recording and giving back match it, and a send of a lost claim
-# is recorded under the next free number. The lease expiry is not the token: renewals move it.
+# sent again, a duplicate of the kind a crash always allows, never a loss. Not for an ordered
+# delivery: a forgotten claim would let the key's next one go while this one's request runs.
+# Events and attempt records keep synchronous commits. The claim that comes after a lost one
+# has the same attempt number, so the claim time written here (`last_attempt_at`, written by
+# nothing else) is what identifies a claim: renewing, recording and giving back match it, and
+# a send of a lost claim is recorded under the next free number. The lease expiry is not the
+# token: renewals move it.
+_BLOCKED = BLOCKED_BY_DEAD.format(
+    endpoint="due.endpoint_id", key="due.ordering_key", sequence="due.sequence"
+)
 _CLAIM_SQL = f"""
-WITH cfg AS (SELECT set_config('synchronous_commit', 'off', true)),
-due AS (
-    SELECT id FROM {_D}
+WITH due AS (
+    SELECT id, endpoint_id, ordering_key, sequence FROM {_D}
      WHERE id = ANY(%(ids)s) AND id >= %(low)s AND id < %(high)s
        AND status = 'pending' AND next_attempt_at <= %(now)s
        AND endpoint_id <> ALL(%(skip)s)
      ORDER BY id
        FOR UPDATE SKIP LOCKED
+),
+cfg AS (
+    SELECT set_config('synchronous_commit', CASE WHEN EXISTS (
+        SELECT 1 FROM due WHERE ordering_key IS NOT NULL) THEN 'on' ELSE 'off' END, true)
+),
+turn AS (
+    SELECT o.id AS key_id, due.id
+      FROM due JOIN {_K} AS o ON o.endpoint_id = due.endpoint_id AND o.key = due.ordering_key
+      JOIN {_P} AS q ON q.id = due.endpoint_id
+     WHERE o.in_flight IS NULL
+       AND NOT EXISTS (
+           SELECT 1 FROM {_D} AS b
+            WHERE b.endpoint_id = due.endpoint_id AND b.ordering_key = due.ordering_key
+              AND b.status = 'pending' AND b.sequence < due.sequence)
+       AND NOT (q.ordering_on_dead = 'block' AND {_BLOCKED})
+       FOR NO KEY UPDATE OF o SKIP LOCKED
+),
+taken AS (
+    UPDATE {_K} AS o SET in_flight = turn.id, claimed_at = %(now)s FROM turn
+     WHERE o.id = turn.key_id
+    RETURNING turn.id
 )
 UPDATE {_D} AS d
    SET status = 'in_flight', attempt_count = d.attempt_count + 1,
@@ -95,6 +128,7 @@ UPDATE {_D} AS d
   FROM cfg, due, {_E} AS e, {_P} AS p, {_T} AS t
  WHERE d.id = due.id AND e.id = d.event_id AND p.id = d.endpoint_id AND t.name = e.type
    AND d.id >= %(low)s AND d.id < %(high)s AND e.id >= %(first_event)s AND e.id < %(after_event)s
+   AND (due.ordering_key IS NULL OR due.id IN (SELECT id FROM taken))
 RETURNING d.id AS delivery_id, d.attempt_count AS number, d.retry_base,
           d.request_body_digest AS body_digest,
           e.id AS event_id, e.type AS event_type, e.occurred_at, e.data::text AS data,
@@ -108,7 +142,8 @@ RETURNING d.id AS delivery_id, d.attempt_count AS number, d.retry_base,
                  ORDER BY s.created_at DESC) AS secrets,
           t.transform::text AS type_mapping, (p.transforms -> e.type)::text AS endpoint_mapping,
           t.output_schema::text AS output_schema, t.masking::text AS type_masking,
-          (p.masking -> e.type)::text AS endpoint_masking
+          (p.masking -> e.type)::text AS endpoint_masking,
+          d.ordering_key, d.sequence
 """  # noqa: S608 - table names are ours, every value is a parameter
 
 
@@ -165,15 +200,30 @@ def reschedule_unclaimed(
     """Ids a message named but the claim skipped: already taken (nothing to do), not yet due
     (publish again for when they are, if that is soon), or locked by a sweep (it publishes them).
     Deliveries to a paused endpoint stay as they are, untouched: the sweeper publishes them
-    again (`WEBHOOKS_REDISPATCH_AFTER`, paced for a failing endpoint).
+    again (`WEBHOOKS_REDISPATCH_AFTER`, paced for a failing endpoint). An ordered delivery that
+    was not its key's turn is held until it is (its keys are settled: services/ordering.py);
+    one waiting for its key has no message to repeat.
     """
-    soon: dict[int, list[int]] = {}
-    for delivery_id, due in (
+    rows = list(
         Delivery.objects.filter(id__in=delivery_ids, status=Delivery.Status.PENDING)
         .exclude(endpoint_id__in=skip_endpoints)
-        .values_list("id", "next_attempt_at")
-    ):
-        wait = max(0.0, (due - now).total_seconds()) if due else 0.0
+        .values_list("id", "next_attempt_at", "endpoint_id", "ordering_key")
+    )
+    keys = {(endpoint_id, key) for _, due, endpoint_id, key in rows if key is not None and due}
+    if keys:
+        with transaction.atomic():
+            ordering.keys_settle(keys, now=now)
+        waiting = set(
+            Delivery.objects.filter(
+                id__in=[r[0] for r in rows if r[3] is not None], next_attempt_at__isnull=True
+            ).values_list("id", flat=True)
+        )
+        rows = [r for r in rows if r[0] not in waiting]
+    soon: dict[int, list[int]] = {}
+    for delivery_id, due, _, _ in rows:
+        if due is None:
+            continue  # waiting for its key: published when its turn comes
+        wait = max(0.0, (due - now).total_seconds())
         if wait <= settings.WEBHOOKS_COUNTDOWN_MAX:
             soon.setdefault(math.ceil(wait) or 1, []).append(delivery_id)
     for countdown, ids in soon.items():
@@ -188,7 +238,9 @@ def deliveries_release(*, claims: Sequence[Claim], delay: float, publish: bool =
         return
     ids = [c.delivery_id for c in claims]
     due = timezone.now() + timedelta(seconds=delay)
-    with binding_cursor() as cursor:
+    keys = {(c.endpoint_id, c.ordering_key) for c in claims if c.ordering_key is not None}
+    # in one transaction with settling their keys, if any are ordered
+    with transaction.atomic() if keys else nullcontext(), binding_cursor() as cursor:
         # only rows this claim still holds: after its lease was taken back, the row may be
         # another claim's
         cursor.execute(
@@ -208,6 +260,8 @@ def deliveries_release(*, claims: Sequence[Claim], delay: float, publish: bool =
                 **id_span(ids),
             },
         )
+        # their keys' slots are free again; each stays its key's head, due as given
+        ordering.keys_settle(keys)
     if publish:
         deliveries_enqueue(delivery_ids=ids, countdown=delay)
 

@@ -33,6 +33,7 @@ from webhooks.operational import (
 from webhooks.selectors import Subscriber, endpoint_condition
 from webhooks_project import generation
 
+from . import ordering
 from .dead_letters import dead_letters_replay
 from .enqueue import FRESH_QUEUE, deliveries_enqueue
 from .ingest import EventInput, IngestRejected, deliveries_insert, events_ingest
@@ -75,7 +76,7 @@ def endpoint_send_test(*, endpoint_id: str, actor: str) -> SentTestEvent:
         )
         (delivery_id,) = deliveries_insert(
             event_ids=[event.pk], endpoint_ids=[endpoint.pk], now=now
-        )
+        ).ids
         transaction.on_commit(
             partial(deliveries_enqueue, delivery_ids=[delivery_id], queue=FRESH_QUEUE),
             robust=True,
@@ -231,19 +232,23 @@ def _deliveries_backfill(*, endpoint: Endpoint, since: datetime, batch_size: int
     now = timezone.now()
     created = 0
     batch: list[str] = []
-    rows = events.order_by("created_at").values_list(
-        "id", "event_type_id", "data", "channels", "endpoints"
+    keys: list[str | None] = []
+    ordered = endpoint.ordering == Endpoint.Ordering.PER_KEY
+    # in the order they were accepted: an ordered endpoint gets each key's events in that order
+    rows = events.order_by("created_at", "id").values_list(
+        "id", "event_type_id", "data", "channels", "endpoints", "ordering_key"
     )
-    for event_id, event_type, data, channels, aimed in rows.iterator(chunk_size=batch_size):
+    for event_id, event_type, data, channels, aimed, key in rows.iterator(chunk_size=batch_size):
         # the stubs type a string key's _id as int
         if not passes(str(event_type), data, channels, aimed):
             continue
         batch.append(event_id)
+        keys.append(key if ordered else None)
         if len(batch) == batch_size:
-            created += _insert_undispatched(batch, endpoint.pk, now)
-            batch = []
+            created += _insert_undispatched(batch, keys, endpoint.pk, now)
+            batch, keys = [], []
     if batch:
-        created += _insert_undispatched(batch, endpoint.pk, now)
+        created += _insert_undispatched(batch, keys, endpoint.pk, now)
     return created
 
 
@@ -277,15 +282,25 @@ def _routing_check(endpoint: Endpoint) -> Callable[[str, Any, Any, Any], bool]:
     return passes
 
 
-def _insert_undispatched(event_ids: list[str], endpoint_id: str, now: datetime) -> int:
-    ids = deliveries_insert(
+def endpoint_ordering_changed(*, endpoint: Endpoint, was_blocking: bool) -> None:
+    """After an endpoint was saved: if a dead delivery no longer holds its ordering key
+    (`ordering_on_dead` went from block to skip), the keys it held move on."""
+    if was_blocking and endpoint.ordering_on_dead != Endpoint.OnDead.BLOCK:
+        ordering.endpoint_keys_settle(endpoint_id=endpoint.pk)
+
+
+def _insert_undispatched(
+    event_ids: list[str], keys: list[str | None], endpoint_id: str, now: datetime
+) -> int:
+    inserted = deliveries_insert(
         event_ids=event_ids,
         endpoint_ids=[endpoint_id] * len(event_ids),
         now=now,
         dispatched=False,
         skip_existing=True,
+        ordering_keys=keys,
     )
-    return len(ids)
+    return len(inserted.ids)
 
 
 def deliveries_fail_for_endpoint(*, endpoint_id: str, reason: str) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 from schemas_app import masking, payloads
 from webhooks import signing
@@ -37,6 +38,11 @@ def request_headers(
         "webhook-id": claim.event_id,
         "webhook-timestamp": str(timestamp),
     }
+    if claim.sequence is not None:
+        # ordered delivery: its place among its key's deliveries to this endpoint (a consumer
+        # sees a gap), and the key, percent-encoded (a header value is ASCII)
+        headers["webhook-ordering-key"] = quote(claim.ordering_key or "", safe="")
+        headers["webhook-sequence"] = str(claim.sequence)
     stored = {k: (masking.REDACTED if k in custom else v) for k, v in headers.items()}
     return headers, stored
 

@@ -26,6 +26,7 @@ from webhooks.selectors import Subscriber, event_subscribers
 from webhooks_project import generation
 from webhooks_project.db import binding_cursor
 
+from . import ordering
 from .enqueue import FRESH_QUEUE, deliveries_enqueue
 
 
@@ -40,6 +41,7 @@ class EventInput:
     occurred_at: datetime | None = None
     channels: tuple[str, ...] | None = None  # sent on these channels
     endpoints: tuple[str, ...] | None = None  # aimed at these endpoints only
+    ordering_key: str | None = None  # ordered endpoints get a key's events in turn
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,8 @@ def request_hash(item: EventInput) -> str:
         document["channels"] = list(item.channels)
     if item.endpoints is not None:
         document["endpoints"] = list(item.endpoints)
+    if item.ordering_key is not None:
+        document["ordering_key"] = item.ordering_key
     return hashlib.sha256(orjson.dumps(document, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
@@ -262,6 +266,7 @@ def _store(
             created_at=now,
             channels=list(item.channels) if item.channels is not None else None,
             endpoints=list(item.endpoints) if item.endpoints is not None else None,
+            ordering_key=item.ordering_key,
         )
         new_events.append(event)
         incoming[event.id] = item.data  # filters read the data as sent, never the sealed copy
@@ -285,6 +290,7 @@ def _store(
 
     event_ids: list[str] = []
     endpoint_ids: list[str] = []
+    ordering_keys: list[str | None] = []
     counts: dict[str, int] = {}
     targets: dict[tuple[str, int | None], list[Subscriber]] = {}
     filtered = metrics.Deltas()
@@ -298,15 +304,20 @@ def _store(
             if not subscriber.reached(event.channels, aimed):
                 continue  # not a filter's doing: not counted
             if subscriber.wants(incoming[event.id]):
-                chosen.append(subscriber.endpoint_id)
+                chosen.append(subscriber)
             else:
                 filtered.of(subscriber.endpoint_id, combo[0]).filtered += 1
         event_ids.extend([event.id] * len(chosen))
-        endpoint_ids.extend(chosen)
+        endpoint_ids.extend(sub.endpoint_id for sub in chosen)
+        # an ordered endpoint gets the events of a key in turn; one without a key, at once
+        order_key = event.ordering_key
+        ordering_keys.extend(order_key if sub.ordered else None for sub in chosen)
         counts[event.id] = len(chosen)
     if filtered:
         transaction.on_commit(partial(_count_filtered, filtered, now), robust=True)
-    delivery_ids = deliveries_insert(event_ids=event_ids, endpoint_ids=endpoint_ids, now=now)
+    delivery_ids = deliveries_insert(
+        event_ids=event_ids, endpoint_ids=endpoint_ids, now=now, ordering_keys=ordering_keys
+    ).ready
     if delivery_ids:
         transaction.on_commit(
             lambda: deliveries_enqueue(delivery_ids=delivery_ids, queue=FRESH_QUEUE), robust=True
@@ -358,18 +369,19 @@ def events_insert(events: Sequence[Event]) -> None:
         "created_at",
         "channels",
         "endpoints",
+        "ordering_key",
     )
     with binding_cursor() as cursor:
         cursor.execute(
             f"""
             INSERT INTO {Event._meta.db_table} ({", ".join(columns)})
             SELECT id, type, version, app, data::jsonb, key, hash, occurred, created,
-                   channels::varchar[], endpoints::varchar[]
+                   channels::varchar[], endpoints::varchar[], ordering_key
               FROM unnest(%s::varchar[], %s::varchar[], %s::bigint[], %s::bigint[], %s::text[],
                           %s::varchar[], %s::varchar[], %s::timestamptz[], %s::timestamptz[],
-                          %s::text[], %s::text[])
+                          %s::text[], %s::text[], %s::varchar[])
                    AS t(id, type, version, app, data, key, hash, occurred, created,
-                        channels, endpoints)
+                        channels, endpoints, ordering_key)
             """,  # noqa: S608 - the names are ours, every value is a parameter
             [
                 [e.id for e in events],
@@ -384,10 +396,19 @@ def events_insert(events: Sequence[Event]) -> None:
                 # arrays of arrays cannot be unnested: each list goes as its array's text
                 [_array_text(e.channels) for e in events],
                 [_array_text(e.endpoints) for e in events],
+                [e.ordering_key for e in events],
             ],
         )
     for event in events:  # as bulk_create leaves them: saved
         event._state.adding = False
+
+
+@dataclass(frozen=True)
+class Inserted:
+    """Deliveries inserted, and those of them to publish now (ordered ones wait their turn)."""
+
+    ids: list[int]
+    ready: list[int]
 
 
 def deliveries_insert(
@@ -397,39 +418,67 @@ def deliveries_insert(
     now: datetime,
     dispatched: bool = True,
     skip_existing: bool = False,
-) -> list[int]:
-    """Insert one pending Delivery per (event, endpoint) pair in one statement; returns the ids.
+    ordering_keys: list[str | None] | None = None,
+) -> Inserted:
+    """Insert one pending Delivery per (event, endpoint) pair in one statement; returns the ids,
+    and those to publish (all but the ordered ones, whose heads are published on commit).
 
     Each id carries its event's day, which puts it in that day's partition (services.partitions).
     Two array parameters instead of a row of parameters per delivery: a fan-out of thousands
     binds and plans in a fraction of the time `bulk_create` takes. `dispatched=False` leaves the
     rows for the sweeper to publish; `skip_existing` skips pairs that already have a delivery.
+    `ordering_keys` (parallel, None where unordered): deliveries to ordered endpoints, which
+    take their key's next sequences and wait for their turn (services.ordering); must run in
+    a transaction.
     """
     if not event_ids:
-        return []
+        return Inserted([], [])
     days: dict[str, int] = {}
     for event_id in event_ids:
         if event_id not in days:
             days[event_id] = event_day(event_id)
+    keys = ordering_keys if ordering_keys and any(k is not None for k in ordering_keys) else None
+    sequences: list[int | None] = [None] * len(event_ids)
+    if keys is not None:
+        ordered = [i for i, k in enumerate(keys) if k is not None]
+        taken = ordering.sequences_take(
+            pairs=[(endpoint_ids[i], keys[i]) for i in ordered],  # type: ignore[misc]  # not None here
+            now=now,
+        )
+        for i, sequence in zip(ordered, taken, strict=True):
+            sequences[i] = sequence
     with binding_cursor() as cursor:
         cursor.execute(
             f"""
             INSERT INTO {Delivery._meta.db_table}
                    (id, event_id, endpoint_id, status, attempt_count, retry_base,
-                    next_attempt_at, dispatched_at, created_at)
+                    next_attempt_at, dispatched_at, created_at, ordering_key, sequence)
             SELECT (t.day << {DAY_SHIFT}) + nextval('{DELIVERY_SEQUENCE}'),
-                   t.event_id, t.endpoint_id, 'pending', 0, 0, %(now)s, %(dispatched)s, %(now)s
-              FROM unnest(%(events)s::varchar[], %(endpoints)s::varchar[], %(days)s::bigint[])
-                   AS t(event_id, endpoint_id, day)
+                   t.event_id, t.endpoint_id, 'pending', 0, 0,
+                   CASE WHEN t.key IS NULL THEN %(now)s END,
+                   CASE WHEN t.key IS NULL THEN %(dispatched)s::timestamptz END,
+                   %(now)s, t.key, t.sequence
+              FROM unnest(%(events)s::varchar[], %(endpoints)s::varchar[], %(days)s::bigint[],
+                          %(keys)s::varchar[], %(sequences)s::bigint[])
+                   AS t(event_id, endpoint_id, day, key, sequence)
             {"ON CONFLICT DO NOTHING" if skip_existing else ""}
-            RETURNING id
+            RETURNING id, ordering_key IS NULL
             """,  # noqa: S608 - the names are ours, every value is a parameter
             {
                 "events": event_ids,
                 "endpoints": endpoint_ids,
                 "days": [days[event_id] for event_id in event_ids],
+                "keys": keys if keys is not None else [None] * len(event_ids),
+                "sequences": sequences,
                 "now": now,
                 "dispatched": now if dispatched else None,
             },
         )
-        return [row[0] for row in cursor.fetchall()]
+        rows = cursor.fetchall()
+    if keys is not None:
+        # the heads of keys with nothing before them go now (published after commit)
+        ordering.keys_settle({(endpoint_ids[i], k) for i, k in enumerate(keys) if k}, now=now)
+    return Inserted(
+        ids=[delivery_id for delivery_id, _ in rows],
+        ready=[delivery_id for delivery_id, unordered in rows if unordered],
+    )

@@ -26,7 +26,7 @@ from deliveries.partition_keys import id_span
 from webhooks.models import Endpoint
 from webhooks_project.db import binding_cursor
 
-from . import notices
+from . import notices, ordering
 from .claims import Claim, deliveries_release
 from .endpoints import endpoint_disable_with_notice
 from .enqueue import deliveries_enqueue
@@ -328,6 +328,15 @@ def _attempts_write(jobs: Sequence[Job], *, numbers: Sequence[int] | None = None
             for job, decision in decided
             if job.claim.delivery_id in advanced
             and decision.verdict in (Verdict.FAILED, Verdict.DEAD)
+        )
+        # ordered deliveries that moved: their keys' next ones may go (services/ordering.py)
+        ordering.keys_settle(
+            {
+                (job.claim.endpoint_id, job.claim.ordering_key)
+                for job in jobs
+                if job.claim.ordering_key is not None and job.claim.delivery_id in advanced
+            },
+            now=now,
         )
         _endpoint_health_note(decided=decided, advanced=advanced)
         notices.notices_delivery_dead(

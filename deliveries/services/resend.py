@@ -9,6 +9,7 @@ from django.utils import timezone
 from deliveries.models import DeadLetter, Delivery
 from webhooks import audit
 
+from . import ordering
 from .enqueue import FRESH_QUEUE, deliveries_enqueue
 
 FINAL = (Delivery.Status.SUCCEEDED, Delivery.Status.FAILED, Delivery.Status.DEAD)
@@ -72,6 +73,8 @@ def delivery_resend(*, delivery_id: int, actor: str) -> Delivery:
         DeadLetter.objects.filter(delivery_id=delivery.pk, replayed_at__isnull=True).update(
             replayed_at=now, replayed_by=actor[:200]
         )
+        # an ordered one is its key's head again, or waits behind one in flight
+        ordering.keys_settle(ordering.keys_of([delivery.pk]), now=now)
         _audited_and_sent(
             delivery,
             actor,
@@ -95,6 +98,11 @@ def delivery_retry_now(*, delivery_id: int, actor: str) -> Delivery:
             raise NotNow(f"the delivery is {delivery.status}, not waiting: {hint}")
         if not delivery.endpoint.enabled:
             raise NotNow("its endpoint is disabled: enable it first")
+        if delivery.next_attempt_at is None:
+            raise NotNow(
+                f"it waits for its turn: delivery {delivery.sequence} of ordering key "
+                f"{delivery.ordering_key!r} goes when the ones before it are done"
+            )
         waited = delivery.next_attempt_at
         Delivery.objects.filter(pk=delivery.pk).update(next_attempt_at=now, dispatched_at=now)
         _audited_and_sent(

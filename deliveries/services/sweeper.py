@@ -16,6 +16,7 @@ from deliveries.models import Delivery, DeliveryAttempt
 from webhooks.models import Endpoint
 from webhooks_project.db import binding_cursor
 
+from . import ordering
 from .enqueue import deliveries_enqueue
 
 logger = logging.getLogger(__name__)
@@ -103,7 +104,14 @@ def deliveries_requeue_stuck(*, batch_size: int = 1000, max_batches: int = 50) -
                 next_attempt_at=now,
                 dispatched_at=None,
             )
+            # an ordered one frees its key's slot and stays its head (services/ordering.py)
+            ordering.keys_settle(ordering.keys_of(expired), now=now)
             logger.warning("took back %d deliveries whose lease expired", reclaimed)
+
+    # ordering keys whose slot outlived any lease (the paths that end a claim free it)
+    ordering.stale_slots_settle(
+        claimed_before=now - timedelta(seconds=2 * settings.WEBHOOKS_LEASE_SECONDS)
+    )
 
     stale = now - timedelta(seconds=settings.WEBHOOKS_REDISPATCH_AFTER)
     published = 0

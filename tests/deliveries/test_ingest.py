@@ -200,7 +200,7 @@ def test_an_idempotency_key_reused_with_another_body_is_a_409_naming_the_event(
 @pytest.mark.parametrize(
     ("path", "body"),
     [
-        ("/api/v1/events/", {"type": "order.created", "data": {}, "ordering_key": "x"}),
+        ("/api/v1/events/", {"type": "order.created", "data": {}, "order_key": "x"}),
         ("/api/v1/events/", {"type": "order.created", "data": {}, "channel": ["a"]}),
         ("/api/v1/event-types/", {"name": "x.y", "schema": {}, "filter": {}}),
         ("/api/v1/applications/", {"uid": "a1", "name": "A", "metadata": {}}),

@@ -86,7 +86,9 @@ def test_an_event_and_its_deliveries_go_to_its_day(api: APIClient, admin_client:
         event_type_id="page.tick",
         data={},
     )
-    [late] = deliveries_insert(event_ids=[old.pk], endpoint_ids=[endpoints[1]], now=timezone.now())
+    [late] = deliveries_insert(
+        event_ids=[old.pk], endpoint_ids=[endpoints[1]], now=timezone.now()
+    ).ids
     assert late >> DAY_SHIFT == event_day(old.pk) == day_number(today - timedelta(days=3))
 
 

@@ -135,6 +135,8 @@ class EndpointSerializer(StrictFields, serializers.ModelSerializer):
             "filter",
             "filters",
             "channels",
+            "ordering",
+            "ordering_on_dead",
             "created_at",
             "updated_at",
         ]
