@@ -304,4 +304,5 @@ def test_the_openapi_and_the_admin_show_ordering(api: APIClient, admin_client: A
     assert {"ordering_key", "sequence"} <= set(components["Delivery"]["properties"])
     assert "/api/v1/dead-letters/{id}/skip/" in schema["paths"]
     page = admin_client.get("/admin/webhooks/endpoint/add/").content.decode()
-    assert 'name="ordering"' in page and 'name="ordering_on_dead"' in page
+    assert 'name="ordering"' in page
+    assert 'name="ordering_on_dead"' in page
