@@ -15,6 +15,7 @@ from webhooks_project.paging import EstimatedCountPaginator
 # importing it registers the endpoint admin (it lives with the engine it needs)
 from .endpoint_admin import replay_and_report
 from .models import DeadLetter, Delivery, Event, IdempotencyKey
+from .services.dead_letters import AlreadyHandled, dead_letter_skip
 from .services.resend import NotNow, delivery_resend, delivery_retry_now
 
 
@@ -133,6 +134,10 @@ def delivery_timeline(delivery: Delivery) -> list[dict[str, Any]]:
                 "offset": (delivery.next_attempt_at - accepted).total_seconds(),
             }
         )
+    elif delivery.status == Delivery.Status.PENDING and delivery.sequence is not None:
+        entries.append(
+            {"kind": "turn", "key": delivery.ordering_key, "sequence": delivery.sequence}
+        )
     return entries
 
 
@@ -158,6 +163,8 @@ class DeliveryAdmin(ReadOnlyAdmin):
     ]
     search_fields = ["=id", "=event__id", "=endpoint__id", "endpoint__url"]
     raw_id_fields = ["event", "endpoint"]
+    # written by the engine (not editable): shown all the same
+    readonly_fields = ["ordering_key", "sequence", "payload_expired_at"]
     actions = ["resend_selected", "retry_selected_now"]
 
     def has_resend_permission(self, request: HttpRequest) -> bool:
@@ -258,6 +265,7 @@ class DeadLetterAdmin(ReadOnlyAdmin):
         "created_at",
         "replayed_at",
         "replayed_by",
+        "skipped",
     ]
     list_filter = [
         ("replayed_at", admin.EmptyFieldListFilter),
@@ -266,7 +274,7 @@ class DeadLetterAdmin(ReadOnlyAdmin):
         "created_at",
     ]
     raw_id_fields = ["delivery", "endpoint"]
-    actions = ["replay_selected"]
+    actions = ["replay_selected", "skip_selected"]
 
     def has_replay_permission(self, request: HttpRequest) -> bool:
         # the record itself is read-only for everyone; replaying needs the change permission
@@ -275,3 +283,21 @@ class DeadLetterAdmin(ReadOnlyAdmin):
     @admin.action(description="Replay selected dead letters", permissions=["replay"])
     def replay_selected(self, request: HttpRequest, queryset: QuerySet[DeadLetter]) -> None:
         replay_and_report(self, request, queryset)
+
+    @admin.action(
+        description="Skip selected dead letters (handled without sending again: an ordering "
+        "key they hold moves on)",
+        permissions=["replay"],
+    )
+    def skip_selected(self, request: HttpRequest, queryset: QuerySet[DeadLetter]) -> None:
+        skipped, refused = 0, []
+        for dead_letter_id in queryset.values_list("id", flat=True)[:1000]:
+            try:
+                dead_letter_skip(dead_letter_id=dead_letter_id, actor=f"admin:{request.user}")
+                skipped += 1
+            except AlreadyHandled as exc:
+                refused.append(f"{dead_letter_id}: {exc}")
+        if skipped:
+            self.message_user(request, f"{skipped} dead letters skipped.", messages.SUCCESS)
+        for text in refused[:10]:
+            self.message_user(request, f"Not skipped: {text}", messages.WARNING)

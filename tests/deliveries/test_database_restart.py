@@ -1,4 +1,5 @@
-"""Fault test 3: PostgreSQL restarted under load.
+"""Fault test 3: PostgreSQL restarted under load (to an endpoint, and to one that orders each
+key's events).
 
 The test runs its own PostgreSQL (migrated from scratch), Redis, gunicorn, worker and beat, so
 the session's test database is never taken away. Events are posted in a steady stream while the
@@ -154,6 +155,10 @@ def test_postgres_restarted_under_load_loses_nothing(sink: Sink) -> None:
     with own_stack("pg-restart-") as stack:
         env, api, key, processes = stack.env, stack.api, stack.key, stack.processes
         assert _call(f"{api}/endpoints/", key, {"url": sink.url("pg")})[0] == 201
+        # and one that wants each key's events in order, one at a time
+        ordered = {"url": sink.url("pgo"), "ordering": "per_key"}
+        assert _call(f"{api}/endpoints/", key, ordered)[0] == 201
+        sink.plan("pgo", 200, delay=0.01)
         processes.append(WorkerProcess(env, ["--concurrency", "4"]).start())
         # beat with its production scheduler (django-celery-beat's DatabaseScheduler): it must
         # live through the database crash too
@@ -168,9 +173,8 @@ def test_postgres_restarted_under_load_loses_nothing(sink: Sink) -> None:
             deadline = time.monotonic() + 60
             n = 0
             while not stop.is_set() and n < 600 and time.monotonic() < deadline:
-                answers.append(
-                    _call(f"{api}/events/", key, {"type": "order.created", "data": {"n": n}})
-                )
+                event = {"type": "order.created", "data": {"n": n}, "ordering_key": f"k{n % 5}"}
+                answers.append(_call(f"{api}/events/", key, event))
                 n += 1
                 time.sleep(0.02)
 
@@ -207,21 +211,34 @@ def test_postgres_restarted_under_load_loses_nothing(sink: Sink) -> None:
         assert set(accepted) <= stored, "a 202 was answered for an event that is not stored"
 
         # and every stored event is delivered, without a single attempt recorded as failed
-        counts = _wait_all_delivered(dsn, len(stored), timeout=90)
-        assert counts == {"succeeded": len(stored)}
+        counts = _wait_all_delivered(dsn, 2 * len(stored), timeout=120)
+        assert counts == {"succeeded": 2 * len(stored)}
         received = Counter(r.headers["webhook-id"] for r in sink.requests("pg"))
         assert set(received) == stored
-        duplicates = sum(c - 1 for c in received.values())
+        in_order = Counter(r.headers["webhook-id"] for r in sink.requests("pgo"))
+        assert set(in_order) == stored
+        # the ordered endpoint got each key's events in order (a duplicate comes right after
+        # its first send, never after a later one), and never two of a key at once
+        by_key: dict[str, list[int]] = {}
+        for r in sink.requests("pgo"):
+            by_key.setdefault(r.headers["webhook-ordering-key"], []).append(
+                int(r.headers["webhook-sequence"])
+            )
+        for sequences in by_key.values():
+            assert sequences == sorted(sequences), sequences
+            assert sorted(set(sequences)) == list(range(1, len(set(sequences)) + 1))
+        assert sink.overlaps == []
+        duplicates = sum(c - 1 for c in received.values()) + sum(c - 1 for c in in_order.values())
         # every request the consumer got is in the audit log, a duplicate's first send included:
         # its worker keeps that result and records it once the database answers again (its
         # retry may wait up to 10 s, after another worker already sent and recorded the retry)
-        outcomes = _wait_attempts(dsn, sum(received.values()), timeout=30)
+        outcomes = _wait_attempts(dsn, sum(received.values()) + sum(in_order.values()), timeout=30)
         # a try whose lease ran out before it was recorded is `unknown` (worker_lost), never
         # missing; nothing was recorded as failed
         assert set(outcomes) <= {"succeeded", "unknown"}, outcomes
-        assert sum(outcomes.values()) >= sum(received.values()), outcomes
+        assert sum(outcomes.values()) >= sum(received.values()) + sum(in_order.values())
         # a crash between the consumer's 2xx and our write makes a duplicate; it is rare
-        assert duplicates <= 4, f"{duplicates} duplicate requests"
+        assert duplicates <= 8, f"{duplicates} duplicate requests"
         # beat lived through it and kept sweeping after the database came back
         assert beat.proc is not None
         assert beat.proc.poll() is None, "".join(beat.output[-30:])

@@ -24,7 +24,8 @@ import pytest
 import redis
 from django.utils import timezone
 
-from deliveries.models import Delivery, DeliveryAttempt, DeliveryTotal, Event
+from deliveries.models import Delivery, DeliveryAttempt, DeliveryTotal, Event, OrderingKey
+from deliveries.services.claims import deliveries_claim
 from deliveries.services.enqueue import FEED_KEY
 from devstack.services import LocalRedis
 from schemas_app.services import event_type_create
@@ -69,11 +70,11 @@ class Stack:
         ).start()
         return self.beat
 
-    def post_event(self, data: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    def post_event(self, data: dict[str, Any], **fields: Any) -> tuple[int, dict[str, Any]]:
         assert self.web is not None
         request = urllib.request.Request(
             self.web.url + "/api/v1/events/",
-            data=json.dumps({"type": "order.created", "data": data}).encode(),
+            data=json.dumps({"type": "order.created", "data": data, **fields}).encode(),
             headers={"Authorization": f"Bearer {self.key}", "Content-Type": "application/json"},
             method="POST",
         )
@@ -294,3 +295,108 @@ def test_workers_ride_out_redis_restarting_empty_under_load(stack: Stack, sink: 
 def _pool_pids(worker: WorkerProcess) -> set[int]:
     assert worker.proc is not None
     return {worker.proc.pid, *(c.pid for c in psutil.Process(worker.proc.pid).children())}
+
+
+# Ordered delivery (issue 16): the same faults, for an endpoint that sends each key's events one
+# at a time in order. The sink counts a second request of a key arriving while one is open.
+
+
+def _sequences(sink: Sink, name: str) -> dict[str, list[int]]:
+    """Per ordering key, the sequence of each request in the order they arrived."""
+    seen: dict[str, list[int]] = {}
+    for r in sink.requests(name):
+        seen.setdefault(r.headers["webhook-ordering-key"], []).append(
+            int(r.headers["webhook-sequence"])
+        )
+    return seen
+
+
+def test_an_ordered_key_waits_out_its_worker_killed_mid_request(stack: Stack, sink: Sink) -> None:
+    # given a consumer that holds key a's first request (2 s, far less than the 8 s lease)
+    sink.plan("o#a", 200, first_delay=2)
+    endpoint_create(url=sink.url("o"), ordering="per_key")
+    worker = stack.start_worker()
+    stack.start_beat()
+    for n in range(3):
+        assert stack.post_event({"n": n}, ordering_key="a")[0] == 202
+    (first,) = sink.wait_for(1, "o")
+    assert first.headers["webhook-sequence"] == "1"
+    # when the worker process holding it (the only one that has sent anything) is SIGKILLed
+    assert worker.proc is not None
+    children = psutil.Process(worker.proc.pid).children(recursive=True)
+    holder = next(
+        c
+        for c in children
+        if any(conn.raddr and conn.raddr.port == sink.port for conn in c.net_connections("tcp"))
+    )
+    holder.send_signal(signal.SIGKILL)
+    # (another key goes meanwhile)
+    assert stack.post_event({"n": 9}, ordering_key="b")[0] == 202
+    # then, after the lease, a's head is sent again, and only then the rest of a, in order
+    wait_until(lambda: _all_succeeded(4), timeout=60)
+    assert _sequences(sink, "o") == {"a": [1, 1, 2, 3], "b": [1]}
+    assert sink.overlaps == []
+    head = Delivery.objects.get(ordering_key="a", sequence=1)
+    assert list(head.attempts.order_by("number").values_list("outcome", flat=True)) == [
+        "unknown",
+        "succeeded",
+    ]
+
+
+def test_ordered_keys_are_rebuilt_in_order_after_redis_empties(stack: Stack, sink: Sink) -> None:
+    # given ordered events accepted while no worker runs (each key's head is on the feed)
+    sink.plan("o", 200, delay=0.01)
+    endpoint_create(url=sink.url("o"), ordering="per_key")
+    for n in range(15):
+        assert stack.post_event({"n": n}, ordering_key=f"k{n % 3}")[0] == 202
+    assert redis.Redis.from_url(stack.redis.url()).llen(FEED_KEY) == 3
+    # when Redis is killed and restarts empty
+    stack.redis.stop(kill=True)
+    stack.redis = LocalRedis(stack.tmp / "redis", port=stack.redis.port, persist=False).start()
+    stack.start_worker()
+    stack.start_beat()
+    # then every key is delivered whole, in order, one at a time
+    wait_until(lambda: _all_succeeded(15), timeout=60)
+    assert _sequences(sink, "o") == {f"k{i}": [1, 2, 3, 4, 5] for i in range(3)}
+    assert sink.overlaps == []
+
+
+def test_two_sweeps_at_once_take_back_each_ordered_head_once(stack: Stack, sink: Sink) -> None:
+    # given 20 keys of 4 events each, whose heads were claimed by a worker that died (their
+    # leases ran out): the heads in flight, each key's slot taken, the rest held
+    sink.plan("o", 200, delay=0.01)
+    endpoint_create(url=sink.url("o"), ordering="per_key")
+    for n in range(80):
+        assert stack.post_event({"n": n}, ordering_key=f"k{n % 20}")[0] == 202
+    heads = list(Delivery.objects.filter(sequence=1).values_list("id", flat=True))
+    assert len(heads) == 20
+    claims = deliveries_claim(delivery_ids=heads, now=timezone.now())
+    assert len(claims) == 20
+    Delivery.objects.filter(id__in=heads).update(
+        lease_expires_at=timezone.now() - timedelta(seconds=1)
+    )
+    redis.Redis.from_url(stack.redis.url()).delete(FEED_KEY)
+    # when two sweeper processes run at the same moment
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "manage.py", "requeue_stuck"],
+            cwd=BASE_DIR,
+            env=stack.env,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    results = [json.loads(p.communicate(timeout=60)[0].strip().splitlines()[-1]) for p in procs]
+    # then each head was taken back once and published once; every key's slot is free, and
+    # its later events are still held
+    assert sum(r["reclaimed"] for r in results) == 20
+    assert sum(r["published"] for r in results) == 20
+    assert not OrderingKey.objects.filter(in_flight__isnull=False).exists()
+    held = Delivery.objects.filter(status="pending", next_attempt_at__isnull=True)
+    assert held.count() == 60
+    # and a worker then delivers every key in order, one at a time
+    stack.start_worker()
+    wait_until(lambda: _all_succeeded(80), timeout=60)
+    assert _sequences(sink, "o") == {f"k{i}": [1, 2, 3, 4] for i in range(20)}
+    assert sink.overlaps == []

@@ -306,3 +306,31 @@ def test_the_openapi_and_the_admin_show_ordering(api: APIClient, admin_client: A
     page = admin_client.get("/admin/webhooks/endpoint/add/").content.decode()
     assert 'name="ordering"' in page
     assert 'name="ordering_on_dead"' in page
+
+
+@pytest.mark.django_db
+def test_the_admin_shows_a_held_delivery_and_skips_dead_letters(
+    api: APIClient, order_type: None, admin_client: Any, django_capture_on_commit_callbacks: Any
+) -> None:
+    endpoint = _endpoint(api, "http://127.0.0.1:9/o", ordering="per_key", ordering_on_dead="block")
+    with django_capture_on_commit_callbacks(execute=False):
+        _post(api, [{"data": {"n": n}, "ordering_key": "k<b>"} for n in range(2)])
+    first, second = Delivery.objects.filter(endpoint_id=endpoint["id"]).order_by("sequence")
+    page = admin_client.get(f"/admin/deliveries/delivery/{second.pk}/change/").content.decode()
+    assert "Waiting for its turn" in page
+    assert "k&lt;b&gt;" in page  # escaped
+    # the head ends dead with a dead letter: under block, the second stays held
+    Delivery.objects.filter(pk=first.pk).update(status="dead", next_attempt_at=None)
+    dead = DeadLetter.objects.create(
+        delivery=first, endpoint_id=endpoint["id"], event_type="order.updated", reason="x"
+    )
+    with django_capture_on_commit_callbacks(execute=True):
+        answer = admin_client.post(
+            "/admin/deliveries/deadletter/",
+            {"action": "skip_selected", "_selected_action": [dead.pk]},
+        )
+    assert answer.status_code == 302
+    dead.refresh_from_db()
+    assert (dead.skipped, dead.replayed_by) == (True, "admin:admin")
+    second.refresh_from_db()
+    assert second.next_attempt_at is not None  # its turn came
