@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import re
 import statistics
@@ -100,13 +101,16 @@ def post_batches(
     payload: int,
     clients: int = 4,
     tag: str = "",
+    keys: int = 0,
 ) -> tuple[float, float]:
     """Post `events` in batches from `clients` threads, each payload carrying the phase's `tag`;
-    returns (first post time, seconds)."""
+    returns (first post time, seconds). With `keys`, the events carry ordering keys, in turn
+    over that many."""
     filler = "x" * payload
     batches = [min(batch, events - i) for i in range(0, events, batch)]
     lock = threading.Lock()
     first: list[float] = []
+    posted = itertools.count()
 
     def worker() -> None:
         while True:
@@ -118,7 +122,11 @@ def post_batches(
                     first.append(time.time())
             now = time.time()
             data = {"t": now, "tag": tag, "filler": filler}
-            body = [{"type": event_type, "data": data} for _ in range(size)]
+            body: list[dict[str, Any]] = [{"type": event_type, "data": data} for _ in range(size)]
+            if keys:
+                with lock:
+                    for item in body:
+                        item["ordering_key"] = f"k{next(posted) % keys}"
             api(base, key, "POST", "/api/v1/events/batch/", body)
 
     started = time.perf_counter()
@@ -174,7 +182,14 @@ def wait_drained(dsn: str, timeout: float = 300) -> None:
 
 
 def setup_endpoints(
-    base: str, key: str, sink: str, event_type: str, fanout: int, bad: int, mode: str
+    base: str,
+    key: str,
+    sink: str,
+    event_type: str,
+    fanout: int,
+    bad: int,
+    mode: str,
+    **fields: Any,
 ) -> None:
     api(
         base,
@@ -190,7 +205,7 @@ def setup_endpoints(
             key,
             "POST",
             "/api/v1/endpoints/",
-            {"url": sink + path, "event_types": [event_type]},
+            {"url": sink + path, "event_types": [event_type], **fields},
         )
 
 
@@ -207,13 +222,16 @@ def run_throughput(
     batch: int,
     procs: list[Proc],
     tag: str = "throughput",
+    keys: int = 0,
 ) -> dict[str, Any]:
     wait_drained(dsn)
     sink_stats(sink, reset=True, tag=tag)
     with psycopg.connect(dsn) as conn:
         before = conn.execute("SELECT count(*) FROM deliveries_deliveryattempt").fetchone()[0]
     with Sampler(procs) as sampler:
-        first, ingest_seconds = post_batches(base, key, event_type, events, batch, payload, tag=tag)
+        first, ingest_seconds = post_batches(
+            base, key, event_type, events, batch, payload, tag=tag, keys=keys
+        )
         stats = wait_delivered(
             sink,
             dsn,

@@ -181,12 +181,10 @@ class EndpointAdmin(AuditedAdmin):
         return _with_health(super().get_queryset(request).select_related("application"))
 
     def save_model(self, request: HttpRequest, obj: Endpoint, form: Any, change: bool) -> None:
-        held = (
-            change
-            and Endpoint.objects.filter(pk=obj.pk, ordering_on_dead=Endpoint.OnDead.BLOCK).exists()
-        )
+        stored = Endpoint.objects.filter(pk=obj.pk).values_list("ordering_on_dead", flat=True)
+        before = (stored.first() if change else None) or obj.ordering_on_dead
         super().save_model(request, obj, form, change)
-        endpoint_ordering_changed(endpoint=obj, was_blocking=held)
+        endpoint_ordering_changed(endpoint=obj, on_dead_before=before)
 
     def get_fields(self, request: HttpRequest, obj: Endpoint | None = None) -> list[Any]:
         """Header values are secrets: staff who may only view see their names."""

@@ -316,6 +316,10 @@ class OrderingKey(models.Model):
     last_sequence = models.BigIntegerField(default=0)
     in_flight = models.BigIntegerField(null=True, blank=True)  # a delivery id
     claimed_at = models.DateTimeField(null=True, blank=True)
+    # No delivery of the key that is not done has a lower id (null: none is): the first of
+    # its day partitions to read. Lowered when deliveries are made or reopened, cleared when
+    # none is left (services/ordering.py).
+    low_id = models.BigIntegerField(null=True, blank=True)
     used_at = models.DateTimeField(default=timezone.now)  # when it last gave a sequence
 
     class Meta:

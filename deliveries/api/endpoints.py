@@ -35,9 +35,9 @@ class EndpointViewSet(webhooks_views.EndpointViewSet):
 
     def perform_update(self, serializer: BaseSerializer[Endpoint]) -> None:
         assert serializer.instance is not None  # an update has its instance
-        held = serializer.instance.ordering_on_dead == Endpoint.OnDead.BLOCK
+        before = serializer.instance.ordering_on_dead
         super().perform_update(serializer)
-        endpoint_ordering_changed(endpoint=serializer.instance, was_blocking=held)
+        endpoint_ordering_changed(endpoint=serializer.instance, on_dead_before=before)
 
     @extend_schema(request=EndpointEnableSerializer, responses=EndpointEnabledSerializer)
     @action(detail=True, methods=["post"])

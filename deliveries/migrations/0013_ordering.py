@@ -20,6 +20,7 @@ class Migration(migrations.Migration):
                 ('key', models.CharField(max_length=200)),
                 ('last_sequence', models.BigIntegerField(default=0)),
                 ('in_flight', models.BigIntegerField(blank=True, null=True)),
+                ('low_id', models.BigIntegerField(blank=True, null=True)),
                 ('claimed_at', models.DateTimeField(blank=True, null=True)),
                 ('used_at', models.DateTimeField(default=django.utils.timezone.now)),
             ],

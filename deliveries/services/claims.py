@@ -26,7 +26,6 @@ from webhooks_project.db import binding_cursor
 
 from . import ordering
 from .enqueue import deliveries_enqueue
-from .ordering import BLOCKED_BY_DEAD
 
 logger = logging.getLogger(__name__)
 
@@ -78,8 +77,10 @@ _K = OrderingKey._meta.db_table
 # One statement, one round trip, in autocommit. Rows are locked in id order and locked ones
 # skipped, so two claims over overlapping ids never deadlock and never both win a row. Returns
 # each claimed row joined with its event, its endpoint and the endpoint's signing secrets.
-# A delivery to an ordered endpoint is claimed only if it is its key's head and it takes the
-# key's slot, never waiting for it (services/ordering.py).
+# A delivery to an ordered endpoint is claimed only if it takes its key's slot, never waiting
+# for it; that it is the key's head is kept by settling, which leaves no other one of the key
+# due (services/ordering.py: reading the key's deliveries here cost more to plan, across every
+# day partition, than the whole claim).
 # The claim commits without waiting for the WAL flush (`synchronous_commit` off for this one
 # transaction): if PostgreSQL crashed right after, the claim is forgotten and the delivery is
 # sent again, a duplicate of the kind a crash always allows, never a loss. Not for an ordered
@@ -89,9 +90,6 @@ _K = OrderingKey._meta.db_table
 # nothing else) is what identifies a claim: renewing, recording and giving back match it, and
 # a send of a lost claim is recorded under the next free number. The lease expiry is not the
 # token: renewals move it.
-_BLOCKED = BLOCKED_BY_DEAD.format(
-    endpoint="due.endpoint_id", key="due.ordering_key", sequence="due.sequence"
-)
 _CLAIM_SQL = f"""
 WITH due AS (
     SELECT id, endpoint_id, ordering_key, sequence FROM {_D}
@@ -108,13 +106,7 @@ cfg AS (
 turn AS (
     SELECT o.id AS key_id, due.id
       FROM due JOIN {_K} AS o ON o.endpoint_id = due.endpoint_id AND o.key = due.ordering_key
-      JOIN {_P} AS q ON q.id = due.endpoint_id
      WHERE o.in_flight IS NULL
-       AND NOT EXISTS (
-           SELECT 1 FROM {_D} AS b
-            WHERE b.endpoint_id = due.endpoint_id AND b.ordering_key = due.ordering_key
-              AND b.status = 'pending' AND b.sequence < due.sequence)
-       AND NOT (q.ordering_on_dead = 'block' AND {_BLOCKED})
        FOR NO KEY UPDATE OF o SKIP LOCKED
 ),
 taken AS (

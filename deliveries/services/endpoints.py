@@ -282,10 +282,11 @@ def _routing_check(endpoint: Endpoint) -> Callable[[str, Any, Any, Any], bool]:
     return passes
 
 
-def endpoint_ordering_changed(*, endpoint: Endpoint, was_blocking: bool) -> None:
-    """After an endpoint was saved: if a dead delivery no longer holds its ordering key
-    (`ordering_on_dead` went from block to skip), the keys it held move on."""
-    if was_blocking and endpoint.ordering_on_dead != Endpoint.OnDead.BLOCK:
+def endpoint_ordering_changed(*, endpoint: Endpoint, on_dead_before: str) -> None:
+    """After an endpoint was saved: if `ordering_on_dead` changed, its keys are settled again
+    (to skip: the keys a dead letter held move on; to block: the ones behind a dead letter
+    wait)."""
+    if endpoint.ordering_on_dead != on_dead_before:
         ordering.endpoint_keys_settle(endpoint_id=endpoint.pk)
 
 

@@ -443,6 +443,7 @@ def deliveries_insert(
         ordered = [i for i, k in enumerate(keys) if k is not None]
         taken = ordering.sequences_take(
             pairs=[(endpoint_ids[i], keys[i]) for i in ordered],  # type: ignore[misc]  # not None here
+            days=[days[event_ids[i]] for i in ordered],
             now=now,
         )
         for i, sequence in zip(ordered, taken, strict=True):

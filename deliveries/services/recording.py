@@ -329,15 +329,6 @@ def _attempts_write(jobs: Sequence[Job], *, numbers: Sequence[int] | None = None
             if job.claim.delivery_id in advanced
             and decision.verdict in (Verdict.FAILED, Verdict.DEAD)
         )
-        # ordered deliveries that moved: their keys' next ones may go (services/ordering.py)
-        ordering.keys_settle(
-            {
-                (job.claim.endpoint_id, job.claim.ordering_key)
-                for job in jobs
-                if job.claim.ordering_key is not None and job.claim.delivery_id in advanced
-            },
-            now=now,
-        )
         _endpoint_health_note(decided=decided, advanced=advanced)
         notices.notices_delivery_dead(
             [
@@ -363,6 +354,16 @@ def _attempts_write(jobs: Sequence[Job], *, numbers: Sequence[int] | None = None
             if decision.disable_endpoint
         }.items():
             endpoint_disable_with_notice(endpoint_id=endpoint_id, reason=reason)
+        # ordered deliveries that moved: their keys' next ones may go (services/ordering.py);
+        # last, so that the keys stay locked for as short a time as can be
+        ordering.keys_settle(
+            {
+                (job.claim.endpoint_id, job.claim.ordering_key)
+                for job in jobs
+                if job.claim.ordering_key is not None and job.claim.delivery_id in advanced
+            },
+            now=now,
+        )
         for countdown, ids in retries.items():
             due_ids = [i for i in ids if i in advanced]
             if due_ids:

@@ -9,6 +9,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from django.db import transaction
 from django.utils import timezone
 from rest_framework.test import APIClient
 
@@ -109,22 +110,28 @@ def test_a_claim_takes_only_a_keys_head_and_one_at_a_time(
         .order_by("sequence")
         .values_list("id", flat=True)
     )
-    # even when every one of them is due (as after a hand edit), only the head is claimed
-    Delivery.objects.filter(id__in=ids).update(
-        next_attempt_at=timezone.now() - timedelta(seconds=1)
-    )
+    # only the head is due; a claim of every id takes it and takes the key's slot
     claims = deliveries_claim(delivery_ids=ids, now=timezone.now())
     assert [(c.delivery_id, c.ordering_key, c.sequence) for c in claims] == [(ids[0], "k", 1)]
     assert OrderingKey.objects.get(endpoint_id=endpoint["id"]).in_flight == ids[0]
-    # while it is in flight, nothing else of the key is claimed, not even a replayed earlier one
+    # even when the others are made due by hand while it is in flight, none is claimed: the
+    # slot is taken
+    Delivery.objects.filter(id__in=ids[1:]).update(
+        next_attempt_at=timezone.now() - timedelta(seconds=1)
+    )
     assert deliveries_claim(delivery_ids=ids, now=timezone.now()) == []
-    # settling holds every pending one but the head; the head is in flight: none is due
-    with django_capture_on_commit_callbacks(execute=False):
-        from django.db import transaction
-
-        with transaction.atomic():
-            assert ordering.keys_settle({(endpoint["id"], "k")}) == []
+    # and settling the key holds them again: the head is in flight, none is due
+    with django_capture_on_commit_callbacks(execute=False), transaction.atomic():
+        assert ordering.keys_settle({(endpoint["id"], "k")}) == []
     assert _rows(endpoint["id"])[1:] == [("k", 2, "pending", False), ("k", 3, "pending", False)]
+    # once the head is done (recorded elsewhere: here by hand), settling frees the slot and
+    # makes the second due, published after commit
+    Delivery.objects.filter(id=ids[0]).update(status="succeeded")
+    with django_capture_on_commit_callbacks(execute=False) as published, transaction.atomic():
+        assert ordering.keys_settle({(endpoint["id"], "k")}) == [ids[1]]
+    assert len(published) == 1
+    assert OrderingKey.objects.get(endpoint_id=endpoint["id"]).in_flight is None
+    assert _rows(endpoint["id"])[1:] == [("k", 2, "pending", True), ("k", 3, "pending", False)]
 
 
 def _keyed(requests: list[Received]) -> dict[str, list[tuple[int, int]]]:
@@ -203,6 +210,14 @@ def test_a_dead_head_is_skipped_by_default_and_the_consumer_sees_the_gap(
     assert [s for s, _ in _keyed(sink.requests("o"))["a"]] == [1, 2, 3]
     assert Delivery.objects.get(sequence=1).status == "dead"
     assert DeadLetter.objects.count() == 1
+    # the key has nothing left: its settling reads no day partition any more
+    wait_until(lambda: OrderingKey.objects.get(key="a").low_id is None, timeout=30)
+    # replaying the dead one later sends it (late, with its own sequence, which the consumer
+    # sees is lower than the last)
+    dead = DeadLetter.objects.get()
+    assert api.post(f"/api/v1/dead-letters/{dead.pk}/replay/").status_code == 202
+    wait_until(lambda: Delivery.objects.filter(status="succeeded").count() == 3, timeout=30)
+    assert [s for s, _ in _keyed(sink.requests("o"))["a"]] == [1, 2, 3, 1]
 
 
 @pytest.mark.integration
