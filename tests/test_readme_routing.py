@@ -1,0 +1,142 @@
+"""The README's "Routing" section, run: every curl line of its examples, in order, against a real
+web server on the test database, each answer a success with a JSON body, and the filter-test
+answer the one the README shows. The lines are read from the README, so an example that stops
+working fails here.
+
+curl itself is not needed: the few options the examples use (-s, -X, -H, -d) are read here and
+the request is made with urllib.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.utils import timezone
+
+from deliveries.models import DeadLetter, Delivery, Event
+from schemas_app.services import event_type_create
+from tests.conftest import BASE_DIR, WebServer, worker_env
+from webhooks.models import ApiKey, Application
+from webhooks.services import api_key_create, endpoint_create
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def _commands(section: str) -> list[str]:
+    """Each curl command of the section's bash blocks: continued lines (a trailing backslash, or
+    a quote still open) joined, comments left out."""
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", section, re.DOTALL):
+        current = ""
+        for line in block.splitlines():
+            if not current and (not line.strip() or line.lstrip().startswith("#")):
+                continue
+            current += line[:-1] + " " if line.endswith("\\") else line + "\n"
+            if line.endswith("\\"):
+                continue
+            try:
+                shlex.split(current, comments=True)
+            except ValueError:
+                continue  # a quote is still open: the command goes on
+            if current.startswith("curl "):
+                commands.append(current.strip())
+            current = ""
+    return commands
+
+
+def _routing_section() -> str:
+    text = (Path(BASE_DIR) / "README.md").read_text()
+    start = text.index("## Routing")
+    return text[start : text.index("\n## ", start + 1)]
+
+
+def _request(command: str, variables: dict[str, str]) -> tuple[int, Any]:
+    for name, value in sorted(variables.items(), key=lambda item: -len(item[0])):
+        command = command.replace(f"${name}", value)
+    args = shlex.split(command, comments=True)
+    assert args[0] == "curl"
+    method, headers, body, url = "GET", {}, None, None
+    rest = iter(args[1:])
+    for arg in rest:
+        if arg == "-s":
+            continue
+        if arg == "-X":
+            method = next(rest)
+        elif arg == "-H":
+            name, _, value = next(rest).partition(":")
+            headers[name.strip()] = value.strip()
+        elif arg == "-d":
+            body = next(rest).encode()
+        else:
+            assert url is None, f"unexpected argument {arg!r} in {command}"
+            url = arg
+    assert url is not None
+    if body is not None and method == "GET":
+        method = "POST"
+    request = urllib.request.Request(url, data=body, headers=headers, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=30) as answer:  # noqa: S310 - loopback
+            return answer.status, json.loads(answer.read() or b"null")
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+@pytest.fixture
+def server() -> Iterator[WebServer]:
+    web = WebServer(worker_env()).start()
+    yield web
+    web.stop()
+
+
+def test_the_routing_section_runs_as_written(server: WebServer) -> None:
+    # what the examples name: types, an endpoint, a finished delivery, a waiting dead letter
+    for name in ("order.paid", "order.created", "user.deleted"):
+        event_type_create(name=name, schema={"type": "object"})
+    Application.objects.create(uid="acme", name="Acme")
+    endpoint, _ = endpoint_create(url="http://127.0.0.1:9/ep")
+    _, key = api_key_create(name="readme", scopes=ApiKey.Scope.values)
+    now = timezone.now()
+    done, dead = (Event.objects.create(event_type_id="order.paid", data={}) for _ in range(2))
+    delivery = Delivery.objects.create(
+        event=done, endpoint=endpoint, status="succeeded", completed_at=now, attempt_count=1
+    )
+    died = Delivery.objects.create(
+        event=dead, endpoint=endpoint, status="dead", completed_at=now, next_attempt_at=None
+    )
+    dead_letter = DeadLetter.objects.create(
+        delivery=died, endpoint=endpoint, event_type="order.paid", reason="HTTP 500"
+    )
+    variables = {
+        "API": server.url + "/api/v1",
+        "AUTH": f"Authorization: Bearer {key}",
+        "EP": endpoint.pk,
+        "DELIVERY": str(delivery.pk),
+        "DEAD_LETTER": str(dead_letter.pk),
+    }
+    commands = _commands(_routing_section())
+    assert len(commands) >= 15, commands
+    for command in commands:
+        status, body = _request(command, variables)
+        assert 200 <= status < 300, (command, status, body)
+        assert isinstance(body, dict), (command, body)
+        if "/filter-test/" in command:
+            # the answer the README shows
+            assert body["matches"] is False
+            assert body["subscribed"] is True
+            assert body["clause"] == "/filters/order.paid/$or"
+    # and they did what they say
+    endpoint.refresh_from_db()
+    assert endpoint.ordering == "per_key"
+    assert endpoint.ordering_on_dead == "block"
+    assert endpoint.channels == ["region:eu"]
+    dead_letter.refresh_from_db()
+    assert dead_letter.skipped is True
+    assert Event.objects.filter(ordering_key="order-1001").exists()
