@@ -306,21 +306,21 @@ class DeadLetter(models.Model):
 
 
 class OrderingKey(models.Model):
-    """One ordering key of one ordered endpoint: the last sequence given, and the delivery of
-    it in flight (at most one: a claim takes this slot, services/ordering.py)."""
+    """The turn of one ordering key of one ordered endpoint: the delivery of it in flight (at
+    most one: a claim takes this slot), and where its deliveries start (services/ordering.py).
+    Its sequence counter is a row of its own (`OrderingSequence`), so that the claims and the
+    recording of answers never wait for an ingestion that holds the counter."""
 
     endpoint = models.ForeignKey(
         Endpoint, on_delete=models.CASCADE, related_name="+", db_index=False
     )
     key = models.CharField(max_length=200)
-    last_sequence = models.BigIntegerField(default=0)
     in_flight = models.BigIntegerField(null=True, blank=True)  # a delivery id
     claimed_at = models.DateTimeField(null=True, blank=True)
     # No delivery of the key that is not done has a lower id (null: none is): the first of
     # its day partitions to read. Lowered when deliveries are made or reopened, cleared when
-    # none is left (services/ordering.py).
+    # none is left.
     low_id = models.BigIntegerField(null=True, blank=True)
-    used_at = models.DateTimeField(default=timezone.now)  # when it last gave a sequence
 
     class Meta:
         constraints = [
@@ -332,8 +332,28 @@ class OrderingKey(models.Model):
                 condition=Q(in_flight__isnull=False),
                 name="ordering_key_busy_idx",
             ),
-            models.Index(fields=["used_at"], name="ordering_key_used_idx"),
         ]
+
+    def __str__(self) -> str:
+        return f"{self.endpoint_id} key {self.key!r}"
+
+
+class OrderingSequence(models.Model):
+    """The last sequence given to one ordering key of one ordered endpoint: taken by ingestion
+    under this row's lock, held until the events commit (services/ordering.py)."""
+
+    endpoint = models.ForeignKey(
+        Endpoint, on_delete=models.CASCADE, related_name="+", db_index=False
+    )
+    key = models.CharField(max_length=200)
+    last_sequence = models.BigIntegerField(default=0)
+    used_at = models.DateTimeField(default=timezone.now)  # when it last gave a sequence
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["endpoint", "key"], name="ordering_sequence_unique")
+        ]
+        indexes = [models.Index(fields=["used_at"], name="ordering_sequence_used_idx")]
 
     def __str__(self) -> str:
         return f"{self.endpoint_id} key {self.key!r} at {self.last_sequence}"

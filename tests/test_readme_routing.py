@@ -22,9 +22,17 @@ import pytest
 from django.utils import timezone
 
 from deliveries.models import DeadLetter, Delivery, Event
+from deliveries.services.notices import operational_type
 from schemas_app.services import event_type_create
 from tests.conftest import BASE_DIR, WebServer, worker_env
 from webhooks.models import ApiKey, Application
+from webhooks.operational import (
+    ENDPOINT_DISABLED,
+    ENDPOINT_DISABLED_DESCRIPTION,
+    ENDPOINT_DISABLED_SCHEMA,
+    NOTICE_SCHEMAS,
+    NOTICE_TYPES,
+)
 from webhooks.services import api_key_create, endpoint_create
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -100,6 +108,11 @@ def test_the_routing_section_runs_as_written(server: WebServer) -> None:
     # what the examples name: types, an endpoint, a finished delivery, a waiting dead letter
     for name in ("order.paid", "order.created", "user.deleted"):
         event_type_create(name=name, schema={"type": "object"})
+    # the operational types, as their migrations register them (a transactional test before
+    # this one may have flushed them)
+    for name in NOTICE_TYPES:
+        operational_type(name, *NOTICE_SCHEMAS[name])
+    operational_type(ENDPOINT_DISABLED, ENDPOINT_DISABLED_SCHEMA, ENDPOINT_DISABLED_DESCRIPTION)
     Application.objects.create(uid="acme", name="Acme")
     endpoint, _ = endpoint_create(url="http://127.0.0.1:9/ep")
     _, key = api_key_create(name="readme", scopes=ApiKey.Scope.values)

@@ -12,7 +12,7 @@ from django.db import migrations
 
 SETTLE = """
 CREATE OR REPLACE FUNCTION webhooks_ordering_settle(
-    p_endpoints varchar[], p_keys varchar[], p_now timestamptz, p_high bigint
+    p_endpoints varchar[], p_keys varchar[], p_lows bigint[], p_now timestamptz, p_high bigint
 ) RETURNS SETOF bigint
 LANGUAGE plpgsql VOLATILE
 SET plan_cache_mode = force_generic_plan
@@ -31,6 +31,11 @@ BEGIN
         ON o.endpoint_id = t.endpoint_id AND o.key = t.key
      ORDER BY o.endpoint_id, o.key
        FOR NO KEY UPDATE OF o;
+    -- deliveries just made or reopened (their day's first id in p_lows) are read from now on
+    UPDATE deliveries_orderingkey AS o SET low_id = LEAST(o.low_id, t.low)
+      FROM unnest(p_endpoints, p_keys, p_lows) AS t(endpoint_id, key, low)
+     WHERE o.endpoint_id = t.endpoint_id AND o.key = t.key AND t.low IS NOT NULL
+       AND (o.low_id IS NULL OR o.low_id > t.low);
     -- Each key: is its slot's delivery still in flight (busy), its head (the lowest sequence
     -- pending), and whether an earlier dead delivery holds it (`block`). A key's deliveries
     -- are read from `low_id` up (its day partitions that can hold one), below `p_high` (the
@@ -107,6 +112,6 @@ class Migration(migrations.Migration):
         migrations.RunSQL(
             SETTLE,
             "DROP FUNCTION IF EXISTS webhooks_ordering_settle("
-            "varchar[], varchar[], timestamptz, bigint)",
+            "varchar[], varchar[], bigint[], timestamptz, bigint)",
         )
     ]

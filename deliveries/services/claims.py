@@ -25,7 +25,7 @@ from webhooks.models import Endpoint, EndpointSecret
 from webhooks_project.db import binding_cursor
 
 from . import ordering
-from .enqueue import deliveries_enqueue
+from .enqueue import FRESH_QUEUE, deliveries_enqueue
 
 logger = logging.getLogger(__name__)
 
@@ -193,8 +193,9 @@ def reschedule_unclaimed(
     (publish again for when they are, if that is soon), or locked by a sweep (it publishes them).
     Deliveries to a paused endpoint stay as they are, untouched: the sweeper publishes them
     again (`WEBHOOKS_REDISPATCH_AFTER`, paced for a failing endpoint). An ordered delivery that
-    was not its key's turn is held until it is (its keys are settled: services/ordering.py);
-    one waiting for its key has no message to repeat.
+    was not taken settles its key (services/ordering.py): held if it is not its key's turn,
+    published again if it is (its key was only busy for a moment); one waiting for its key has
+    no message to repeat.
     """
     rows = list(
         Delivery.objects.filter(id__in=delivery_ids, status=Delivery.Status.PENDING)
@@ -203,14 +204,20 @@ def reschedule_unclaimed(
     )
     keys = {(endpoint_id, key) for _, due, endpoint_id, key in rows if key is not None and due}
     if keys:
+        # settling waits for whatever held the key (a claim, a recording): a head still due
+        # after it is published again at once; the others wait for their turn
         with transaction.atomic():
             ordering.keys_settle(keys, now=now)
-        waiting = set(
+        settled = dict(
             Delivery.objects.filter(
-                id__in=[r[0] for r in rows if r[3] is not None], next_attempt_at__isnull=True
-            ).values_list("id", flat=True)
+                id__in=[r[0] for r in rows if r[3] is not None], status=Delivery.Status.PENDING
+            ).values_list("id", "next_attempt_at")
         )
-        rows = [r for r in rows if r[0] not in waiting]
+        heads = [i for i, due in settled.items() if due is not None and due <= now]
+        if heads:
+            deliveries_enqueue(delivery_ids=heads, queue=FRESH_QUEUE)
+        rows = [r for r in rows if r[3] is None]
+        rows += [(i, due, "", "") for i, due in settled.items() if due is not None and due > now]
     soon: dict[int, list[int]] = {}
     for delivery_id, due, _, _ in rows:
         if due is None:

@@ -62,7 +62,7 @@ def dead_letters_replay(*, dead_letters: QuerySet[DeadLetter], actor: str) -> Re
             retry_base=F("attempt_count"),
         )
         # an ordered one is its key's head again, or waits behind one in flight
-        ordering.keys_settle(ordering.keys_reopened(delivery_ids), now=now)
+        ordering.keys_reopen(delivery_ids, now=now)
         if delivery_ids:
             transaction.on_commit(
                 lambda: deliveries_enqueue(delivery_ids=delivery_ids, queue=FRESH_QUEUE),

@@ -443,7 +443,6 @@ def deliveries_insert(
         ordered = [i for i, k in enumerate(keys) if k is not None]
         taken = ordering.sequences_take(
             pairs=[(endpoint_ids[i], keys[i]) for i in ordered],  # type: ignore[misc]  # not None here
-            days=[days[event_ids[i]] for i in ordered],
             now=now,
         )
         for i, sequence in zip(ordered, taken, strict=True):
@@ -477,8 +476,14 @@ def deliveries_insert(
         )
         rows = cursor.fetchall()
     if keys is not None:
-        # the heads of keys with nothing before them go now (published after commit)
-        ordering.keys_settle({(endpoint_ids[i], k) for i, k in enumerate(keys) if k}, now=now)
+        # the heads of keys with nothing before them go now (published after commit); each
+        # key's deliveries are read from the day of the first made here on
+        lows: dict[tuple[str, str], int] = {}
+        for i, k in enumerate(keys):
+            if k is not None:
+                low = days[event_ids[i]] << DAY_SHIFT
+                lows[(endpoint_ids[i], k)] = min(lows.get((endpoint_ids[i], k), low), low)
+        ordering.keys_settle(lows, now=now, lows=lows)
     return Inserted(
         ids=[delivery_id for delivery_id, _ in rows],
         ready=[delivery_id for delivery_id, unordered in rows if unordered],

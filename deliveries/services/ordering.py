@@ -5,8 +5,9 @@ events were accepted.
 The rules, and who keeps them:
 
 - **Order of acceptance is the order of sequences.** Ingestion takes a key's next sequences by
-  an upsert of its `OrderingKey` row, which holds the row locked until the events commit: a
-  later request for the key waits, so sequences commit in the order they were given.
+  an upsert of its `OrderingSequence` row, which holds the row locked until the events commit:
+  a later request for the key waits, so sequences commit in the order they were given. The
+  key's turn is another row (`OrderingKey`), so claims and recordings never wait for that.
 - **One in flight per key.** A claim takes the key's slot (`OrderingKey.in_flight`, locked with
   SKIP LOCKED, re-checked on the row's newest version) in the statement that claims the
   delivery; a claim of an ordered delivery waits for the WAL flush, so a database restart
@@ -43,8 +44,8 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from deliveries.models import Delivery, OrderingKey
-from deliveries.partition_keys import DAY_SHIFT, day_number, id_span
+from deliveries.models import Delivery, OrderingKey, OrderingSequence
+from deliveries.partition_keys import DAY_SHIFT, day_number
 from webhooks_project.db import binding_cursor
 
 from .enqueue import FRESH_QUEUE, deliveries_enqueue
@@ -53,40 +54,48 @@ Key = tuple[str, str]  # (endpoint id, ordering key)
 
 _D = Delivery._meta.db_table
 _K = OrderingKey._meta.db_table
+_Q = OrderingSequence._meta.db_table
 
 
-def sequences_take(*, pairs: Sequence[Key], days: Sequence[int], now: datetime) -> list[int]:
+def sequences_take(*, pairs: Sequence[Key], now: datetime) -> list[int]:
     """The next sequence for each (endpoint, key) pair, in order (a pair given twice gets two
-    consecutive ones), for deliveries to be made in the day partitions `days` (parallel). Must
-    run in the transaction that stores the deliveries: the key rows stay locked until it
-    commits, so a key's sequences commit in order."""
+    consecutive ones), and each key's turn row made if it is new. Must run in the transaction
+    that stores the deliveries: the counter rows stay locked until it commits, so a key's
+    sequences commit in the order they were given."""
     counts = Counter(pairs)
-    low: dict[Key, int] = {}
-    for pair, day in zip(pairs, days, strict=True):
-        low[pair] = min(low.get(pair, day), day)
+    params = {
+        "endpoints": [e for e, _ in counts],
+        "keys": [k for _, k in counts],
+        "counts": list(counts.values()),
+        "now": now,
+    }
     with binding_cursor() as cursor:
         cursor.execute(
             f"""
-            INSERT INTO {_K} AS k (endpoint_id, key, last_sequence, used_at, low_id)
-            SELECT endpoint_id, key, n, %(now)s, low
-              FROM unnest(%(endpoints)s::varchar[], %(keys)s::varchar[], %(counts)s::bigint[],
-                          %(lows)s::bigint[])
-                   AS t(endpoint_id, key, n, low)
+            INSERT INTO {_Q} AS q (endpoint_id, key, last_sequence, used_at)
+            SELECT endpoint_id, key, n, %(now)s
+              FROM unnest(%(endpoints)s::varchar[], %(keys)s::varchar[], %(counts)s::bigint[])
+                   AS t(endpoint_id, key, n)
              ORDER BY endpoint_id, key
             ON CONFLICT (endpoint_id, key) DO UPDATE
-               SET last_sequence = k.last_sequence + EXCLUDED.last_sequence,
-                   used_at = EXCLUDED.used_at, low_id = LEAST(k.low_id, EXCLUDED.low_id)
+               SET last_sequence = q.last_sequence + EXCLUDED.last_sequence,
+                   used_at = EXCLUDED.used_at
             RETURNING endpoint_id, key, last_sequence
             """,  # noqa: S608 - the table name is ours, every value is a parameter
-            {
-                "endpoints": [e for e, _ in counts],
-                "keys": [k for _, k in counts],
-                "counts": list(counts.values()),
-                "lows": [low[pair] << DAY_SHIFT for pair in counts],
-                "now": now,
-            },
+            params,
         )
         last = {(e, k): n for e, k, n in cursor.fetchall()}
+        # each key's turn row, if it is new (an existing one is neither locked nor written)
+        cursor.execute(
+            f"""
+            INSERT INTO {_K} (endpoint_id, key)
+            SELECT endpoint_id, key
+              FROM unnest(%(endpoints)s::varchar[], %(keys)s::varchar[]) AS t(endpoint_id, key)
+             ORDER BY endpoint_id, key
+            ON CONFLICT (endpoint_id, key) DO NOTHING
+            """,  # noqa: S608 - the table name is ours, every value is a parameter
+            params,
+        )
     following = {pair: last[pair] - n + 1 for pair, n in counts.items()}
     taken = []
     for pair in pairs:
@@ -95,22 +104,34 @@ def sequences_take(*, pairs: Sequence[Key], days: Sequence[int], now: datetime) 
     return taken
 
 
-def keys_settle(pairs: Collection[Key], *, now: datetime | None = None) -> list[int]:
+def keys_settle(
+    pairs: Collection[Key], *, now: datetime | None = None, lows: dict[Key, int] | None = None
+) -> list[int]:
     """Under the keys' locks: free slots whose delivery is no longer in flight, hold every
     pending delivery but each key's head, and make a waiting head due unless its key is busy or
-    blocked. Returns the deliveries made due; they are published when the transaction commits.
-    Must run inside a transaction (it is the one that changed the keys' deliveries)."""
+    blocked. `lows`: the lowest delivery id made or reopened per key (its deliveries are read
+    from that day on). Returns the deliveries made due; they are published when the
+    transaction commits. Must run inside a transaction (the one that changed the keys'
+    deliveries)."""
     if not pairs:
         return []
     ordered = sorted(set(pairs))
     now = now or timezone.now()
+    lows = lows or {}
     # no delivery is in a day after tomorrow's (those partitions are made ahead, empty)
     high = (day_number(now.date()) + 2) << DAY_SHIFT
     with binding_cursor() as cursor:
         # the database function of migration 0014 (kept there: its plans are cached per session)
         cursor.execute(
-            "SELECT * FROM webhooks_ordering_settle(%s::varchar[], %s::varchar[], %s, %s)",
-            [[e for e, _ in ordered], [k for _, k in ordered], now, high],
+            "SELECT * FROM webhooks_ordering_settle("
+            "%s::varchar[], %s::varchar[], %s::bigint[], %s, %s)",
+            [
+                [e for e, _ in ordered],
+                [k for _, k in ordered],
+                [(lows[p] >> DAY_SHIFT) << DAY_SHIFT if p in lows else None for p in ordered],
+                now,
+                high,
+            ],
         )
         woken = [row[0] for row in cursor.fetchall()]
     if woken:
@@ -132,24 +153,18 @@ def keys_of(delivery_ids: Collection[int]) -> set[Key]:
     }
 
 
-def keys_reopened(delivery_ids: Collection[int]) -> set[Key]:
-    """The ordering keys of deliveries made pending again (replayed, resent), each key's
-    `low_id` lowered to their day so that settling finds them; returns the keys, to settle."""
+def keys_reopen(delivery_ids: Collection[int], *, now: datetime | None = None) -> list[int]:
+    """Settle the keys of deliveries made pending again (replayed, resent): each key's
+    deliveries are read from the reopened one's day on. Inside their transaction."""
     if not delivery_ids:
-        return set()
-    ids = sorted(delivery_ids)
-    with binding_cursor() as cursor:
-        cursor.execute(
-            f"""
-            UPDATE {_K} AS k SET low_id = LEAST(k.low_id, (d.id >> {DAY_SHIFT}) << {DAY_SHIFT})
-              FROM {_D} AS d
-             WHERE d.id = ANY(%(ids)s) AND d.id >= %(low)s AND d.id < %(high)s
-               AND k.endpoint_id = d.endpoint_id AND k.key = d.ordering_key
-            RETURNING k.endpoint_id, k.key
-            """,  # noqa: S608 - table names are ours, every value is a parameter
-            {"ids": ids, **id_span(ids)},
-        )
-        return {(endpoint_id, key) for endpoint_id, key in cursor.fetchall()}
+        return []
+    lows: dict[Key, int] = {}
+    for delivery_id, endpoint_id, key in Delivery.objects.filter(
+        id__in=list(delivery_ids), ordering_key__isnull=False
+    ).values_list("id", "endpoint_id", "ordering_key"):
+        pair = (endpoint_id, str(key))
+        lows[pair] = min(lows.get(pair, delivery_id), delivery_id)
+    return keys_settle(lows, now=now, lows=lows)
 
 
 def endpoint_keys_settle(*, endpoint_id: str) -> int:
@@ -168,23 +183,34 @@ def endpoint_keys_settle(*, endpoint_id: str) -> int:
 
 
 def keys_prune(*, idle_before: datetime | None = None, batch_size: int = 10000) -> int:
-    """Delete the keys given no sequence since `idle_before` (default: WEBHOOKS_RETENTION_DAYS
+    """Forget the keys given no sequence since `idle_before` (default: WEBHOOKS_RETENTION_DAYS
     ago) that hold nothing: no delivery in flight, pending, or ended without success (which a
     dead letter may hold). A key used again after that starts at sequence 1. Part of the
-    `prune` beat job."""
+    `prune` beat job. Returns how many were forgotten."""
     if idle_before is None:
         idle_before = timezone.now() - timedelta(days=settings.WEBHOOKS_RETENTION_DAYS)
-    with binding_cursor() as cursor:
+    with transaction.atomic(), binding_cursor() as cursor:
         cursor.execute(
             f"""
-            DELETE FROM {_K} WHERE id IN (
-                SELECT k.id FROM {_K} AS k
-                 WHERE k.used_at < %(before)s AND k.in_flight IS NULL
+            WITH idle AS (
+                SELECT q.id, q.endpoint_id, q.key FROM {_Q} AS q
+                 WHERE q.used_at < %(before)s
+                   AND NOT EXISTS (
+                       SELECT 1 FROM {_K} AS k
+                        WHERE k.endpoint_id = q.endpoint_id AND k.key = q.key
+                          AND k.in_flight IS NOT NULL)
                    AND NOT EXISTS (
                        SELECT 1 FROM {_D} AS d
-                        WHERE d.endpoint_id = k.endpoint_id AND d.ordering_key = k.key
+                        WHERE d.endpoint_id = q.endpoint_id AND d.ordering_key = q.key
                           AND d.status IN ('pending', 'failed', 'dead'))
-                 LIMIT %(limit)s)
+                 LIMIT %(limit)s
+                   FOR UPDATE OF q SKIP LOCKED
+            ),
+            turns AS (
+                DELETE FROM {_K} AS k USING idle
+                 WHERE k.endpoint_id = idle.endpoint_id AND k.key = idle.key
+            )
+            DELETE FROM {_Q} WHERE id IN (SELECT id FROM idle)
             """,  # noqa: S608 - table names are ours, every value is a parameter
             {"before": idle_before, "limit": batch_size},
         )

@@ -74,7 +74,7 @@ def delivery_resend(*, delivery_id: int, actor: str) -> Delivery:
             replayed_at=now, replayed_by=actor[:200]
         )
         # an ordered one is its key's head again, or waits behind one in flight
-        ordering.keys_settle(ordering.keys_reopened([delivery.pk]), now=now)
+        ordering.keys_reopen([delivery.pk], now=now)
         _audited_and_sent(
             delivery,
             actor,

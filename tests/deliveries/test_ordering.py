@@ -13,7 +13,7 @@ from django.db import transaction
 from django.utils import timezone
 from rest_framework.test import APIClient
 
-from deliveries.models import DeadLetter, Delivery, OrderingKey
+from deliveries.models import DeadLetter, Delivery, OrderingKey, OrderingSequence
 from deliveries.services import ordering
 from deliveries.services.claims import deliveries_claim
 from tests.conftest import WorkerProcess, wait_until
@@ -86,7 +86,9 @@ def test_sequences_follow_acceptance_and_only_heads_are_due(
     # an endpoint without ordering gets everything at once, unnumbered
     assert _rows(plain["id"]) == [(None, None, "pending", True)] * 5
     assert dict(
-        OrderingKey.objects.filter(endpoint_id=ordered["id"]).values_list("key", "last_sequence")
+        OrderingSequence.objects.filter(endpoint_id=ordered["id"]).values_list(
+            "key", "last_sequence"
+        )
     ) == {"a": 3, "b": 1}
     # the API shows each delivery's key and place
     listed = api.get("/api/v1/deliveries/", {"endpoint": ordered["id"]}).json()["results"]
