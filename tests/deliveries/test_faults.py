@@ -192,17 +192,7 @@ def test_two_sweeps_at_once_publish_each_due_row_once(stack: Stack) -> None:
         for e in events
     )
     # when two sweeper processes run at the same moment
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "manage.py", "requeue_stuck"],
-            cwd=BASE_DIR,
-            env=stack.env,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        for _ in range(2)
-    ]
-    results = [json.loads(p.communicate(timeout=60)[0].strip().splitlines()[-1]) for p in procs]
+    results = _sweep_twice_at_once(stack.env)
     # then together they published 1,000 messages, one per row
     assert sum(r["published"] for r in results) == 1000
     client = redis.Redis.from_url(stack.redis.url())
@@ -210,6 +200,21 @@ def test_two_sweeps_at_once_publish_each_due_row_once(stack: Stack) -> None:
     ids = [i for m in messages for i in json.loads(_body(m))[0][0]]  # deliver_batch(ids)
     assert len(ids) == 1000
     assert len(set(ids)) == 1000
+
+
+def _sweep_twice_at_once(env: dict[str, str]) -> list[dict[str, int]]:
+    """Two sweeper processes (`manage.py requeue_stuck`) started together; their results."""
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "manage.py", "requeue_stuck"],
+            cwd=BASE_DIR,
+            env=env,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    return [json.loads(p.communicate(timeout=60)[0].strip().splitlines()[-1]) for p in procs]
 
 
 def _body(message: bytes) -> str:
@@ -377,17 +382,7 @@ def test_two_sweeps_at_once_take_back_each_ordered_head_once(stack: Stack, sink:
     )
     redis.Redis.from_url(stack.redis.url()).delete(FEED_KEY)
     # when two sweeper processes run at the same moment
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "manage.py", "requeue_stuck"],
-            cwd=BASE_DIR,
-            env=stack.env,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        for _ in range(2)
-    ]
-    results = [json.loads(p.communicate(timeout=60)[0].strip().splitlines()[-1]) for p in procs]
+    results = _sweep_twice_at_once(stack.env)
     # then each head was taken back once and published once; every key's slot is free, and
     # its later events are still held
     assert sum(r["reclaimed"] for r in results) == 20
