@@ -11,8 +11,12 @@ COPY deliveries ./deliveries
 COPY schemas_app ./schemas_app
 COPY audit ./audit
 COPY manage.py ./
+# collectstatic loads the settings, which refuse to start without a secret key and encryption
+# keys outside dev: it gets throwaway ones, made here and kept nowhere (the running containers
+# get theirs from the environment: .env.example, docker-compose.yml)
 RUN pip install . \
- && DJANGO_SECRET_KEY=build DATABASE_URL=postgres://build@localhost/build \
+ && DJANGO_SECRET_KEY=build-only DATABASE_URL=postgres://build@localhost/build \
+    WEBHOOKS_ENCRYPTION_KEYS="$(python -c 'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())')" \
     python manage.py collectstatic --noinput \
  && useradd --system --uid 10001 app
 USER app

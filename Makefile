@@ -62,4 +62,4 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix .
 
 clean:
-	rm -rf $(VENV) .run .pytest_cache .mypy_cache .import_linter_cache
+	rm -rf $(VENV) .run .pytest_cache .mypy_cache .import_linter_cache .ruff_cache .hypothesis *.egg-info build
