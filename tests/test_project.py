@@ -247,3 +247,29 @@ def test_an_endpoint_timeout_longer_than_the_lease_covers_is_refused(
     assert "from 1 to 25" in error["detail"]
     taken = api.post("/api/v1/endpoints/", {"url": url, "timeout_seconds": 25}, format="json")
     assert taken.status_code == 201
+
+
+@pytest.mark.parametrize(
+    "path", ["/api/v1/endpoints//", "/api/v1/no-such-thing/", "/api/v2/events/", "/api/"]
+)
+def test_a_route_that_does_not_exist_under_api_is_a_json_404(db: None, path: str) -> None:
+    # an empty id (the README's `$EP` unset) used to get Django's HTML page
+    response = APIClient().patch(path, {"url": "x"}, format="json")
+    assert response.status_code == 404
+    assert response["Content-Type"] == "application/json"
+    body = response.json()
+    assert body["error"] == "not_found"
+    assert path in body["detail"]
+    assert body["errors"][0]["pointer"] == ""
+
+
+def test_outside_the_api_a_404_stays_a_page_and_the_admin_has_the_products_name(
+    admin_client: Any,
+) -> None:
+    assert "text/html" in admin_client.get("/no-such-page/")["Content-Type"]
+    page = admin_client.get("/admin/").content.decode()
+    assert "Webhook delivery" in page
+    assert "Django administration" not in page
+    # "View site" goes somewhere that exists
+    assert 'href="/api/docs/"' in page
+    assert admin_client.get("/api/docs/").status_code == 200

@@ -11,6 +11,8 @@ from typing import Any
 
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import DatabaseError, InterfaceError, OperationalError
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.views import defaults
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
@@ -130,3 +132,31 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         body["detail"] = str(detail)
     response.data = body
     return response
+
+
+def _json_error(status: int, code: str, detail: str) -> JsonResponse:
+    return JsonResponse(
+        {
+            "error": code,
+            "detail": detail,
+            "errors": [{"pointer": "", "detail": detail, "code": code}],
+        },
+        status=status,
+    )
+
+
+def not_found(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    """`handler404`: under /api/ the API's error shape (a route that does not exist, such as
+    `/api/v1/endpoints//`, answered Django's HTML page); elsewhere Django's page."""
+    if request.path.startswith("/api/"):
+        return _json_error(
+            404, "not_found", f"No such route: {request.method} {request.path} (see /api/docs/)."
+        )
+    return defaults.page_not_found(request, exception or Http404())
+
+
+def server_error(request: HttpRequest) -> HttpResponse:
+    """`handler500`: under /api/ the API's error shape, never an HTML page or a traceback."""
+    if request.path.startswith("/api/"):
+        return _json_error(500, "server_error", "The server failed to answer; it is logged.")
+    return defaults.server_error(request)

@@ -11,6 +11,16 @@ from deliveries.prometheus import metrics_view
 
 from .health import healthz
 
+# the admin's "View site" goes to the API's docs (there is no public site); the product's name
+admin.site.site_url = "/api/docs/"
+admin.site.site_header = "Webhook delivery"
+admin.site.site_title = "Webhook delivery"
+admin.site.index_title = "Operations"
+
+# a route that does not exist under /api/ answers the API's JSON error shape
+handler404 = "webhooks_project.errors.not_found"
+handler500 = "webhooks_project.errors.server_error"
+
 api_v1 = [
     path("", include("webhooks.api.event_types.urls")),
     path("", include("webhooks.api.urls")),
