@@ -16,6 +16,7 @@ from .metrics import (
     BUCKETS,
     COUNTERS,
     HISTS,
+    MAXES,
     Delta,
     add_hists,
     floor_to,
@@ -56,6 +57,8 @@ class Summary(Delta):
             setattr(self, name, getattr(self, name) + (row.get(name) or 0))
         for name in HISTS:
             setattr(self, name, add_hists(getattr(self, name), row.get(name)))
+        for name in MAXES:
+            setattr(self, name, max(getattr(self, name), row.get(name) or 0.0))
 
     @property
     def finished(self) -> int:
@@ -71,12 +74,14 @@ class Summary(Delta):
 
     @property
     def latency_p95(self) -> float | None:
-        return percentile(self.latency_hist, 0.95)
+        return percentile(self.latency_hist, 0.95, self.latency_ms_max)
 
     @staticmethod
-    def _distribution(count: int, total_ms: float, hist: Sequence[int]) -> dict[str, Any]:
+    def _distribution(
+        count: int, total_ms: float, hist: Sequence[int], largest: float
+    ) -> dict[str, Any]:
         def q(p: float) -> float | None:
-            return rounded(percentile(hist, p))
+            return rounded(percentile(hist, p, largest))
 
         return {
             "count": count,
@@ -97,10 +102,10 @@ class Summary(Delta):
                 "filtered": self.filtered,
             },
             "latency_ms": self._distribution(
-                self.succeeded, self.latency_ms_sum, self.latency_hist
+                self.succeeded, self.latency_ms_sum, self.latency_hist, self.latency_ms_max
             ),
             "attempt_duration_ms": self._distribution(
-                self.attempts, self.attempt_ms_sum, self.attempt_hist
+                self.attempts, self.attempt_ms_sum, self.attempt_hist, self.attempt_ms_max
             ),
             "retries": {
                 "failed_attempts_retried": self.retried,
@@ -112,7 +117,8 @@ class Summary(Delta):
 
 # sum(bigint) is numeric in PostgreSQL: cast back so Python gets ints and floats.
 _SUMS = ", ".join(
-    f"sum({c})::{'float8' if c.endswith('_sum') else 'bigint'} AS {c}" for c in COUNTERS
+    [f"sum({c})::{'float8' if c.endswith('_sum') else 'bigint'} AS {c}" for c in COUNTERS]
+    + [f"max({m}) AS {m}" for m in MAXES]
 )
 
 

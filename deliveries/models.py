@@ -411,6 +411,10 @@ class _Counters(models.Model):
     attempt_hist = ArrayField(models.BigIntegerField(), default=list)
     latency_ms_sum = models.FloatField(default=0.0)  # event accepted -> consumer's 2xx
     latency_hist = ArrayField(models.BigIntegerField(), default=list)
+    # the largest of each (0: none recorded, or rows from before these were kept): percentiles
+    # read from the histograms are never above it
+    attempt_ms_max = models.FloatField(default=0.0, db_default=0.0)
+    latency_ms_max = models.FloatField(default=0.0, db_default=0.0)
 
     class Meta:
         abstract = True

@@ -41,6 +41,16 @@ def test_percentiles_interpolate_inside_the_bucket_holding_the_rank():
     assert metrics.percentile(hist, 0.25) == pytest.approx(37.5)
 
 
+def test_a_percentile_is_never_above_the_largest_value_recorded():
+    hist = [0] * metrics.BUCKETS
+    hist[metrics.bucket_index(96_000)] = 100  # 100 values in (60 s, 300 s], the slowest 96 s
+    assert metrics.percentile(hist, 0.99) == pytest.approx(297_600)  # interpolated: too high
+    assert metrics.percentile(hist, 0.99, 96_000) == 96_000
+    assert metrics.percentile(hist, 0.01, 96_000) == pytest.approx(62_400)  # below it: as is
+    hist[-1] = 1  # the open bucket reports its lower bound, capped too
+    assert metrics.percentile(hist, 1.0, 90_000_000) == metrics.BOUNDS_MS[-1]
+
+
 def test_histograms_of_different_lengths_add_up_by_position():
     assert metrics.add_hists([1, 2], [3, 4, 5]) == [4, 6, 5]
     assert metrics.add_hists(None, [1]) == [1]
@@ -79,6 +89,29 @@ def test_adding_twice_to_one_minute_sums_counters_and_histograms_in_one_row():
     assert sum(row.attempt_hist) == 2
     (total,) = DeliveryTotal.objects.all()
     assert (total.succeeded, total.latency_hist) == (2, row.latency_hist)
+
+
+@pytest.mark.django_db
+def test_the_api_and_the_dashboard_percentiles_stop_at_the_slowest_delivery(
+    api: APIClient, admin_client: Any
+) -> None:
+    now = datetime.now(UTC)
+    for latency in (70_000.0, 96_000.0, 81_000.0):  # three slow successes, one row each
+        deltas = metrics.Deltas()
+        d = deltas.of("ep_1", "order.created")
+        d.attempt(latency / 10)
+        d.success(latency)
+        metrics.stats_add(deltas, at=now)
+    body = api.get("/api/v1/metrics/", {"window": "1h"}).json()
+    assert body["latency_ms"]["p99"] == 96_000
+    assert body["latency_ms"]["p50"] <= 96_000
+    assert body["attempt_duration_ms"]["p99"] == 9_600
+    (total,) = DeliveryTotal.objects.all()
+    assert (total.latency_ms_max, total.attempt_ms_max) == (96_000, 9_600)
+    # the dashboard's p95 line reads the same capped value (interpolated: 288,000 ms)
+    summary = metrics_reading.summary(metrics_reading.window_scope("1h", now=now))
+    assert summary.latency_p95 == 96_000
+    assert admin_client.get("/admin/metrics/", {"window": "1h"}).status_code == 200
 
 
 @pytest.mark.django_db
