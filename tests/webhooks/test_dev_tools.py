@@ -14,7 +14,7 @@ from standardwebhooks import Webhook
 
 from deliveries.models import Delivery
 from devstack.process import Child
-from tests.conftest import WorkerProcess, wait_until, worker_env
+from tests.conftest import BASE_DIR, WorkerProcess, wait_until, worker_env
 from tests.sink import Sink
 from webhooks import signing
 from webhooks.management.commands.listen import check
@@ -111,8 +111,9 @@ def test_seed_demo_registers_a_type_and_a_listener_endpoint_once(
     from webhooks.models import Endpoint
 
     assert EventType.objects.filter(name="demo.order.created").count() == 1
-    (endpoint,) = Endpoint.objects.filter(url="http://127.0.0.1:9000/demo")
-    assert f"listen --port 9000 --endpoint {endpoint.pk}" in out.getvalue()
+    # port 9100: the README's example consumer takes 9000
+    (endpoint,) = Endpoint.objects.filter(url="http://127.0.0.1:9100/demo")
+    assert f"listen --port 9100 --endpoint {endpoint.pk}" in out.getvalue()
     preview = api.post(
         "/api/v1/event-types/demo.order.created/preview/",
         {
@@ -141,3 +142,66 @@ def test_a_worker_logs_json_lines_when_asked() -> None:
         assert record["message"].endswith(" ready.")
     finally:
         worker.stop()
+
+
+def test_the_listener_on_a_busy_port_says_so_in_one_line() -> None:
+    import socket
+    import subprocess
+
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    port = busy.getsockname()[1]
+    try:
+        done = subprocess.run(
+            [sys.executable, "manage.py", "listen", "--port", str(port), "--secret", "whsec_"
+             + "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"],
+            cwd=BASE_DIR,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )  # fmt: skip
+    finally:
+        busy.close()
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr
+    assert f"cannot listen on 127.0.0.1:{port}" in done.stderr
+    assert "--port" in done.stderr
+
+
+def test_the_readme_consumer_is_the_shipped_example_and_it_verifies() -> None:
+    import json
+    import re
+    from datetime import UTC, datetime
+    from pathlib import Path
+
+    from devstack.process import free_port
+
+    example = (Path(BASE_DIR) / "examples" / "consumer.py").read_text()
+    readme = (Path(BASE_DIR) / "README.md").read_text()
+    section = readme[readme.index("A complete consumer, [`examples/consumer.py`]") :]
+    shown = re.search(r"```python\n(.*?)```", section, re.DOTALL)
+    assert shown is not None
+    assert shown.group(1) == example  # the README shows the file as shipped
+    secret = signing.new_secret("hmac-sha256")
+    port = free_port()
+    consumer = Child(
+        "consumer",
+        [sys.executable, "examples/consumer.py"],
+        env={**worker_env(), "WEBHOOK_SECRET": secret, "PORT": str(port)},
+    )
+    consumer.start(ready=r"listening on", timeout=30)
+    try:
+        body = json.dumps({"type": "order.paid", "data": {"total": 1}}).encode()
+        now = datetime.now(UTC)
+        headers = {"webhook-id": "evt_1", "webhook-timestamp": str(int(now.timestamp()))}
+        headers["webhook-signature"] = Webhook(secret).sign("evt_1", now, body.decode())
+        http = urllib3.PoolManager()
+        url = f"http://127.0.0.1:{port}/"
+        assert http.request("POST", url, body=body, headers=headers).status == 204
+        headers["webhook-signature"] = "v1,AAAA"
+        assert http.request("POST", url, body=body, headers=headers).status == 400
+        wait_until(lambda: "REJECTED" in consumer.text())
+        assert "verified evt_1" in consumer.text()
+    finally:
+        consumer.stop()

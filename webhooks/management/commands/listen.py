@@ -1,8 +1,9 @@
-"""`manage.py listen [--port 9000] [--secret whsec_... | --endpoint ep_...]`: a local consumer.
+"""`manage.py listen [--port 9100] [--secret whsec_... | --endpoint ep_...]`: a local consumer.
 
 It prints each delivery it receives and checks its signature (HMAC `v1`, or `v1a` with the
 endpoint's Ed25519 public key) and timestamp: OK, or why not. It answers 204 to a verified
-delivery and 401 otherwise, so the service's retries and dead letters can be watched too.
+delivery and 401 otherwise, which the service does not retry: that delivery fails at once and
+waits in the dead letters (where it can be watched and replayed).
 With `--endpoint` it reads that endpoint's current secrets from the database (all of them
 during a rotation). Only for local development: it listens on 127.0.0.1.
 """
@@ -84,7 +85,8 @@ class Command(SafeCommand):
     help = "Run a local webhook consumer that prints and verifies every delivery it receives."
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("--port", type=int, default=9000)
+        # not 9000: the README's example consumer (examples/consumer.py) listens there
+        parser.add_argument("--port", type=int, default=9100)
         parser.add_argument("--secret", action="append", default=[], help="whsec_... (repeatable)")
         parser.add_argument("--endpoint", help="verify with this endpoint's current secrets")
 
@@ -117,7 +119,13 @@ class Command(SafeCommand):
             def log_message(self, *args: Any) -> None:
                 pass
 
-        server = ThreadingHTTPServer(("127.0.0.1", options["port"]), Handler)
+        try:
+            server = ThreadingHTTPServer(("127.0.0.1", options["port"]), Handler)
+        except OSError as exc:
+            raise CommandError(
+                f"cannot listen on 127.0.0.1:{options['port']} ({exc.strerror or exc}): "
+                "pass another --port (and the same to seed_demo)"
+            ) from exc
         out.write(
             f"listening on http://127.0.0.1:{server.server_address[1]}/ "
             f"(verifying with {len(secrets)} secret(s)); Ctrl-C to stop\n"

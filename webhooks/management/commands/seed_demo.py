@@ -1,4 +1,4 @@
-"""`manage.py seed_demo [--port 9000]`: a sample event type and an endpoint on the local
+"""`manage.py seed_demo [--port 9100]`: a sample event type and an endpoint on the local
 listener, so a newcomer sees a signed delivery within a minute of `make run`."""
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ class Command(SafeCommand):
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("--port", type=int, default=9000, help="the listener's port")
+        parser.add_argument("--port", type=int, default=9100, help="the listener's port")
 
     def handle(self, *args: Any, **options: Any) -> None:
         if not EventType.objects.filter(name=DEMO_TYPE).exists():
