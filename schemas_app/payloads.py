@@ -90,7 +90,8 @@ def shape(
         cache_key, schema = _output_schema(schema_text)
         problems = validate(payload, schema, cache_key=cache_key, limit=MAX_ERRORS)
         if problems:
-            listed = "; ".join(f"{p.pointer or '/'} fails '{p.keyword}'" for p in problems[:5])
+            # each with what failed: "/ required: 'total' is a required property"
+            listed = "; ".join(f"{p.pointer or '/'} {p.keyword}: {p.detail}" for p in problems[:5])
             raise PayloadRefused(f"payload fails the output schema: {listed}")
     rules_text = _given(endpoint_masking, type_masking)
     if rules_text:

@@ -107,6 +107,9 @@ def _prepare(
     job.address = target.address
     job.body, job.stored_body = built.body, built.stored_body
     job.headers["webhook-signature"] = built.signature
+    # the attempt log keeps exactly what was sent: the signature too (it proves the body to a
+    # consumer; nothing can be signed with it)
+    job.stored_headers["webhook-signature"] = built.signature
     job.timeout = _request_timeout(claim)
     return job
 

@@ -77,6 +77,12 @@ def test_one_event_reaches_three_endpoints_once_each_correctly_signed(
     assert attempts[0]["outcome"] == "succeeded"
     assert attempts[0]["response_body"] == '{"ok": true}'
     assert attempts[0]["request_headers"]["webhook-id"] == event["id"]
+    # the signature as sent is in the log too: the stored headers verify the stored body
+    (sent,) = sink.requests("ep0")
+    assert attempts[0]["request_headers"]["webhook-signature"] == sent.headers["webhook-signature"]
+    Webhook(endpoints[0]["secret"]).verify(
+        attempts[0]["request_body"].encode(), attempts[0]["request_headers"]
+    )
     # the body the attempt recorded is byte for byte what the consumer got
     (received,) = sink.requests("ep0")
     assert attempts[0]["request_body"] == received.body.decode()

@@ -78,6 +78,8 @@ def test_the_preview_shows_exactly_the_body_and_refuses_what_would_not_be_sent(
     refused = api.post("/api/v1/event-types/order.created/preview/", {"data": no_id}, format="json")
     assert refused.status_code == 422
     assert "payload fails the output schema" in refused.json()["errors"][0]["detail"]
+    # naming what failed, not only where
+    assert "/order_id type: " in refused.json()["errors"][0]["detail"]
     # an endpoint's own mapping is what that endpoint would get
     endpoint = api.post(
         "/api/v1/endpoints/",
