@@ -115,17 +115,12 @@ def run() -> int:
         manager.add_process(
             "beat", " ".join([*celery, "beat", "--loglevel", "INFO"]), cwd=str(BASE_DIR)
         )
+        # the password goes in Flower's environment (FLOWER_BASIC_AUTH, which Flower reads), not
+        # on its command line, where `ps` shows it to every user of the machine
         manager.add_process(
             "flower",
-            " ".join(
-                [
-                    *celery,
-                    "flower",
-                    f"--port={flower_port}",
-                    "--address=127.0.0.1",
-                    shlex.quote(f"--basic-auth={_flower_auth()}"),
-                ]
-            ),
+            " ".join([*celery, "flower", f"--port={flower_port}", "--address=127.0.0.1"]),
+            env={**os.environ, "FLOWER_BASIC_AUTH": _flower_auth()},
             cwd=str(BASE_DIR),
         )
         print(

@@ -126,9 +126,11 @@ def test_compose_requires_every_secret_and_env_example_names_them() -> None:
     for secret in ("DJANGO_SECRET_KEY", "WEBHOOKS_ENCRYPTION_KEYS", "FLOWER_BASIC_AUTH"):
         assert re.search(r"\$\{" + secret + r":\?", text), secret
         assert example[secret] == "", f"{secret} must be left for the operator to fill"
-    flower = " ".join(_compose()["services"]["flower"]["command"])
-    assert "change-me" not in flower
-    assert "--basic-auth=${FLOWER_BASIC_AUTH:?" in flower
+    flower = _compose()["services"]["flower"]
+    assert "change-me" not in text
+    assert not any("basic-auth" in part for part in flower["command"])  # not visible in `ps`
+    assert flower["environment"]["FLOWER_BASIC_AUTH"].startswith("${FLOWER_BASIC_AUTH:?")
+    assert flower["environment"]["DJANGO_SECRET_KEY"].startswith("${DJANGO_SECRET_KEY:?")
 
 
 def _compose_command() -> list[str] | None:

@@ -141,8 +141,9 @@ def test_flower_refuses_requests_without_its_basic_auth() -> None:
     def start(port: int) -> tuple[Child, str]:
         """Flower on `port`, answering; a fresh port if it exits (the port was taken)."""
         args = [sys.executable, "-m", "celery", "-A", "webhooks_project", "flower"]
-        args += [f"--port={port}", "--address=127.0.0.1", "--basic-auth=ops:s3cret"]
-        flower = Child("flower", args, env=worker_env())
+        args += [f"--port={port}", "--address=127.0.0.1"]
+        # the login from the environment, as `make run` and compose give it (never in `ps`)
+        flower = Child("flower", args, env={**worker_env(), "FLOWER_BASIC_AUTH": "ops:s3cret"})
         url = f"http://127.0.0.1:{port}/workers"
         answered: list[int] = []
 
