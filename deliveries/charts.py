@@ -19,11 +19,14 @@ class Line:
     color: str
 
 
-def _fmt(value: float, unit: str) -> str:
+def _fmt(value: float, unit: str, top: float | None = None) -> str:
+    """A value in `unit`; durations in seconds when the axis (`top`, else the value itself)
+    reaches 10 s, so that every label of one axis is in one unit."""
     if unit == "%":
         return f"{value * 100:.1f}%"
     if unit == "ms":
-        return f"{value / 1000:.1f} s" if value >= 10_000 else f"{value:.0f} ms"
+        seconds = (value if top is None else top) >= 10_000
+        return f"{value / 1000:.1f} s" if seconds else f"{value:.0f} ms"
     return f"{value:.0f}" if value >= 10 else f"{value:.3g}"
 
 
@@ -61,7 +64,7 @@ def line_chart(
             f'<line x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{gy:.1f}" y2="{gy:.1f}" '
             f'stroke="#ddd" stroke-width="1"/>'
             f'<text x="{LEFT - 6}" y="{gy + 4:.1f}" font-size="11" text-anchor="end" '
-            f'fill="#666">{escape(_fmt(value, unit))}</text>'
+            f'fill="#666">{escape(_fmt(value, unit, top))}</text>'
         )
     if count:
         for i in sorted({0, count // 2, count - 1}):

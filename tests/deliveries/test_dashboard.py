@@ -40,6 +40,25 @@ def test_a_rate_just_below_one_never_reads_as_a_hundred_percent() -> None:
     assert percent(None) == "–"
 
 
+def _y_labels(values: list[float]) -> list[str]:
+    svg = str(charts.line_chart([charts.Line("p95", values, "#000")], ["a", "b"], unit="ms"))
+    return re.findall(r'text-anchor="end" fill="#666">([^<]+)</text>', svg)[:5]  # the grid's
+
+
+def test_an_axis_is_labelled_in_one_unit() -> None:
+    # not "0 ms" and "5000 ms" below "10.0 s"
+    assert _y_labels([400.0, 40_000.0]) == ["0.0 s", "10.0 s", "20.0 s", "30.0 s", "40.0 s"]
+    assert _y_labels([4.0, 400.0])[-1] == "400 ms"
+
+
+@pytest.mark.django_db
+def test_an_empty_window_reads_as_no_data_not_a_blank_number(admin_client: Client) -> None:
+    page = admin_client.get("/admin/metrics/", {"window": "1h"}).content.decode()
+    assert " / ms" not in page
+    assert "p50  ·" not in page
+    assert "no delivery succeeded in this window" in page
+
+
 def test_an_empty_chart_says_so() -> None:
     svg = str(charts.line_chart([charts.Line("x", [None, None], "#000")], ["a", "b"]))
     assert "No deliveries finished" in svg
