@@ -100,7 +100,9 @@ class Sender:
         connect_timeout: float,
         max_response_bytes: int,
         flush_max: int = 500,
+        proxy: str | None = None,
     ) -> None:
+        self._proxy = proxy  # every request leaves through it (WEBHOOKS_EGRESS_PROXY)
         self._max_in_flight = max_in_flight
         self._endpoint_concurrency = endpoint_concurrency
         self._endpoint_queue = endpoint_queue
@@ -139,7 +141,7 @@ class Sender:
 
     def _run_loop(self, ready: threading.Event) -> None:
         asyncio.set_event_loop(self._loop)
-        self._client = self._loop.run_until_complete(_new_client())
+        self._client = self._loop.run_until_complete(_new_client(self._proxy))
         ready.set()
         self._loop.run_forever()
 
@@ -460,8 +462,8 @@ class Sender:
         return True
 
 
-async def _new_client() -> atransport.Client:
-    return atransport.Client()
+async def _new_client(proxy: str | None = None) -> atransport.Client:
+    return atransport.Client(proxy=proxy)
 
 
 def _new_loop() -> asyncio.AbstractEventLoop:

@@ -5,6 +5,11 @@ network errors: every outcome is a `webhooks.transport.TransportResult`.
   address while the URL's host stays the Host header, the TLS server name and the name the
   certificate must match: the session's resolver answers the pinned address for that host and
   nothing else (no DNS cache, no second lookup between the check and the connection).
+- Egress proxy (`proxy`, WEBHOOKS_EGRESS_PROXY): every request leaves through that HTTP proxy,
+  which is asked for the checked address, never for the name (it cannot resolve it again to
+  somewhere else; a target left unchecked, WEBHOOKS_ALLOW_PRIVATE_TARGETS, goes by its name): `CONNECT 203.0.113.7:443` for https, then TLS to the URL's host name (SNI
+  and the certificate's name); `POST http://203.0.113.7:8080/path` for http. The Host header is
+  the URL's.
 - Redirects are never followed; answers are not decompressed (no `Accept-Encoding`), and at
   most `max_response_bytes` are read: a bigger answer closes the connection.
 - `timeout` is a deadline for the whole request (connect, send, status line, headers, body),
@@ -68,7 +73,10 @@ class Client:
     """One process's HTTP client: a session with keep-alive connections and the pinning
     resolver. Made, used and closed on one event loop."""
 
-    def __init__(self, *, ssl_context: ssl.SSLContext | None = None) -> None:
+    def __init__(
+        self, *, ssl_context: ssl.SSLContext | None = None, proxy: str | None = None
+    ) -> None:
+        self.proxy = URL(proxy) if proxy else None
         self.resolver = PinnedResolver()
         connector = aiohttp.TCPConnector(
             ssl=ssl_context if ssl_context is not None else True,  # verified by default
@@ -102,20 +110,34 @@ class Client:
         """Send one POST and describe the outcome; network failures are returned, never
         raised (see the module's doc)."""
         started = time.perf_counter()
+        options: dict[str, Any] = {}
+        target = URL(url)
         try:
-            if address is not None:
-                host = URL(url).raw_host  # as the connector asks the resolver (IDNA form)
-                if host:
-                    self.resolver.pin(host, address)
+            if self.proxy is not None:
+                options["proxy"] = self.proxy
+            if address is not None and self.proxy is not None:
+                # the proxy is asked for the checked address; the name stays the URL's
+                host = target.raw_host or ""
+                if target.scheme == "https":
+                    options["server_hostname"] = host
+                headers = {
+                    **headers,
+                    "Host": host if target.explicit_port is None else f"{host}:{target.port}",
+                }
+                target = target.with_host(address)
+            elif address is not None and target.raw_host:
+                # as the connector asks the resolver (IDNA form)
+                self.resolver.pin(target.raw_host, address)
             async with asyncio.timeout(timeout):
                 async with self.session.post(
-                    url,
+                    target,
                     data=body,
                     headers=headers,
                     allow_redirects=False,
                     timeout=aiohttp.ClientTimeout(
                         total=None, sock_connect=min(connect_timeout, timeout)
                     ),
+                    **options,
                 ) as response:
                     data = await _read_bounded(response.content, max_response_bytes + 1)
                     if len(data) > max_response_bytes:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
@@ -310,6 +311,17 @@ try:
     WEBHOOKS_ALLOWED_TARGET_NETWORKS = parse_cidrs(WEBHOOKS_ALLOWED_TARGET_CIDRS)
 except ValueError as exc:
     raise ImproperlyConfigured(f"WEBHOOKS_ALLOWED_TARGET_CIDRS: {exc}") from exc
+# An HTTP proxy every delivery leaves through (e.g. smokescreen), asked for the address the SSRF
+# check resolved, never for the name: http://host:port, credentials in the URL if it needs them.
+WEBHOOKS_EGRESS_PROXY = env_str("WEBHOOKS_EGRESS_PROXY") or None
+if WEBHOOKS_EGRESS_PROXY is not None and (
+    urlsplit(WEBHOOKS_EGRESS_PROXY).scheme not in ("http", "https")
+    or not urlsplit(WEBHOOKS_EGRESS_PROXY).hostname
+):
+    raise ImproperlyConfigured(
+        "WEBHOOKS_EGRESS_PROXY must be an http:// or https:// URL of the proxy "
+        "(e.g. http://smokescreen:4750)"
+    )
 # `/metrics` (Prometheus): answered to `Authorization: Bearer <token>`, or to clients in these
 # networks that did not come through a proxy. Loopback only in dev: behind a reverse proxy on
 # the same host every request would come from loopback, so production needs a token or a list.

@@ -42,6 +42,7 @@ def _new_sender() -> Sender:
         lease=settings.WEBHOOKS_LEASE_SECONDS,
         connect_timeout=settings.WEBHOOKS_CONNECT_TIMEOUT,
         max_response_bytes=settings.WEBHOOKS_RESPONSE_MAX_BYTES,
+        proxy=settings.WEBHOOKS_EGRESS_PROXY,
     )
 
 

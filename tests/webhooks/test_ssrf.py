@@ -4,9 +4,13 @@ checked address pinned (no second DNS lookup), redirects never followed."""
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import ssl
+import subprocess
+import sys
 import threading
+import urllib.request
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -23,12 +27,14 @@ from rest_framework.test import APIClient
 from deliveries.backoff import Verdict, decide
 from deliveries.models import Delivery, DeliveryAttempt, Event
 from deliveries.services.dispatch import deliveries_dispatch
+from devstack.services import LocalRedis
 from schemas_app.services import event_type_create
-from tests.conftest import wait_until
+from tests.conftest import BASE_DIR, WebServer, WorkerProcess, wait_until, worker_env
+from tests.proxy import RecordingProxy
 from tests.sink import Sink
 from webhooks import atransport
 from webhooks.models import Endpoint
-from webhooks.services import endpoint_create
+from webhooks.services import api_key_create, endpoint_create
 from webhooks.ssrf import BlockedTarget, check_url
 from webhooks_project.env import parse_cidrs
 
@@ -219,12 +225,18 @@ def tls_sink(tmp_path: Any) -> Iterator[tuple[int, list[str], Path]]:
     server.shutdown()
 
 
-def _apost(url: str, *, ssl_context: ssl.SSLContext | None = None, **kwargs: Any) -> Any:
+def _apost(
+    url: str,
+    *,
+    ssl_context: ssl.SSLContext | None = None,
+    proxy: str | None = None,
+    **kwargs: Any,
+) -> Any:
     """One request through the sender's transport, on a loop of its own."""
     options = {"timeout": 2, "connect_timeout": 1, "max_response_bytes": 100} | kwargs
 
     async def run() -> Any:
-        client = atransport.Client(ssl_context=ssl_context)
+        client = atransport.Client(ssl_context=ssl_context, proxy=proxy)
         try:
             return await client.post(url, b"{}", {}, **options)
         finally:
@@ -285,3 +297,107 @@ def test_an_answer_is_read_only_up_to_its_bound(sink: Sink) -> None:
     huge = _apost(sink.url("ahuge"), timeout=10)
     assert huge.status_code == 200
     assert len(huge.body) == 100
+
+
+# --- The egress proxy (WEBHOOKS_EGRESS_PROXY) ---------------------------------------------------
+
+
+@pytest.fixture
+def proxy() -> Iterator[RecordingProxy]:
+    server = RecordingProxy().start()
+    yield server
+    server.stop()
+
+
+def test_through_the_egress_proxy_http_asks_for_the_checked_address(
+    sink: Sink, proxy: RecordingProxy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lookups: list[str] = []
+    real = socket.getaddrinfo
+
+    def recording(host: Any, *args: Any, **kwargs: Any) -> Any:
+        lookups.append(host)
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", recording)
+    port = int(sink.url("x").split(":")[2].split("/")[0])
+    result = _apost(f"http://rebind.test:{port}/aproxy", address="127.0.0.1", proxy=proxy.url)
+    assert result.status_code == 200, result.error
+    # the proxy was asked for the checked address, with the URL's name as the Host
+    assert proxy.asked == [("POST", f"http://127.0.0.1:{port}/aproxy", f"rebind.test:{port}")]
+    (received,) = sink.requests("aproxy")
+    assert received.headers["host"] == f"rebind.test:{port}"
+    assert "rebind.test" not in lookups  # the name was never resolved again
+
+
+def test_through_the_egress_proxy_https_tunnels_to_the_checked_address_and_checks_the_name(
+    tls_sink: tuple[int, list[str], Path], proxy: RecordingProxy
+) -> None:
+    port, names, cert_file = tls_sink
+    trusting = ssl.create_default_context(cafile=str(cert_file))
+    ok = _apost(
+        f"https://hook.test:{port}/x", address="127.0.0.1", ssl_context=trusting, proxy=proxy.url
+    )
+    assert ok.status_code == 204, ok.error
+    assert [(method, target) for method, target, _ in proxy.asked] == [
+        ("CONNECT", f"127.0.0.1:{port}")
+    ]
+    # TLS inside the tunnel still names the URL's host, and its certificate must match it
+    assert names == ["hook.test", f"host=hook.test:{port}"]
+    wrong = _apost(
+        f"https://other.test:{port}/x", address="127.0.0.1", ssl_context=trusting, proxy=proxy.url
+    )
+    assert wrong.error_class == "tls", wrong.error
+
+
+def test_an_egress_proxy_that_is_not_an_http_url_is_refused_at_start_up() -> None:
+    env = worker_env(WEBHOOKS_EGRESS_PROXY="socks5://127.0.0.1:1080")
+    done = subprocess.run(
+        [sys.executable, "manage.py", "check"],
+        cwd=BASE_DIR,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode != 0
+    assert "WEBHOOKS_EGRESS_PROXY must be an http:// or https:// URL" in done.stderr
+
+
+@pytest.mark.integration
+@pytest.mark.django_db(transaction=True)
+def test_a_worker_with_an_egress_proxy_delivers_through_it(
+    sink: Sink, proxy: RecordingProxy, tmp_path: Path
+) -> None:
+    # its own Redis, web and worker (the session's worker must not take the delivery)
+    redis = LocalRedis(tmp_path / "redis", persist=False).start()
+    # the SSRF guard on (loopback allowed by network, as a partner's VPN would be): targets are
+    # resolved and checked, and the proxy is asked for the checked address
+    env = worker_env(
+        REDIS_URL=redis.url(),
+        WEBHOOKS_EGRESS_PROXY=proxy.url,
+        WEBHOOKS_ALLOW_PRIVATE_TARGETS="false",
+        WEBHOOKS_ALLOWED_TARGET_CIDRS="127.0.0.0/8",
+    )
+    event_type_create(name="order.created", schema={"type": "object"})
+    endpoint, _ = endpoint_create(url=sink.url("viaproxy").replace("127.0.0.1", "localhost"))
+    _, key = api_key_create(name="proxy", scopes=["events:write"])
+    web = WebServer(env).start()
+    worker = WorkerProcess(env).start()
+    try:
+        request = urllib.request.Request(
+            web.url + "/api/v1/events/",
+            data=json.dumps({"type": "order.created", "data": {"n": 1}}).encode(),
+            headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=30) as answer:  # noqa: S310 - loopback
+            assert answer.status == 202
+        wait_until(lambda: Delivery.objects.filter(status="succeeded").exists(), timeout=30)
+    finally:
+        worker.stop()
+        web.stop()
+        redis.stop()
+    port = int(sink.url("x").split(":")[2].split("/")[0])
+    # the SSRF check resolved localhost; the proxy was asked for that address
+    assert proxy.asked == [("POST", f"http://127.0.0.1:{port}/viaproxy", f"localhost:{port}")]
+    assert sink.requests("viaproxy")[0].headers["host"] == f"localhost:{port}"
+    assert Delivery.objects.get().endpoint_id == endpoint.pk
