@@ -7,9 +7,10 @@ network errors: every outcome is a `webhooks.transport.TransportResult`.
   nothing else (no DNS cache, no second lookup between the check and the connection).
 - Egress proxy (`proxy`, WEBHOOKS_EGRESS_PROXY): every request leaves through that HTTP proxy,
   which is asked for the checked address, never for the name (it cannot resolve it again to
-  somewhere else; a target left unchecked, WEBHOOKS_ALLOW_PRIVATE_TARGETS, goes by its name): `CONNECT 203.0.113.7:443` for https, then TLS to the URL's host name (SNI
-  and the certificate's name); `POST http://203.0.113.7:8080/path` for http. The Host header is
-  the URL's.
+  somewhere else; a target left unchecked, WEBHOOKS_ALLOW_PRIVATE_TARGETS, goes by its name):
+  `CONNECT 203.0.113.7:443` for https, then TLS to the URL's host name (SNI and the
+  certificate's name); `POST http://203.0.113.7:8080/path` for http. The Host header is the
+  URL's.
 - Redirects are never followed; answers are not decompressed (no `Accept-Encoding`), and at
   most `max_response_bytes` are read: a bigger answer closes the connection.
 - `timeout` is a deadline for the whole request (connect, send, status line, headers, body),
