@@ -42,6 +42,12 @@ def _checked(schema: Any, field: str = "schema") -> Any:
     return schema
 
 
+def schema_document_check(schema: Any) -> None:
+    """The checks a schema document passes before it is stored (raises SchemaRefused, a
+    ValidationError keyed `schema`): for forms that save through the services."""
+    _checked(schema)
+
+
 def _masking_checked(masking_rules: Any, sensitive_fields: Any) -> None:
     try:
         masking.parse_rules(masking_rules)

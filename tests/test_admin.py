@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -269,3 +270,64 @@ def test_the_admin_endpoint_form_runs_the_api_checks(record: Delivery, settings:
         assert not form.is_valid(), (field, value)
         assert says in str(form.errors), (field, form.errors)
     assert Endpoint.objects.get(pk=endpoint.pk).url == endpoint.url
+
+
+def _type_form(**fields: Any) -> dict[str, Any]:
+    """The event type form as a browser posts it (the inline of versions is read-only)."""
+    form = {
+        "name": "invoice.paid",
+        "description": "",
+        "schema": "{}",
+        "example": "null",
+        "transform": "null",
+        "output_schema": "null",
+        "masking": "null",
+        "sensitive_fields": "[]",
+        "retry_schedule": "",
+        "versions-TOTAL_FORMS": "0",
+        "versions-INITIAL_FORMS": "0",
+        "versions-MIN_NUM_FORMS": "0",
+        "versions-MAX_NUM_FORMS": "1000",
+    }
+    return form | fields
+
+
+@pytest.mark.django_db
+def test_the_admin_makes_and_versions_an_event_type_schema(admin_client: Client, api: Any) -> None:
+    from schemas_app.models import EventType
+
+    schema = {"type": "object", "required": ["id"], "properties": {"id": {"type": "string"}}}
+    # a type made in the admin has the schema given there: events are checked against it
+    answer = admin_client.post(
+        "/admin/schemas_app/eventtype/add/", _type_form(schema=json.dumps(schema))
+    )
+    assert answer.status_code == 302, answer.content.decode()[-3000:]
+    accepted = api.post(
+        "/api/v1/events/", {"type": "invoice.paid", "data": {"id": "i-1"}}, format="json"
+    )
+    assert accepted.status_code == 202, accepted.content
+    refused = api.post("/api/v1/events/", {"type": "invoice.paid", "data": {}}, format="json")
+    assert refused.status_code == 422
+    # the change page shows the schema indented, and refuses a breaking change with the report
+    event_type = EventType.objects.get(name="invoice.paid")
+    url = f"/admin/schemas_app/eventtype/{event_type.pk}/change/"
+    page = admin_client.get(url).content.decode()
+    assert "&quot;required&quot;: [\n" in page  # pretty-printed
+    stricter = {**schema, "required": ["id", "total"]}
+    answer = admin_client.post(url, _type_form(schema=json.dumps(stricter)))
+    assert answer.status_code == 200
+    assert "Breaking changes against version 1" in answer.content.decode()
+    assert "allow_breaking" in answer.content.decode()
+    assert event_type.versions.count() == 1
+    # with allow_breaking it becomes version 2, and events are checked against it
+    answer = admin_client.post(url, _type_form(schema=json.dumps(stricter), allow_breaking="on"))
+    assert answer.status_code == 302
+    assert event_type.versions.count() == 2
+    again = api.post(
+        "/api/v1/events/", {"type": "invoice.paid", "data": {"id": "i-2"}}, format="json"
+    )
+    assert again.status_code == 422
+    # a schema this service will not store is an error on the field, nothing saved
+    answer = admin_client.post(url, _type_form(schema=json.dumps({"$ref": "file:///etc/passwd"})))
+    assert answer.status_code == 200
+    assert event_type.versions.count() == 2

@@ -4,6 +4,7 @@ app below knows nothing of endpoints."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from django import forms
@@ -15,6 +16,7 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html
 
+from schemas_app.compatibility import breaking_changes
 from schemas_app.models import EventType, SchemaVersion
 from schemas_app.services import (
     PreviewRejected,
@@ -22,6 +24,7 @@ from schemas_app.services import (
     event_type_fields_check,
     event_type_preview,
     event_type_update,
+    schema_document_check,
 )
 from webhooks.models import Endpoint
 
@@ -48,21 +51,78 @@ class PreviewForm(forms.Form):
     )
 
 
+class PrettyJSONField(forms.JSONField):
+    """JSON shown indented, in a textarea that fits it (Django's is one long line)."""
+
+    widget = forms.Textarea(attrs={"rows": 14, "cols": 90, "style": "font-family: monospace"})
+
+    def prepare_value(self, value: Any) -> Any:
+        if isinstance(value, forms.fields.InvalidJSONInput):
+            return value
+        return json.dumps(value, indent=2, ensure_ascii=False, sort_keys=False)
+
+
 class EventTypeAdminForm(forms.ModelForm):
-    """The admin's event type form runs the API's rules (services.event_type_fields_check)."""
+    """The admin's event type form runs the API's rules (services.event_type_fields_check), and
+    edits the schema: a changed one becomes a new version, a breaking change only with
+    `allow_breaking` (the compatibility report is the error)."""
+
+    schema = PrettyJSONField(
+        help_text="The JSON Schema (Draft 2020-12) events of this type are checked against. "
+        "A change becomes a new version; the versions are listed below."
+    )
+    allow_breaking = forms.BooleanField(
+        required=False,
+        help_text="Accept a schema that refuses events the current version accepts.",
+    )
 
     class Meta:
         model = EventType
         fields = "__all__"  # noqa: DJ007 - the admin shows every editable field
+        field_classes = dict.fromkeys(
+            ("example", "transform", "output_schema", "masking", "sensitive_fields"),
+            PrettyJSONField,
+        )
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        current = self._current()
+        self.fields["schema"].initial = current.schema if current is not None else {}
+        if current is None:
+            del self.fields["allow_breaking"]  # a new type has nothing to break
+        for name in ("example", "transform", "output_schema", "masking", "sensitive_fields"):
+            if name in self.fields:
+                self.fields[name].required = False
+
+    def _current(self) -> SchemaVersion | None:
+        if not self.instance.pk:
+            return None
+        return self.instance.versions.order_by("-version").first()
 
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean() or {}
         if self.errors:
             return cleaned
-        current = self.instance.versions.order_by("-version").first() if self.instance.pk else None
+        current = self._current()
+        schema = cleaned.get("schema")
+        try:
+            schema_document_check(schema)
+        except ValidationError as exc:
+            self.add_error("schema", exc.message_dict.get("schema", exc.messages))
+            return cleaned
+        if current is not None and current.schema != schema:
+            changes = breaking_changes(current.schema, schema)
+            if changes and not cleaned.get("allow_breaking"):
+                report = "; ".join(f"{c.pointer or '/'}: {c.detail}" for c in changes)
+                self.add_error(
+                    "schema",
+                    f"Breaking changes against version {current.version}: {report}. Tick "
+                    "allow_breaking to accept them.",
+                )
+                return cleaned
         try:
             event_type_fields_check(
-                schema=current.schema if current is not None else {},
+                schema=schema,
                 example=cleaned.get("example"),
                 transform=cleaned.get("transform"),
                 output_schema=cleaned.get("output_schema"),
@@ -98,11 +158,17 @@ class EventTypeAdmin(admin.ModelAdmin):
             "retry_schedule": obj.retry_schedule,
         }
         actor = f"admin:{request.user}"
+        schema = form.cleaned_data["schema"]
         if change:
-            event_type_update(event_type=obj, actor=actor, **fields)
+            event_type_update(
+                event_type=obj,
+                actor=actor,
+                schema=schema,
+                allow_breaking=bool(form.cleaned_data.get("allow_breaking")),
+                **fields,
+            )
         else:
-            # a type made here accepts any object until the API gives it a schema
-            created = event_type_create(name=obj.name, schema={}, actor=actor, **fields)
+            created = event_type_create(name=obj.name, schema=schema, actor=actor, **fields)
             obj.pk = created.pk
 
     def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
