@@ -8,8 +8,12 @@ import orjson
 from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
+from django.urls import reverse
+from django.utils import formats, timezone
+from django.utils.html import format_html
 
 from schemas_app.models import EventType
+from webhooks.admin import clipped
 from webhooks_project.paging import EstimatedCountPaginator
 
 # importing it registers the endpoint admin (it lives with the engine it needs)
@@ -141,18 +145,27 @@ def delivery_timeline(delivery: Delivery) -> list[dict[str, Any]]:
     return entries
 
 
+def _endpoint_short(endpoint: Any) -> str:
+    """An endpoint in a list column: its description, else its URL, cut, the rest on hover."""
+    return format_html(
+        '<span title="{} {}">{}</span>',
+        endpoint.pk,
+        endpoint.url,
+        clipped(endpoint.description or endpoint.url, 36),
+    )
+
+
 @admin.register(Delivery)
 class DeliveryAdmin(ReadOnlyAdmin):
     list_display = [
         "id",
         "event_id",
         "event_type",
-        "endpoint",
+        "endpoint_short",
         "status",
-        "attempt_count",
-        "last_status_code",
-        "next_attempt_at",
-        "completed_at",
+        "attempts",
+        "last_status",
+        "when",
     ]
     list_filter = [
         "status",
@@ -213,7 +226,30 @@ class DeliveryAdmin(ReadOnlyAdmin):
 
     @admin.display(description="event")
     def event_id(self, obj: Delivery) -> str:
-        return obj.event_id
+        return clipped(obj.event_id, 14)
+
+    @admin.display(description="attempts", ordering="attempt_count")
+    def attempts(self, obj: Delivery) -> int:
+        return obj.attempt_count
+
+    @admin.display(description="last status", ordering="last_status_code")
+    def last_status(self, obj: Delivery) -> str:
+        return str(obj.last_status_code) if obj.last_status_code else "–"
+
+    @admin.display(description="ended / next", ordering="completed_at")
+    def when(self, obj: Delivery) -> str:
+        def short(moment: Any) -> str:
+            return formats.date_format(timezone.localtime(moment), "SHORT_DATETIME_FORMAT")
+
+        if obj.completed_at is not None:
+            return short(obj.completed_at)
+        if obj.next_attempt_at is not None:
+            return f"next {short(obj.next_attempt_at)}"
+        return "waiting for its turn" if obj.sequence is not None else "–"
+
+    @admin.display(description="endpoint", ordering="endpoint")
+    def endpoint_short(self, obj: Delivery) -> str:
+        return _endpoint_short(obj.endpoint)
 
     @admin.display(description="event type")
     def event_type(self, obj: Delivery) -> str:
@@ -257,15 +293,13 @@ class DeadLetterAdmin(ReadOnlyAdmin):
     list_select_related = ["delivery", "endpoint"]
     list_display = [
         "id",
-        "delivery",
-        "endpoint",
+        "delivery_link",
+        "endpoint_short",
         "event_type",
-        "reason",
-        "last_status_code",
+        "reason_short",
+        "last_status",
         "created_at",
-        "replayed_at",
-        "replayed_by",
-        "skipped",
+        "handled",
     ]
     list_filter = [
         ("replayed_at", admin.EmptyFieldListFilter),
@@ -275,6 +309,35 @@ class DeadLetterAdmin(ReadOnlyAdmin):
     ]
     raw_id_fields = ["delivery", "endpoint"]
     actions = ["replay_selected", "skip_selected"]
+
+    @admin.display(description="delivery", ordering="delivery")
+    def delivery_link(self, obj: DeadLetter) -> str:
+        url = reverse("admin:deliveries_delivery_change", args=[obj.delivery_id])
+        return format_html('<a href="{}">{}</a>', url, obj.delivery_id)
+
+    @admin.display(description="endpoint", ordering="endpoint")
+    def endpoint_short(self, obj: DeadLetter) -> str:
+        return _endpoint_short(obj.endpoint)
+
+    @admin.display(description="reason", ordering="reason")
+    def reason_short(self, obj: DeadLetter) -> str:
+        return clipped(obj.reason, 48)
+
+    @admin.display(description="last status", ordering="last_status_code")
+    def last_status(self, obj: DeadLetter) -> str:
+        return str(obj.last_status_code) if obj.last_status_code else "–"
+
+    @admin.display(description="handled", ordering="replayed_at")
+    def handled(self, obj: DeadLetter) -> str:
+        if obj.replayed_at is None:
+            return "waiting"
+        how = "skipped" if obj.skipped else "replayed"
+        return format_html(
+            '<span title="by {}">{} {}</span>',
+            obj.replayed_by,
+            how,
+            formats.date_format(timezone.localtime(obj.replayed_at), "SHORT_DATETIME_FORMAT"),
+        )
 
     def has_replay_permission(self, request: HttpRequest) -> bool:
         # the record itself is read-only for everyone; replaying needs the change permission

@@ -27,7 +27,7 @@ from deliveries.services.endpoints import (
     endpoint_send_test,
 )
 from webhooks import audit, signing
-from webhooks.admin import AuditedAdmin
+from webhooks.admin import AuditedAdmin, clipped
 from webhooks.headers import MASK
 from webhooks.models import Endpoint, EndpointSecret
 from webhooks.services import (
@@ -145,15 +145,17 @@ class EndpointAdminForm(forms.ModelForm):
 @admin.register(Endpoint)
 class EndpointAdmin(AuditedAdmin):
     form = EndpointAdminForm
+    # fits a 1280 px screen: the endpoint by its description and URL (its id on hover and on
+    # its page), long texts cut with the whole on hover
     list_display = [
-        "id",
-        "url",
+        "endpoint",
         "application",
         "enabled",
         "health",
         "last_failure",
-        "disabled_reason",
+        "reason",
     ]
+    list_display_links = ["endpoint"]
     list_filter = ["enabled", HealthFilter, "application"]
     search_fields = ["id", "url", "description"]
     readonly_fields = [
@@ -199,6 +201,22 @@ class EndpointAdmin(AuditedAdmin):
     @admin.display(description="headers")
     def masked_headers(self, obj: Endpoint) -> str:
         return ", ".join(f"{name}: {MASK}" for name in (obj.headers or {})) or "–"
+
+    @admin.display(description="endpoint", ordering="url")
+    def endpoint(self, obj: Endpoint) -> str:
+        url = clipped(obj.url, 60)
+        if not obj.description:
+            return format_html('<span title="{}">{}</span>', obj.pk, url)
+        return format_html(
+            '<strong title="{}">{}</strong><br><small>{}</small>',
+            obj.pk,
+            clipped(obj.description, 50),
+            url,
+        )
+
+    @admin.display(description="disabled because", ordering="disabled_reason")
+    def reason(self, obj: Endpoint) -> str:
+        return clipped(obj.disabled_reason, 40) or "–"
 
     @admin.display(description="success (24h)", ordering="recent_succeeded")
     def health(self, obj: Endpoint) -> str:

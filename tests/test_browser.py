@@ -215,3 +215,56 @@ def _operator_session(web: WebServer, browser: Any, screenshots: Path) -> None:
     assert Delivery.objects.get(pk=dead_letter.delivery_id).status == "pending"
     for name in ("dashboard", "delivery-timeline", "dead-letters-replayed", "endpoints"):
         assert (screenshots / f"{name}.png").stat().st_size > 10_000
+
+
+LIST_PAGES = ("webhooks/endpoint", "deliveries/delivery", "deliveries/deadletter")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_list_pages_fit_a_1280_pixel_screen(
+    web: WebServer, browser: Any, screenshots: Path
+) -> None:
+    try:
+        _lists_at_1280(web, browser, screenshots)
+    finally:
+        connections.close_all()
+
+
+def _lists_at_1280(web: WebServer, browser: Any, screenshots: Path) -> None:
+    dead_letter = _seed()
+    # long texts, as operators have them: a long URL and description, a long failure reason
+    endpoint_create(
+        url="https://hooks.partner-with-a-long-name.example.com/api/v2/webhooks/incoming/orders"
+        "?tenant=7f3c2a9e-1b4d-4c8e-9f0a-123456789abc&signature_version=2",
+        description="Partner X's order webhook, production, routed through their EU gateway",
+    )
+    DeadLetter.objects.filter(pk=dead_letter.pk).update(
+        reason="HTTP 503 after 12 attempts: upstream maintenance window, the consumer answered "
+        "Service Unavailable with a Retry-After of 3600 seconds each time"
+    )
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    try:
+        page.goto(f"{web.url}/admin/login/?next=/admin/")
+        page.fill("#id_username", "operator")
+        page.fill("#id_password", "correct-horse-battery")
+        page.click("input[type=submit]")
+        page.wait_for_selector("#dashboard-link")
+        for model in LIST_PAGES:
+            page.goto(f"{web.url}/admin/{model}/")
+            page.wait_for_selector("#result_list")
+            # the page, and the table inside its container (the admin scrolls that one)
+            overflow = page.evaluate(
+                """() => Math.max(
+                    document.documentElement.scrollWidth - document.documentElement.clientWidth,
+                    document.querySelector('#result_list').scrollWidth
+                        - document.querySelector('#result_list').parentElement.clientWidth)"""
+            )
+            name = model.split("/")[1]
+            page.screenshot(path=str(screenshots / f"list-{name}-1280.png"), full_page=True)
+            assert overflow <= 0, f"{model} scrolls sideways by {overflow} px at 1280 px"
+            # a clipped text keeps its whole value on hover
+            if model == "deliveries/deadletter":
+                reason = page.locator("#result_list span[title*='Retry-After']")
+                assert reason.count() == 1
+    finally:
+        page.close()

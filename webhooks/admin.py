@@ -10,6 +10,7 @@ from django.contrib import admin
 from django.db import transaction
 from django.db.models import QuerySet
 from django.http import HttpRequest
+from django.utils.html import format_html
 from rest_framework_api_key.models import APIKey as LibraryAPIKey
 
 from audit.models import AuditRecord
@@ -18,6 +19,14 @@ from . import audit
 from . import event_type_admin as _registers_event_type_admin  # noqa: F401
 from .models import ApiKey, Application, Source
 from .services import application_delete
+
+
+def clipped(text: str | None, length: int) -> str:
+    """`text` cut to `length` characters for a list column, the whole of it on hover."""
+    text = text or ""
+    if len(text) <= length:
+        return text
+    return format_html('<span title="{}">{}…</span>', text, text[: length - 1])
 
 
 class AuditedAdmin(admin.ModelAdmin):

@@ -139,7 +139,7 @@ class EventTypeAdminForm(forms.ModelForm):
 @admin.register(EventType)
 class EventTypeAdmin(admin.ModelAdmin):
     form = EventTypeAdminForm
-    list_display = ["name", "description", "archived", "updated_at", "preview_link"]
+    list_display = ["name", "description", "state", "updated_at", "preview_link"]
     list_filter = ["archived"]
     search_fields = ["name", "description"]
     readonly_fields = ["created_at", "updated_at"]
@@ -173,6 +173,11 @@ class EventTypeAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
         return False  # events refer to their type; archive it instead
+
+    @admin.display(description="state", ordering="archived")
+    def state(self, obj: EventType) -> str:
+        # words, not Django's red cross for False: an event type in use is not an error
+        return "archived" if obj.archived else "in use"
 
     @admin.display(description="Preview")
     def preview_link(self, obj: EventType) -> str:

@@ -146,6 +146,8 @@ AUTH_PASSWORD_VALIDATORS = [
 ]
 
 LANGUAGE_CODE = "en-us"
+# one date format in the admin: webhooks_project/formats/en/formats.py
+FORMAT_MODULE_PATH = ["webhooks_project.formats"]
 TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True
