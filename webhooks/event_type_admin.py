@@ -68,6 +68,7 @@ class EventTypeAdminForm(forms.ModelForm):
     `allow_breaking` (the compatibility report is the error)."""
 
     schema = PrettyJSONField(
+        required=False,  # `{}` (any object) is a schema, which a required field would refuse
         help_text="The JSON Schema (Draft 2020-12) events of this type are checked against. "
         "A change becomes a new version; the versions are listed below."
     )
@@ -105,6 +106,9 @@ class EventTypeAdminForm(forms.ModelForm):
             return cleaned
         current = self._current()
         schema = cleaned.get("schema")
+        if schema is None:
+            self.add_error("schema", "Give a JSON Schema ({} accepts any object).")
+            return cleaned
         try:
             schema_document_check(schema)
         except ValidationError as exc:
