@@ -70,7 +70,7 @@ class EventTypeAdminForm(forms.ModelForm):
     schema = PrettyJSONField(
         required=False,  # `{}` (any object) is a schema, which a required field would refuse
         help_text="The JSON Schema (Draft 2020-12) events of this type are checked against. "
-        "A change becomes a new version; the versions are listed below."
+        "A change becomes a new version; the versions are listed below.",
     )
     allow_breaking = forms.BooleanField(
         required=False,
