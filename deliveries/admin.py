@@ -118,6 +118,7 @@ def delivery_timeline(delivery: Delivery) -> list[dict[str, Any]]:
                 "at": attempt.started_at,
                 "attempt": attempt,
                 "body": _pretty(body) if body else "",
+                "response": _pretty(attempt.response_body) if attempt.response_body else "",
                 "expired": body is None,
                 "truncated": body is not None
                 and (attempt.request_body_bytes or 0) > len(body.encode()),

@@ -107,6 +107,13 @@ def test_the_event_type_preview_in_the_admin_shows_the_body_or_why_not(
     refused = admin_client.post(url, {"data": '{"id": "c-1"}'})
     assert "Refused" in refused.content.decode()
     assert "card" in refused.content.decode()
+    # the body indented for reading, and exactly as sent below it
+    page = shown.content.decode()
+    assert '"card": "************1111"' in page.replace("&quot;", '"')
+    assert 'id="preview-bytes"' in page
+    # empty data is data; no data at all is an error on the field
+    assert "Refused" in admin_client.post(url, {"data": "{}"}).content.decode()  # card missing
+    assert "Give the event" in admin_client.post(url, {"data": ""}).content.decode()
 
 
 def test_the_endpoint_list_shows_health_and_filters_by_it(

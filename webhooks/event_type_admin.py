@@ -39,18 +39,6 @@ class SchemaVersionInline(admin.TabularInline):
         return False
 
 
-class PreviewForm(forms.Form):
-    # the form's metaclass moves declared fields off the class, so this does not shadow .data
-    data = forms.JSONField(  # type: ignore[assignment]
-        widget=forms.Textarea(attrs={"rows": 12, "cols": 80}), help_text="A sample event's data."
-    )
-    endpoint = forms.ModelChoiceField(
-        queryset=Endpoint.objects.order_by("url"),
-        required=False,
-        help_text="Preview what this endpoint would receive (its own mapping and masking).",
-    )
-
-
 class PrettyJSONField(forms.JSONField):
     """JSON shown indented, in a textarea that fits it (Django's is one long line)."""
 
@@ -60,6 +48,25 @@ class PrettyJSONField(forms.JSONField):
         if isinstance(value, forms.fields.InvalidJSONInput):
             return value
         return json.dumps(value, indent=2, ensure_ascii=False, sort_keys=False)
+
+
+class PreviewForm(forms.Form):
+    # the form's metaclass moves declared fields off the class, so this does not shadow .data
+    data = PrettyJSONField(  # type: ignore[assignment]
+        required=False,  # `{}` is data, which a required JSON field would refuse as empty
+        help_text="A sample event's data.",
+    )
+    endpoint = forms.ModelChoiceField(
+        queryset=Endpoint.objects.order_by("url"),
+        required=False,
+        help_text="Preview what this endpoint would receive (its own mapping and masking).",
+    )
+
+    def clean_data(self) -> Any:
+        value = self.cleaned_data.get("data")
+        if value is None:
+            raise ValidationError("Give the event's data (a JSON value: {} is an empty object).")
+        return value
 
 
 class EventTypeAdminForm(forms.ModelForm):
@@ -217,6 +224,7 @@ class EventTypeAdmin(admin.ModelAdmin):
             "event_type": event_type,
             "form": form,
             "body": body,
+            "pretty": json.dumps(json.loads(body), indent=2, ensure_ascii=False) if body else None,
             "errors": errors,
             "opts": self.model._meta,
         }
