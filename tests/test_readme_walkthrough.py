@@ -13,6 +13,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -41,6 +42,15 @@ def web() -> Iterator[WebServer]:
     server.stop()
 
 
+def _documents(text: str) -> list[Any]:
+    """The JSON documents curl printed back to back."""
+    documents, at, decoder, text = [], 0, json.JSONDecoder(), text.strip()
+    while at < len(text):
+        document, at = decoder.raw_decode(text, at)
+        documents.append(document)
+    return documents
+
+
 def _bash(script: str, cwd: Path, env: dict[str, str]) -> str:
     done = subprocess.run(
         ["bash", "-euo", "pipefail", "-c", script],
@@ -67,7 +77,7 @@ def test_the_walkthrough_runs_as_written(
         )
         for block in _blocks()
     ]
-    assert len(blocks) == 6, "the walk-through's steps changed: update this test"
+    assert len(blocks) == 9, "the walk-through's steps changed: update this test"
     log = tmp_path / "curl.log"
     env = {
         **os.environ,
@@ -96,6 +106,15 @@ def test_the_walkthrough_runs_as_written(
         wait_until(lambda: "verified evt_" in consumer.text())
         # step 5: the delivery and its attempts, with the headers as sent
         shown = _bash(f"source {variables}\n" + blocks[5], tmp_path, env)
+        # steps 6-8: rotation, dead letters and replay, the metrics
+        rotated = _bash(f"source {variables}\n" + blocks[6], tmp_path, env)
+        replayed = _bash(f"source {variables}\n" + blocks[7], tmp_path, env)
+        measured = _bash(f"source {variables}\n" + blocks[8], tmp_path, env)
+        # the consumer, still on the old secret, verifies a delivery signed after the rotation
+        another = blocks[3].split("\n\n")[-1].replace("ord_1", "ord_2")
+        _bash(f"source {variables}\n" + another, tmp_path, env)
+        wait_until(lambda: consumer.text().count("verified evt_") == 2, timeout=30)
+        assert "REJECTED" not in consumer.text()
     finally:
         consumer.stop()
     statuses = [(c["method"], c["status"]) for c in map(json.loads, log.read_text().splitlines())]
@@ -108,13 +127,18 @@ def test_the_walkthrough_runs_as_written(
         ("GET", 200),  # deliveries of the endpoint
         ("GET", 200),  # the same, for $DELIVERY
         ("GET", 200),  # its attempts
+        ("POST", 200),  # the rotation
+        ("GET", 200),  # the dead letters
+        ("POST", 202),  # the bulk replay
+        ("GET", 200),  # the metrics
+        ("POST", 202),  # an event after the rotation (idempotency key: a new one)
     ], statuses
-    # curl prints the answers back to back: the last document is the attempts'
-    documents, at, decoder = [], 0, json.JSONDecoder()
-    while at < len(shown.strip()):
-        document, at = decoder.raw_decode(shown.strip(), at)
-        documents.append(document)
-    attempts = documents[-1]["results"]
+    assert json.loads(rotated)["secret"].startswith("whsec_")
+    assert _documents(replayed)[-1] == {"replayed": 0, "skipped_disabled": 0}
+    metrics = json.loads(measured)
+    assert metrics["deliveries"]["success_rate"] == 1.0
+    assert metrics["latency_ms"]["count"] == 1
+    attempts = _documents(shown)[-1]["results"]  # the last answer printed: the attempts
     assert attempts[0]["outcome"] == "succeeded"
     assert attempts[0]["status_code"] == 204
     assert attempts[0]["request_headers"]["webhook-signature"].startswith("v1,")
