@@ -23,6 +23,7 @@ from django.utils import timezone
 
 from deliveries.models import DeadLetter, Delivery, Event
 from deliveries.services.notices import operational_type
+from devstack.services import LocalRedis
 from schemas_app.services import event_type_create
 from tests.conftest import BASE_DIR, WebServer, worker_env
 from webhooks.models import ApiKey, Application
@@ -98,10 +99,14 @@ def _request(command: str, variables: dict[str, str]) -> tuple[int, Any]:
 
 
 @pytest.fixture
-def server() -> Iterator[WebServer]:
-    web = WebServer(worker_env()).start()
+def server(tmp_path: Path) -> Iterator[WebServer]:
+    """The web server on a Redis of its own: no worker takes what the examples publish (the
+    session's worker would send the resent delivery before `retry-now` could find it waiting)."""
+    redis = LocalRedis(tmp_path / "redis", persist=False).start()
+    web = WebServer(worker_env(REDIS_URL=redis.url())).start()
     yield web
     web.stop()
+    redis.stop()
 
 
 def test_the_routing_section_runs_as_written(server: WebServer) -> None:

@@ -351,3 +351,49 @@ def test_the_admin_shows_a_held_delivery_and_skips_dead_letters(
     assert (dead.skipped, dead.replayed_by) == (True, "admin:admin")
     second.refresh_from_db()
     assert second.next_attempt_at is not None  # its turn came
+
+
+@pytest.mark.django_db
+def test_a_slot_left_by_a_hand_edit_is_freed_by_the_sweeper_and_the_next_goes(
+    api: APIClient, order_type: None, django_capture_on_commit_callbacks: Any
+) -> None:
+    endpoint = _endpoint(api, "http://127.0.0.1:9/o", ordering="per_key")
+    with django_capture_on_commit_callbacks(execute=False):
+        _post(api, [{"data": {"n": n}, "ordering_key": "k"} for n in range(2)])
+    first, second = Delivery.objects.filter(endpoint_id=endpoint["id"]).order_by("sequence")
+    deliveries_claim(delivery_ids=[first.pk], now=timezone.now())
+    # the head ended by hand (no recording settled its key), its slot claimed long ago
+    Delivery.objects.filter(pk=first.pk).update(status="succeeded")
+    OrderingKey.objects.update(claimed_at=timezone.now() - timedelta(hours=1))
+    with django_capture_on_commit_callbacks(execute=False) as published:
+        assert (
+            ordering.stale_slots_settle(claimed_before=timezone.now() - timedelta(minutes=5)) == 1
+        )
+    assert len(published) == 1  # the next one, published
+    assert OrderingKey.objects.get().in_flight is None
+    second.refresh_from_db()
+    assert second.next_attempt_at is not None
+
+
+@pytest.mark.django_db
+def test_the_prune_job_forgets_idle_keys_that_hold_nothing(
+    api: APIClient, order_type: None, django_capture_on_commit_callbacks: Any
+) -> None:
+    endpoint = _endpoint(api, "http://127.0.0.1:9/o", ordering="per_key")
+    with django_capture_on_commit_callbacks(execute=False):
+        _post(api, [{"data": {}, "ordering_key": "done"}, {"data": {}, "ordering_key": "open"}])
+    Delivery.objects.filter(ordering_key="done").update(status="succeeded")
+    later = timezone.now() + timedelta(seconds=1)
+    # both idle since before `later`; only the one with nothing pending is forgotten
+    assert ordering.keys_prune(idle_before=later) == 1
+    assert set(OrderingSequence.objects.values_list("key", flat=True)) == {"open"}
+    assert set(OrderingKey.objects.values_list("key", flat=True)) == {"open"}
+    # used again, its numbers start at 1
+    with django_capture_on_commit_callbacks(execute=False):
+        _post(api, [{"data": {}, "ordering_key": "done"}])
+    again = (
+        Delivery.objects.filter(ordering_key="done")
+        .order_by("-id")
+        .values_list("sequence", "endpoint_id")[0]
+    )
+    assert again == (1, endpoint["id"])
