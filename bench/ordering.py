@@ -29,7 +29,7 @@ import psycopg
 from bench.fill import fill_month
 from bench.report import write_section
 from bench.scenarios import run_throughput, setup_endpoints
-from bench.stack import PY, Stack, log, service_proc
+from bench.stack import Stack, log
 
 START, END = "<!-- ordering:start -->", "<!-- ordering:end -->"
 HISTORY_DAYS = 30
@@ -68,25 +68,8 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["REDIS_URL"] = stack.env["REDIS_URL"]
         sink = stack.start_sink()
         web, base = stack.serve_web("web", workers=2, threads=4)
-        worker = stack.spawn(
-            "worker",
-            [PY, "-m", "celery", "-A", "webhooks_project", "worker", "-l", "INFO"],
-            ready=" ready.",
-        )
-        stack.spawn(
-            "beat",
-            [PY, "-m", "celery", "-A", "webhooks_project", "beat", "-l", "INFO"],
-            ready="beat: Starting",
-        )
-        procs = [
-            web,
-            worker,
-            stack.procs["beat"],
-            *(
-                service_proc(name, service)
-                for name, service in zip(("postgres", "redis"), stack.services, strict=True)
-            ),
-        ]
+        worker, beat = stack.start_engine()
+        procs = [web, worker, beat, *stack.service_procs()]
         for name, (ordering, _) in PHASES.items():
             setup_endpoints(base, key, sink, name, FANOUT, 0, "ok", ordering=ordering)
         log(f"a month of history: {args.history} events over {HISTORY_DAYS} day partitions")

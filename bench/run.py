@@ -33,7 +33,7 @@ from .scenarios import (
     setup_endpoints,
     swept_since,
 )
-from .stack import PY, Stack, log, service_proc
+from .stack import PY, Stack, log
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,27 +73,9 @@ def main(argv: list[str] | None = None) -> int:
         log(f"  {results['noop']['rate']:.0f} tasks/s")
 
         web, base = stack.serve_web("web", workers=2, threads=4)
-        worker = stack.spawn(
-            "worker",
-            [PY, "-m", "celery", "-A", "webhooks_project", "worker", "-l", "INFO"],
-            ready=" ready.",
-        )
-        stack.spawn(
-            "beat",
-            [PY, "-m", "celery", "-A", "webhooks_project", "beat", "-l", "INFO"],
-            ready="beat: Starting",
-        )
+        worker, beat = stack.start_engine()
         time.sleep(1)
-        procs = [
-            web,
-            worker,
-            stack.procs["beat"],
-            stack.procs["sink"],
-            *(
-                service_proc(name, service)
-                for name, service in zip(("postgres", "redis"), stack.services, strict=True)
-            ),
-        ]
+        procs = [web, worker, beat, stack.procs["sink"], *stack.service_procs()]
 
         setup_endpoints(base, key, sink, "bench.healthy", args.fanout, 0, "ok")
         log("warm-up")

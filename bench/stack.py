@@ -93,6 +93,27 @@ class Stack:
         self.procs[name] = proc
         return proc
 
+    def start_engine(self) -> tuple[Proc, Proc]:
+        """The default worker command and beat, as `make run` starts them: (worker, beat)."""
+        worker = self.spawn(
+            "worker",
+            [PY, "-m", "celery", "-A", "webhooks_project", "worker", "-l", "INFO"],
+            ready=" ready.",
+        )
+        beat = self.spawn(
+            "beat",
+            [PY, "-m", "celery", "-A", "webhooks_project", "beat", "-l", "INFO"],
+            ready="beat: Starting",
+        )
+        return worker, beat
+
+    def service_procs(self) -> list[Proc]:
+        """PostgreSQL and Redis, measured like the stack's own children."""
+        return [
+            service_proc(name, service)
+            for name, service in zip(("postgres", "redis"), self.services, strict=True)
+        ]
+
     def serve_web(self, name: str, *, workers: int, threads: int = 1) -> tuple[Proc, str]:
         """gunicorn on a socket bound here and handed over (no port race); (proc, base URL)."""
         sock = listening_socket()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import orjson
@@ -146,6 +147,31 @@ def delivery_timeline(delivery: Delivery) -> list[dict[str, Any]]:
     return entries
 
 
+def _each(
+    model_admin: admin.ModelAdmin,
+    request: HttpRequest,
+    ids: Iterable[Any],
+    act: Callable[[Any, str], Any],
+    refusal: type[Exception],
+    noun: str,
+    done: str,
+) -> None:
+    """An admin action applied to each selected row through its service, as this user: how many
+    were done, and (up to ten) which were refused and why."""
+    changed, refused = 0, []
+    for pk in ids:
+        try:
+            act(pk, f"admin:{request.user}")
+            changed += 1
+        except refusal as exc:
+            refused.append(f"{pk}: {exc}")
+    if changed:
+        model_admin.message_user(request, f"{changed} {noun} {done}.", messages.SUCCESS)
+    for text in refused[:10]:
+        ending = "" if text.endswith(".") else "."
+        model_admin.message_user(request, f"Not {done}: {text}{ending}", messages.WARNING)
+
+
 def _endpoint_short(endpoint: Any) -> str:
     """An endpoint in a list column: its description, else its URL, cut, the rest on hover."""
     return format_html(
@@ -196,17 +222,15 @@ class DeliveryAdmin(ReadOnlyAdmin):
     def _operate(
         self, request: HttpRequest, queryset: QuerySet[Delivery], operation: Any, done: str
     ) -> None:
-        changed, refused = 0, []
-        for delivery_id in queryset.values_list("id", flat=True):
-            try:
-                operation(delivery_id=delivery_id, actor=f"admin:{request.user}")
-                changed += 1
-            except NotNow as exc:
-                refused.append(f"{delivery_id}: {exc}")
-        if changed:
-            self.message_user(request, f"{changed} deliveries {done}.", messages.SUCCESS)
-        for text in refused[:10]:
-            self.message_user(request, f"Not {done}: {text}.", messages.WARNING)
+        _each(
+            self,
+            request,
+            queryset.values_list("id", flat=True),
+            lambda pk, actor: operation(delivery_id=pk, actor=actor),
+            NotNow,
+            "deliveries",
+            done,
+        )
 
     # not the event: a join of two partitioned tables costs more to plan than to run; the
     # page's event types come in one query of their days (get_changelist_instance)
@@ -354,14 +378,12 @@ class DeadLetterAdmin(ReadOnlyAdmin):
         permissions=["replay"],
     )
     def skip_selected(self, request: HttpRequest, queryset: QuerySet[DeadLetter]) -> None:
-        skipped, refused = 0, []
-        for dead_letter_id in queryset.values_list("id", flat=True)[:1000]:
-            try:
-                dead_letter_skip(dead_letter_id=dead_letter_id, actor=f"admin:{request.user}")
-                skipped += 1
-            except AlreadyHandled as exc:
-                refused.append(f"{dead_letter_id}: {exc}")
-        if skipped:
-            self.message_user(request, f"{skipped} dead letters skipped.", messages.SUCCESS)
-        for text in refused[:10]:
-            self.message_user(request, f"Not skipped: {text}", messages.WARNING)
+        _each(
+            self,
+            request,
+            queryset.values_list("id", flat=True)[:1000],
+            lambda pk, actor: dead_letter_skip(dead_letter_id=pk, actor=actor),
+            AlreadyHandled,
+            "dead letters",
+            "skipped",
+        )

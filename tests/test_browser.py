@@ -76,8 +76,14 @@ def browser(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
 
     with sync_playwright() as playwright:
         instance = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield instance
-        instance.close()
+        try:
+            yield instance
+        finally:
+            instance.close()
+            # With Playwright's loop running, asgiref gives the test its own database
+            # connection (not the one pytest-django closes); close it, or it keeps the test
+            # database open.
+            connections.close_all()
 
 
 @pytest.fixture
@@ -164,24 +170,23 @@ def _seed() -> DeadLetter:
 def test_an_operator_logs_in_reads_the_dashboard_and_replays_a_dead_letter(
     web: WebServer, browser: Any, screenshots: Path
 ) -> None:
-    try:
-        _operator_session(web, browser, screenshots)
-    finally:
-        # With Playwright's loop running, asgiref gives this test its own database connection
-        # (not the one pytest-django closes); close it, or it keeps the test database open.
-        connections.close_all()
+    _operator_session(web, browser, screenshots)
+
+
+def _log_in(page: Any, web: WebServer) -> None:
+    """The operator `_seed` made signs in; the admin's index is shown."""
+    page.goto(f"{web.url}/admin/login/?next=/admin/")
+    page.fill("#id_username", "operator")
+    page.fill("#id_password", "correct-horse-battery")
+    page.click("input[type=submit]")
+    page.wait_for_selector("#dashboard-link")
 
 
 def _operator_session(web: WebServer, browser: Any, screenshots: Path) -> None:
     dead_letter = _seed()
     page = browser.new_page(viewport={"width": 1500, "height": 1000})
     try:
-        # log in
-        page.goto(f"{web.url}/admin/login/?next=/admin/")
-        page.fill("#id_username", "operator")
-        page.fill("#id_password", "correct-horse-battery")
-        page.click("input[type=submit]")
-        page.wait_for_selector("#dashboard-link")
+        _log_in(page, web)
         # the dashboard: numbers, charts, the failing endpoint first
         page.click("#dashboard-link a")
         page.wait_for_selector("#card-success-rate")
@@ -224,10 +229,7 @@ LIST_PAGES = ("webhooks/endpoint", "deliveries/delivery", "deliveries/deadletter
 def test_the_list_pages_fit_a_1280_pixel_screen(
     web: WebServer, browser: Any, screenshots: Path
 ) -> None:
-    try:
-        _lists_at_1280(web, browser, screenshots)
-    finally:
-        connections.close_all()
+    _lists_at_1280(web, browser, screenshots)
 
 
 def _lists_at_1280(web: WebServer, browser: Any, screenshots: Path) -> None:
@@ -244,11 +246,7 @@ def _lists_at_1280(web: WebServer, browser: Any, screenshots: Path) -> None:
     )
     page = browser.new_page(viewport={"width": 1280, "height": 900})
     try:
-        page.goto(f"{web.url}/admin/login/?next=/admin/")
-        page.fill("#id_username", "operator")
-        page.fill("#id_password", "correct-horse-battery")
-        page.click("input[type=submit]")
-        page.wait_for_selector("#dashboard-link")
+        _log_in(page, web)
         for model in LIST_PAGES:
             page.goto(f"{web.url}/admin/{model}/")
             page.wait_for_selector("#result_list")

@@ -294,10 +294,7 @@ class DeliveryViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
         try:
             changed = operation(delivery_id=delivery.pk, actor=_actor(request))
         except NotNow as exc:
-            return Response(
-                {"error": "conflict", "detail": f"Nothing done: {exc}."},
-                status=status.HTTP_409_CONFLICT,
-            )
+            return _nothing_done(exc)
         return Response(DeliverySerializer(changed).data, status=status.HTTP_202_ACCEPTED)
 
     @extend_schema(responses=AttemptSerializer(many=True))
@@ -308,6 +305,16 @@ class DeliveryViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
         paginator = InOrder()
         page = paginator.paginate_queryset(attempt_list(delivery_id=delivery.pk), request, self)
         return paginator.get_paginated_response(AttemptSerializer(page, many=True).data)
+
+
+def _nothing_done(refusal: Exception) -> Response:
+    """409: an operator action that does not apply to the object as it stands, and why."""
+    reason = str(refusal)
+    ending = "" if reason.endswith(".") else "."
+    return Response(
+        {"error": "conflict", "detail": f"Nothing done: {reason}{ending}"},
+        status=status.HTTP_409_CONFLICT,
+    )
 
 
 def _actor(request: Request) -> str:
@@ -373,10 +380,7 @@ class DeadLetterViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewse
         try:
             skipped = dead_letter_skip(dead_letter_id=dead_letter.pk, actor=_actor(request))
         except AlreadyHandled as exc:
-            return Response(
-                {"error": "conflict", "detail": f"Nothing done: {exc}"},
-                status=status.HTTP_409_CONFLICT,
-            )
+            return _nothing_done(exc)
         return Response(DeadLetterSerializer(skipped).data)
 
     @extend_schema(request=DeadLetterFilterSerializer, responses={202: ReplayResultSerializer})

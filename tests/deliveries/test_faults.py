@@ -102,6 +102,18 @@ def stack(sink: Sink) -> Iterator[Stack]:
     shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _kill_the_sender(worker: WorkerProcess, sink: Sink) -> None:
+    """SIGKILL the worker process that holds a connection to the sink (mid-request)."""
+    assert worker.proc is not None
+    children = psutil.Process(worker.proc.pid).children(recursive=True)
+    holder = next(
+        c
+        for c in children
+        if any(conn.raddr and conn.raddr.port == sink.port for conn in c.net_connections("tcp"))
+    )
+    holder.send_signal(signal.SIGKILL)
+
+
 def _all_succeeded(count: int) -> bool:
     return Delivery.objects.filter(status="succeeded").count() == count
 
@@ -116,14 +128,7 @@ def test_worker_killed_mid_request_is_delivered_after_the_lease(stack: Stack, si
     assert status == 202
     sink.wait_for(1, "slow")
     # when the worker process holding that request is SIGKILLed
-    assert worker.proc is not None
-    children = psutil.Process(worker.proc.pid).children(recursive=True)
-    holder = next(
-        c
-        for c in children
-        if any(conn.raddr and conn.raddr.port == sink.port for conn in c.net_connections("tcp"))
-    )
-    holder.send_signal(signal.SIGKILL)
+    _kill_the_sender(worker, sink)
     # then, after the lease expires, the delivery is made again and succeeds
     wait_until(lambda: _all_succeeded(1), timeout=40)
     delivery = Delivery.objects.get(event_id=event["id"])
@@ -327,14 +332,7 @@ def test_an_ordered_key_waits_out_its_worker_killed_mid_request(stack: Stack, si
     (first,) = sink.wait_for(1, "o")
     assert first.headers["webhook-sequence"] == "1"
     # when the worker process holding it (the only one that has sent anything) is SIGKILLed
-    assert worker.proc is not None
-    children = psutil.Process(worker.proc.pid).children(recursive=True)
-    holder = next(
-        c
-        for c in children
-        if any(conn.raddr and conn.raddr.port == sink.port for conn in c.net_connections("tcp"))
-    )
-    holder.send_signal(signal.SIGKILL)
+    _kill_the_sender(worker, sink)
     # (another key goes meanwhile)
     assert stack.post_event({"n": 9}, ordering_key="b")[0] == 202
     # then, after the lease, a's head is sent again, and only then the rest of a, in order
