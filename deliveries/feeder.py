@@ -7,14 +7,14 @@ from __future__ import annotations
 import logging
 import threading
 
-import orjson
 import redis
 from django.db import InterfaceError, OperationalError, close_old_connections
 
+from webhooks_project import tracing
 from webhooks_project.process_local import ProcessLocal
 
 from .services.dispatch import deliveries_dispatch
-from .services.enqueue import FEED_KEY, FEED_WAIT, deliveries_enqueue, feed_client
+from .services.enqueue import FEED_KEY, FEED_WAIT, deliveries_enqueue, feed_client, feed_message
 
 logger = logging.getLogger(__name__)
 
@@ -49,25 +49,29 @@ class Feeder:
                     logger.warning("feed: broker unavailable (%d tries): %s", failures, exc)
                 self._stop.wait(min(5.0, 0.2 * failures))
                 continue
-            if item is None:
-                continue
-            try:
-                ids = [int(i) for i in orjson.loads(item[1])]
-            except (orjson.JSONDecodeError, TypeError, ValueError):
-                logger.error("feed: dropped a malformed message %r", item[1][:200])
-                continue
-            try:
-                deliveries_dispatch(delivery_ids=ids)
-            except (OperationalError, InterfaceError) as exc:
-                # our database is away: hand them to Celery's retry path (it backs off)
-                logger.warning("database unavailable for %d fed deliveries: %s", len(ids), exc)
-                close_old_connections()
-                deliveries_enqueue(delivery_ids=ids, countdown=1)
-            except Exception:
-                # a bug must not stop the feed; the rows stay pending for the sweeper
-                logger.exception("feed: dispatching %d deliveries failed", len(ids))
+            if item is not None:
+                self.handle(item[1])
         client.close()
         close_old_connections()
+
+    def handle(self, raw: bytes) -> None:
+        """Dispatch one message's deliveries here, in the trace of its publisher if it names
+        one; never raises (a bug must not stop the feed: the rows stay for the sweeper)."""
+        try:
+            ids, traceparent = feed_message(raw)
+        except ValueError:
+            logger.error("feed: dropped a malformed message %r", raw[:200])
+            return
+        try:
+            with tracing.continued(traceparent):
+                deliveries_dispatch(delivery_ids=ids)
+        except (OperationalError, InterfaceError) as exc:
+            # our database is away: hand them to Celery's retry path (it backs off)
+            logger.warning("database unavailable for %d fed deliveries: %s", len(ids), exc)
+            close_old_connections()
+            deliveries_enqueue(delivery_ids=ids, countdown=1)
+        except Exception:
+            logger.exception("feed: dispatching %d deliveries failed", len(ids))
 
 
 _feeders = ProcessLocal(Feeder)

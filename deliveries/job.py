@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from webhooks import transport
 
@@ -28,3 +28,7 @@ class Job:
     deferred: float | None = None  # not sent: give the claim back for this many seconds
     begun: float = 0.0  # monotonic time when its request started (0: not yet)
     lost: bool = False  # its lease was taken back (a renewal found the row held by another)
+    verdict: str | None = None  # what its record decided (deliveries.backoff.Verdict)
+    # while tracing (deliveries.traces): the send span's parent context and links, the span
+    trace: tuple[Any, Any] | None = None
+    span: Any = None

@@ -70,6 +70,9 @@ class Event(models.Model):
     # Ordered delivery: endpoints with ordering "per_key" get the events of one key one at a
     # time, in the order accepted (services/ordering.py). Null: no key.
     ordering_key = models.CharField(max_length=200, null=True, blank=True)  # noqa: DJ001
+    # Tracing (webhooks_project/tracing.py): the W3C traceparent of the span that accepted it,
+    # so every attempt of every delivery joins that trace. Null: tracing was off.
+    traceparent = models.CharField(max_length=100, null=True, blank=True, editable=False)  # noqa: DJ001
 
     class Meta:
         ordering = ["-created_at"]

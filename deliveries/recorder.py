@@ -15,7 +15,9 @@ from collections.abc import Callable, Collection
 
 from django.db import InterfaceError, OperationalError
 
+from deliveries import traces
 from deliveries.job import Job
+from webhooks_project import tracing
 
 logger = logging.getLogger("deliveries.sender")
 
@@ -48,7 +50,11 @@ class Recorder:
                     batch.append(self._done.get_nowait())
                 except queue.Empty:
                     break
+            traced = tracing.ENABLED and any(job.trace is not None for job in batch)
+            start = time.time_ns() if traced else 0
             self._record_with_retry(batch)
+            if traced:
+                traces.recorded(batch, start_ns=start, end_ns=time.time_ns())
             self._recorded(batch)
 
     def _record_with_retry(self, batch: list[Job]) -> None:

@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 
 from webhooks import atransport, transport
 
+from . import traces
 from .breaker import Breakers
 from .job import Job
 from .recorder import LeaseRenewer, Recorder
@@ -362,6 +363,8 @@ class Sender:
                 with self._lock:
                     job.begun = time.monotonic()
                     self._moved.notify_all()
+                if job.trace is not None:  # tracing on (deliveries.traces)
+                    traces.send_started(job)
                 job.started_at = time.time()
                 assert self._client is not None  # made before the loop runs anything
                 job.result = await self._client.post(
@@ -381,6 +384,8 @@ class Sender:
                     error=repr(exc)[:500],
                     error_class="protocol",
                 )
+            if job.span is not None:
+                traces.send_ended(job)
         self._recorder.put(job)
         self._next_in_lane(job)
 

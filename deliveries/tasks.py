@@ -9,6 +9,8 @@ from celery.signals import worker_process_init, worker_process_shutdown, worker_
 from django.conf import settings
 from django.db import InterfaceError, OperationalError
 
+from webhooks_project import tracing
+
 from .feeder import feeder_start, feeder_stop
 from .metrics import stats_prune
 from .services.dispatch import current_sender, deliveries_dispatch
@@ -100,3 +102,4 @@ def _drain_sender(**_: object) -> None:
     sender = current_sender()
     if sender is not None and not sender.drain(timeout=settings.WEBHOOKS_HTTP_TIMEOUT + 5):
         logger.warning("shutdown with deliveries still in flight; their leases will expire")
+    tracing.flush()  # the spans still buffered (a prefork child exits without atexit)

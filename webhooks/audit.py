@@ -35,6 +35,7 @@ def endpoint_snapshot(endpoint: Endpoint) -> dict[str, Any]:
         "channels": list(endpoint.channels or ()),
         "ordering": endpoint.ordering,
         "ordering_on_dead": endpoint.ordering_on_dead,
+        "trace_propagation": endpoint.trace_propagation,
     }
 
 

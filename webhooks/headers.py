@@ -36,6 +36,8 @@ RESERVED = frozenset(
         "expect",
         "proxy-authorization",
         "proxy-connection",
+        "traceparent",  # ours when the endpoint asks for it (trace_propagation)
+        "tracestate",
     }
 )
 RESERVED_PREFIXES = ("webhook-",)

@@ -117,6 +117,10 @@ class Endpoint(models.Model):
         default=OnDead.SKIP,
         help_text="when an ordered delivery fails for good: skip it, or hold its key",
     )
+    trace_propagation = models.BooleanField(
+        default=False,
+        help_text="send the W3C traceparent header of each request's span (when tracing is on)",
+    )
     created_at = models.DateTimeField(default=timezone.now, editable=False)
     updated_at = models.DateTimeField(auto_now=True)
 

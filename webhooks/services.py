@@ -46,6 +46,7 @@ ENDPOINT_FIELDS = (
     "channels",
     "ordering",
     "ordering_on_dead",
+    "trace_propagation",
 )
 
 

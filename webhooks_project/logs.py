@@ -11,6 +11,8 @@ from datetime import UTC, datetime
 
 import orjson
 
+from . import tracing
+
 
 class JsonFormatter(logging.Formatter):
     """One JSON object per record: time, level, logger, message, the record's `fields`, and the
@@ -23,6 +25,8 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
+        if tracing.ENABLED:  # a log line names the trace it was written in
+            line.update(tracing.log_fields())
         fields = getattr(record, "fields", None)
         if isinstance(fields, dict):
             line.update(fields)

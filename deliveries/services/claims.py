@@ -64,6 +64,8 @@ class Claim:
     type_schedule: list[int] | None = None  # the event type's retry schedule
     ordering_key: str | None = None  # to an ordered endpoint: its key, and its place in it
     sequence: int | None = None
+    traceparent: str | None = None  # of the span that accepted the event (tracing on)
+    trace_propagation: bool = False  # the endpoint wants the `traceparent` header
 
 
 _D = Delivery._meta.db_table
@@ -135,7 +137,7 @@ RETURNING d.id AS delivery_id, d.attempt_count AS number, d.retry_base,
           t.transform::text AS type_mapping, (p.transforms -> e.type)::text AS endpoint_mapping,
           t.output_schema::text AS output_schema, t.masking::text AS type_masking,
           (p.masking -> e.type)::text AS endpoint_masking,
-          d.ordering_key, d.sequence
+          d.ordering_key, d.sequence, e.traceparent, p.trace_propagation
 """  # noqa: S608 - table names are ours, every value is a parameter
 
 

@@ -19,8 +19,10 @@ from schemas_app import payloads
 from webhooks import crypto, transport
 from webhooks.services import check_target, max_request_seconds
 from webhooks.ssrf import BlockedTarget, Target
+from webhooks_project import tracing
 from webhooks_project.process_local import ProcessLocal
 
+from .. import traces
 from . import envelope
 from .claims import Claim, deliveries_claim, deliveries_release, leases_renew, reschedule_unclaimed
 from .recording import attempts_record
@@ -69,6 +71,8 @@ def _prepare(
     """The job for one claim, signed and ready to send; None when it ended here (refused and
     finished on the sender, e.g. SSRF, an unreadable secret, a payload that cannot be built)."""
     job = Job(claim=claim)
+    if tracing.ENABLED:
+        traces.job_traced(job)
     job.headers, job.stored_headers = envelope.request_headers(
         claim, timestamp=timestamp, user_agent=settings.WEBHOOKS_USER_AGENT
     )
@@ -152,11 +156,18 @@ def deliveries_dispatch(*, delivery_ids: Sequence[int]) -> int:
     sender = _senders.get()
     ids = list(dict.fromkeys(delivery_ids))
     most = max(1, settings.WEBHOOKS_MAX_IN_FLIGHT // 2)
-    if len(ids) > most:  # never wait for more slots than the process has
-        return sum(
-            deliveries_dispatch(delivery_ids=ids[i : i + most]) for i in range(0, len(ids), most)
-        )
-    claims = _claim(sender, ids)
+    # never wait for more slots than the process has
+    with tracing.span(
+        "webhooks.dispatch", kind=tracing.SpanKind.CONSUMER, attributes={"webhooks.asked": len(ids)}
+    ):
+        return sum(_dispatch(sender, ids[i : i + most]) for i in range(0, len(ids), most))
+
+
+def _dispatch(sender: Sender, ids: list[int]) -> int:
+    with tracing.span("webhooks.claim", attributes={"webhooks.asked": len(ids)}) as span:
+        claims = _claim(sender, ids)
+        if span is not None:
+            span.set_attribute("webhooks.claimed", len(claims))
     handed: list[Job] = []
     for endpoint_id, jobs in _prepare_lanes(sender, claims).items():
         handed += _admit(sender, endpoint_id, jobs)

@@ -31,6 +31,7 @@ from django.conf import settings
 from kombu.exceptions import KombuError
 from redis.exceptions import RedisError
 
+from webhooks_project import tracing
 from webhooks_project.process_local import ProcessLocal
 
 logger = logging.getLogger(__name__)
@@ -56,7 +57,12 @@ def feed_publish(delivery_ids: Sequence[int], *, batch_size: int) -> int:
     """Append the ids to the feed in messages of `batch_size`; returns how many were pushed.
     Redis away: logged, nothing raised (the rows wait for the sweeper)."""
     ids = list(delivery_ids)
-    messages = [orjson.dumps(ids[i : i + batch_size]) for i in range(0, len(ids), batch_size)]
+    chunks = [ids[i : i + batch_size] for i in range(0, len(ids), batch_size)]
+    traceparent = tracing.traceparent()
+    if traceparent is None:
+        messages = [orjson.dumps(chunk) for chunk in chunks]
+    else:  # while tracing: the feeder continues the publisher's trace (feed_message)
+        messages = [orjson.dumps({"ids": chunk, "traceparent": traceparent}) for chunk in chunks]
     if not messages:
         return 0
     try:
@@ -70,6 +76,27 @@ def feed_publish(delivery_ids: Sequence[int], *, batch_size: int) -> int:
         )
         return 0
     return len(ids)
+
+
+def feed_message(raw: bytes | str) -> tuple[list[int], str | None]:
+    """A feed message's delivery ids, and the publisher's traceparent if it sent one: a JSON
+    array of ids, or while tracing `{"ids": [...], "traceparent": "..."}`. Raises ValueError
+    for anything else."""
+    try:
+        message = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise ValueError("not JSON") from exc
+    traceparent = None
+    if isinstance(message, dict):
+        traceparent = message.get("traceparent")
+        message = message.get("ids")
+        if traceparent is not None and not isinstance(traceparent, str):
+            raise ValueError("traceparent is not a string")
+    if not isinstance(message, list) or not all(
+        isinstance(i, int) and not isinstance(i, bool) for i in message
+    ):
+        raise ValueError("not a list of delivery ids")
+    return message, traceparent
 
 
 # Published by name: the task module imports the services, not the other way round.

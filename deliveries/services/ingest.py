@@ -23,7 +23,7 @@ from schemas_app.validation import validate
 from webhooks import crypto, subscriptions
 from webhooks.models import Application, Endpoint
 from webhooks.selectors import Subscriber, event_subscribers
-from webhooks_project import generation
+from webhooks_project import generation, tracing
 from webhooks_project.db import binding_cursor
 
 from . import ordering
@@ -199,13 +199,19 @@ def events_ingest(
     `pending` rows for the sweeper. With `only_application` (a key limited to it), an item naming
     any other application is refused as naming an unknown one.
     """
-    versions, applications = _check_inputs(items, single=single, only_application=only_application)
-    try:
-        return _store(items, versions, applications, single)
-    except IntegrityError:
-        # Another request stored the same idempotency key between our lookup and insert; its
-        # row is committed now, so a second pass finds it and returns it.
-        return _store(items, versions, applications, single)
+    with tracing.span("webhooks.ingest", attributes={"webhooks.events": len(items)}) as span:
+        versions, applications = _check_inputs(
+            items, single=single, only_application=only_application
+        )
+        try:
+            results = _store(items, versions, applications, single)
+        except IntegrityError:
+            # Another request stored the same idempotency key between our lookup and insert;
+            # its row is committed now, so a second pass finds it and returns it.
+            results = _store(items, versions, applications, single)
+        if span is not None:
+            span.set_attribute("webhooks.deliveries", sum(r.delivery_count for r in results))
+        return results
 
 
 @transaction.atomic
@@ -216,6 +222,8 @@ def _store(
     single: bool = False,
 ) -> list[IngestResult]:
     now = timezone.now()
+    # each event keeps the ingest span's context: its deliveries' attempts join this trace
+    traceparent = tracing.traceparent()
     keys = {i.idempotency_key for i in items if i.idempotency_key}
     stored: dict[tuple[int | None, str], Event] = {}
     if keys:
@@ -267,6 +275,7 @@ def _store(
             channels=list(item.channels) if item.channels is not None else None,
             endpoints=list(item.endpoints) if item.endpoints is not None else None,
             ordering_key=item.ordering_key,
+            traceparent=traceparent,
         )
         new_events.append(event)
         incoming[event.id] = item.data  # filters read the data as sent, never the sealed copy
@@ -319,9 +328,7 @@ def _store(
         event_ids=event_ids, endpoint_ids=endpoint_ids, now=now, ordering_keys=ordering_keys
     ).ready
     if delivery_ids:
-        transaction.on_commit(
-            lambda: deliveries_enqueue(delivery_ids=delivery_ids, queue=FRESH_QUEUE), robust=True
-        )
+        transaction.on_commit(partial(_publish, delivery_ids), robust=True)
 
     results = []
     for event, created in plan:
@@ -330,6 +337,16 @@ def _store(
             count = Delivery.objects.of_events([event.id]).count()
         results.append(IngestResult(event=event, delivery_count=count, created=created))
     return results
+
+
+def _publish(delivery_ids: list[int]) -> None:
+    """After commit: the fresh deliveries to the feed (a message carries this trace)."""
+    with tracing.span(
+        "webhooks.publish",
+        kind=tracing.SpanKind.PRODUCER,
+        attributes={"webhooks.deliveries": len(delivery_ids)},
+    ):
+        deliveries_enqueue(delivery_ids=delivery_ids, queue=FRESH_QUEUE)
 
 
 def _count_filtered(deltas: metrics.Deltas, at: datetime) -> None:
@@ -371,17 +388,22 @@ def events_insert(events: Sequence[Event]) -> None:
         "endpoints",
         "ordering_key",
     )
+    # the traceparent column only while tracing: otherwise one more array of nulls to bind
+    traced = any(e.traceparent for e in events)
     with binding_cursor() as cursor:
         cursor.execute(
             f"""
-            INSERT INTO {Event._meta.db_table} ({", ".join(columns)})
+            INSERT INTO {Event._meta.db_table}
+                   ({", ".join(columns)}{", traceparent" if traced else ""})
             SELECT id, type, version, app, data::jsonb, key, hash, occurred, created,
                    channels::varchar[], endpoints::varchar[], ordering_key
+                   {", traceparent" if traced else ""}
               FROM unnest(%s::varchar[], %s::varchar[], %s::bigint[], %s::bigint[], %s::text[],
                           %s::varchar[], %s::varchar[], %s::timestamptz[], %s::timestamptz[],
-                          %s::text[], %s::text[], %s::varchar[])
+                          %s::text[], %s::text[], %s::varchar[]
+                          {", %s::varchar[]" if traced else ""})
                    AS t(id, type, version, app, data, key, hash, occurred, created,
-                        channels, endpoints, ordering_key)
+                        channels, endpoints, ordering_key{", traceparent" if traced else ""})
             """,  # noqa: S608 - the names are ours, every value is a parameter
             [
                 [e.id for e in events],
@@ -397,6 +419,7 @@ def events_insert(events: Sequence[Event]) -> None:
                 [_array_text(e.channels) for e in events],
                 [_array_text(e.endpoints) for e in events],
                 [e.ordering_key for e in events],
+                *([[e.traceparent for e in events]] if traced else []),
             ],
         )
     for event in events:  # as bulk_create leaves them: saved

@@ -211,6 +211,7 @@ def _decide(jobs: Sequence[Job]) -> list[tuple[Job, Decision]]:
             jitter=settings.WEBHOOKS_RETRY_JITTER,
             now=clock,
         )
+        job.verdict = decision.verdict.value
         decided.append((job, decision))
     return decided
 

@@ -137,6 +137,7 @@ class EndpointSerializer(StrictFields, serializers.ModelSerializer):
             "channels",
             "ordering",
             "ordering_on_dead",
+            "trace_propagation",
             "created_at",
             "updated_at",
         ]
