@@ -54,7 +54,7 @@ class Feeder:
         client.close()
         close_old_connections()
 
-    def handle(self, raw: bytes) -> None:
+    def handle(self, raw: bytes | str) -> None:
         """Dispatch one message's deliveries here, in the trace of its publisher if it names
         one; never raises (a bug must not stop the feed: the rows stay for the sweeper)."""
         try:
