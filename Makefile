@@ -30,6 +30,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.rate_limit --write docs/BENCHMARKS.md
 	$(BIN)/python -m bench.routing --write docs/BENCHMARKS.md
 	$(BIN)/python -m bench.ordering --write docs/BENCHMARKS.md
+	$(BIN)/python -m bench.tracing --write docs/BENCHMARKS.md
 	$(BIN)/python -m bench.scale --write docs/BENCHMARKS.md
 
 # A small run (under two minutes); `make test` runs it as a smoke check, without thresholds.

@@ -8,15 +8,8 @@ Each line runs in bash with curl's stand-in (tests/bin/curl: CI machines may hav
 
 from __future__ import annotations
 
-import json
-import os
-import re
-import shlex
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from django.utils import timezone
@@ -25,7 +18,8 @@ from deliveries.models import DeadLetter, Delivery, Event
 from deliveries.services.notices import operational_type
 from devstack.services import LocalRedis
 from schemas_app.services import event_type_create
-from tests.conftest import BASE_DIR, WebServer, worker_env
+from tests.conftest import WebServer, worker_env
+from tests.readme import commands_of, readme_section, run_curl
 from webhooks.models import ApiKey, Application
 from webhooks.operational import (
     ENDPOINT_DISABLED,
@@ -37,59 +31,6 @@ from webhooks.operational import (
 from webhooks.services import api_key_create, endpoint_create
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-def _commands(section: str) -> list[str]:
-    """Each curl command of the section's bash blocks: continued lines (a trailing backslash, or
-    a quote still open) joined, comments left out."""
-    commands = []
-    for block in re.findall(r"```bash\n(.*?)```", section, re.DOTALL):
-        current = ""
-        for line in block.splitlines():
-            if not current and (not line.strip() or line.lstrip().startswith("#")):
-                continue
-            current += line[:-1] + " " if line.endswith("\\") else line + "\n"
-            if line.endswith("\\"):
-                continue
-            try:
-                shlex.split(current, comments=True)
-            except ValueError:
-                continue  # a quote is still open: the command goes on
-            if current.startswith("curl "):
-                commands.append(current.strip())
-            current = ""
-    return commands
-
-
-def _routing_section() -> str:
-    text = (Path(BASE_DIR) / "README.md").read_text()
-    start = text.index("## Routing")
-    return text[start : text.index("\n## ", start + 1)]
-
-
-def _request(command: str, variables: dict[str, str], log: Path) -> tuple[int, Any]:
-    """Run one curl line in bash, with the README's variables set and curl's stand-in
-    (tests/bin/curl, which logs each status); the status, and the answer as JSON if it is."""
-    env = {
-        **os.environ,
-        **variables,
-        "PATH": f"{Path(BASE_DIR) / 'tests' / 'bin'}:{Path(sys.executable).parent}:"
-        f"{os.environ['PATH']}",
-        "CURL_LOG": str(log),
-    }
-    done = subprocess.run(
-        ["bash", "-euo", "pipefail", "-c", command],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 0, (command, done.stderr[-2000:])
-    status = json.loads(log.read_text().splitlines()[-1])["status"]
-    try:
-        return status, json.loads(done.stdout or "null")
-    except json.JSONDecodeError:
-        return status, done.stdout
 
 
 @pytest.fixture
@@ -133,10 +74,10 @@ def test_the_routing_section_runs_as_written(server: WebServer, tmp_path: Path) 
         "DELIVERY": str(delivery.pk),
         "DEAD_LETTER": str(dead_letter.pk),
     }
-    commands = _commands(_routing_section())
+    commands = commands_of(readme_section("## Routing"))
     assert len(commands) >= 15, commands
     for command in commands:
-        status, body = _request(command, variables, tmp_path / "curl.log")
+        status, body = run_curl(command, variables, tmp_path / "curl.log")
         assert 200 <= status < 300, (command, status, body)
         assert isinstance(body, dict), (command, body)
         if "/filter-test/" in command:

@@ -20,6 +20,7 @@ import redis
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased
 from opentelemetry.trace import SpanKind, StatusCode
 
 from bench.otlp_sink import Collector
@@ -31,7 +32,9 @@ from deliveries.services.enqueue import FEED_KEY, feed_client, feed_message
 from devstack.services import LocalRedis
 from schemas_app.services import event_type_create
 from tests.conftest import WebServer, WorkerProcess, wait_until, worker_env
+from tests.readme import commands_of, readme_section, run_curl
 from tests.sink import Sink
+from webhooks.models import ApiKey
 from webhooks.services import api_key_create, endpoint_create
 from webhooks_project import tracing
 from webhooks_project.process_local import ProcessLocal
@@ -200,6 +203,37 @@ def test_a_retry_joins_the_trace_of_its_event(
 
 
 @pytest.mark.django_db(transaction=True)
+def test_a_trace_left_out_by_the_sampler_makes_no_spans_but_still_propagates(
+    own_feed: Any, sink: Sink, local_sender: None, make_api_client: Any
+) -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(sampler=ParentBased(ALWAYS_ON))
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracing.enable(provider)
+    try:
+        event_type_create(name="order.created", schema={"type": "object"})
+        endpoint_create(
+            url=sink.url("asked"), event_types=["order.created"], trace_propagation=True
+        )
+        endpoint_create(url=sink.url("quiet"), event_types=["order.created"])
+        # the producer's trace is not sampled (flags 00): nothing of it is recorded here
+        _post_event(make_api_client(), HTTP_TRACEPARENT=PRODUCER[:-2] + "00")
+        Feeder().handle(own_feed.lpop(FEED_KEY))
+        (asked,) = sink.wait_for(1, "asked")
+        (quiet,) = sink.wait_for(1, "quiet")
+        wait_until(lambda: Delivery.objects.filter(status="succeeded").count() == 2)
+    finally:
+        tracing.disable()
+    assert exporter.get_finished_spans() == ()
+    # the endpoint that asked still gets the trace, marked not sampled, under a span id of its own
+    version, trace_id, span_id, flags = asked.headers["traceparent"].split("-")
+    assert (version, trace_id, flags) == ("00", PRODUCER_TRACE, "00")
+    assert len(span_id) == 16
+    assert span_id not in (PRODUCER_SPAN, "0" * 16)
+    assert "traceparent" not in quiet.headers
+
+
+@pytest.mark.django_db(transaction=True)
 def test_off_by_default_nothing_is_traced_or_sent(
     own_feed: Any, sink: Sink, local_sender: None, make_api_client: Any
 ) -> None:
@@ -257,7 +291,8 @@ def test_trace_headers_are_ours(name: str, make_api_client: Any) -> None:
 @pytest.mark.parametrize("feed", ["true", "false"], ids=["feed", "celery"])
 def test_real_processes_export_one_trace_over_otlp(feed: str, sink: Sink, tmp_path: Path) -> None:
     """gunicorn and a Celery worker with OTEL_EXPORTER_OTLP_ENDPOINT set: the web's and the
-    worker's spans reach the collector in one trace, by the feed or by a Celery message."""
+    worker's spans reach the collector in one trace, by the feed or by a Celery message; the
+    endpoint asks for the traceparent header by the README's example."""
     collector = Collector().start()
     server = LocalRedis(tmp_path / "redis", persist=False).start()
     env = worker_env(
@@ -268,11 +303,21 @@ def test_real_processes_export_one_trace_over_otlp(feed: str, sink: Sink, tmp_pa
         WEBHOOKS_DIRECT_FEED=feed,
     )
     event_type_create(name="order.created", schema={"type": "object"})
-    endpoint_create(url=sink.url("otlp"), event_types=["order.created"], trace_propagation=True)
-    _, key = api_key_create(name="otlp", scopes=["events:write"])
+    endpoint, _ = endpoint_create(url=sink.url("otlp"), event_types=["order.created"])
+    _, key = api_key_create(name="otlp", scopes=ApiKey.Scope.values)
     web = WebServer(env).start()
     worker = WorkerProcess(env).start()
     try:
+        # the README's line turns the endpoint's traceparent header on
+        (command,) = commands_of(readme_section("### Tracing (OpenTelemetry)"))
+        variables = {
+            "API": web.url + "/api/v1",
+            "AUTH": f"Authorization: Bearer {key}",
+            "EP": endpoint.pk,
+        }
+        status, body = run_curl(command, variables, tmp_path / "curl.log")
+        assert status == 200, body
+        assert body["trace_propagation"] is True
         request = urllib.request.Request(
             web.url + "/api/v1/events/",
             data=json.dumps({"type": "order.created", "data": {"n": 1}}).encode(),

@@ -7,6 +7,7 @@ import logging
 import math
 import time
 from collections.abc import Sequence
+from typing import Any
 
 from django.conf import settings
 from django.db import close_old_connections
@@ -66,16 +67,22 @@ def _refused(job: Job, error_class: str, error: str) -> Job:
 
 
 def _prepare(
-    claim: Claim, *, sender: Sender, checked: dict[str, Target | BlockedTarget], timestamp: int
+    claim: Claim,
+    *,
+    sender: Sender,
+    checked: dict[str, Target | BlockedTarget],
+    timestamp: int,
+    traced: dict[str | None, Any] | None = None,
 ) -> Job | None:
     """The job for one claim, signed and ready to send; None when it ended here (refused and
-    finished on the sender, e.g. SSRF, an unreadable secret, a payload that cannot be built)."""
+    finished on the sender, e.g. SSRF, an unreadable secret, a payload that cannot be built).
+    `traced`: while tracing, the send spans' parents worked out so far in the batch."""
     job = Job(claim=claim)
-    if tracing.ENABLED:
-        traces.job_traced(job)
     job.headers, job.stored_headers = envelope.request_headers(
         claim, timestamp=timestamp, user_agent=settings.WEBHOOKS_USER_AGENT
     )
+    if traced is not None:
+        traces.job_traced(job, traced)
     if not claim.enabled:
         sender.finish(_refused(job, "endpoint_disabled", "endpoint is disabled"))
         return None
@@ -200,9 +207,12 @@ def _prepare_lanes(sender: Sender, claims: list[Claim]) -> dict[str, list[Job]]:
     timestamp = int(time.time())
     lanes: dict[str, list[Job]] = {}
     checked: dict[str, Target | BlockedTarget] = {}  # each URL resolved and checked once
+    traced: dict[str | None, Any] | None = {} if tracing.ENABLED else None
     for claim in claims:
         try:
-            job = _prepare(claim, sender=sender, checked=checked, timestamp=timestamp)
+            job = _prepare(
+                claim, sender=sender, checked=checked, timestamp=timestamp, traced=traced
+            )
         except Exception as exc:  # noqa: BLE001 - one poisoned claim must not take the batch
             # anything that fails while one claim is prepared ends that claim alone, recorded
             logger.exception("delivery %s could not be prepared", claim.delivery_id)
