@@ -43,7 +43,10 @@ PHASES = ("off", "on", "sampled")  # also the sink's tags: plain words
 LABELS = {"off": "off (the default)", "on": "on, every trace", "sampled": "on, 1 trace in 10"}
 SAMPLED = {
     "on": {},
-    "sampled": {"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.1"},
+    "sampled": {
+        "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+        "OTEL_TRACES_SAMPLER_ARG": "0.1",
+    },
 }
 
 

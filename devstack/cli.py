@@ -117,9 +117,11 @@ def run() -> int:
         )
         # the password goes in Flower's environment (FLOWER_BASIC_AUTH, which Flower reads), not
         # on its command line, where `ps` shows it to every user of the machine
+        flower = [python, "-m", "devstack", "keep", "--after-worker", "--"]
+        flower += [python, "-m", "celery", "-A", "webhooks_project", "flower"]
         manager.add_process(
             "flower",
-            " ".join([*celery, "flower", f"--port={flower_port}", "--address=127.0.0.1"]),
+            " ".join([*flower, f"--port={flower_port}", "--address=127.0.0.1"]),
             env={**os.environ, "FLOWER_BASIC_AUTH": _flower_auth()},
             cwd=str(BASE_DIR),
         )
@@ -200,6 +202,23 @@ def keep(command: list[str], *, first_delay: float = 1.0, max_delay: float = 30.
         delay = min(max_delay, delay * 2)
 
 
+def wait_for_worker(timeout: float = 120.0) -> bool:
+    """Wait until a Celery worker of the project answers a ping (at most `timeout` seconds):
+    Flower started before the worker logged a warning for each thing it asked it and could not
+    get. Whether one answered; the command starts either way."""
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "webhooks_project.settings")
+    from webhooks_project.celery import app
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if app.control.ping(timeout=1.0):
+                return True
+        except Exception:  # noqa: BLE001 - the broker may not be up yet either
+            time.sleep(1.0)
+    return False
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m devstack")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -207,6 +226,11 @@ def main(argv: list[str] | None = None) -> int:
     test_parser = sub.add_parser("test", help="run pytest against throwaway services (make test)")
     test_parser.add_argument("pytest_args", nargs=argparse.REMAINDER)
     keep_parser = sub.add_parser("keep", help="run a command, starting it again when it dies")
+    keep_parser.add_argument(
+        "--after-worker",
+        action="store_true",
+        help="start it once a Celery worker answers a ping (Flower: its first look finds one)",
+    )
     keep_parser.add_argument("child", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     if args.command == "run":
@@ -215,6 +239,8 @@ def main(argv: list[str] | None = None) -> int:
         child = args.child[1:] if args.child[:1] == ["--"] else args.child
         if not child:
             parser.error("keep needs a command")
+        if args.after_worker:
+            wait_for_worker()
         return keep(child)
     pytest_args = [a for a in args.pytest_args if a != "--"] if args.pytest_args else []
     return test(pytest_args)

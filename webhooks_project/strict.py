@@ -11,6 +11,8 @@ from rest_framework import serializers
 
 UNKNOWN = "Unknown field: this resource has no such field."
 NOT_TEXT = "Not a string: send this value as a JSON string."
+NOT_NUMBER = "Not a number: send this value as a JSON number, without quotes."
+NOT_BOOLEAN = "Not a boolean: send true or false, without quotes."
 
 
 def unknown_fields(data: Any, known: Any) -> dict[str, list[str]]:
@@ -29,28 +31,36 @@ def refuse_body(data: Any) -> None:
         raise serializers.ValidationError({"non_field_errors": ["This action takes no body."]})
 
 
-def _not_text(field: serializers.Field, value: Any) -> Any:
-    """The errors of `value` for a text field that DRF would convert from a number (a JSON
-    `5` becoming "5"): a number, or a boolean, where a string is expected is refused, as is
-    any such item of a list or dict of text. None when it is fine."""
+def _mistyped(field: serializers.Field, value: Any) -> Any:
+    """The errors of `value` where DRF would convert it to the field's type instead of refusing
+    it: a number or boolean for text (a JSON `5` becoming "5"), a string for a number ("600"
+    becoming 600), anything but true or false for a boolean ("yes", 1); and any such item of a
+    list or dict. None when it is fine."""
     if value is None:
         return None
     if isinstance(field, serializers.CharField):
         return None if isinstance(value, str) else [NOT_TEXT]
+    # the other way round: "600" for a number, "true" or 1 for a boolean (DRF converts them)
+    if isinstance(field, serializers.BooleanField):
+        return None if isinstance(value, bool) else [NOT_BOOLEAN]
+    if isinstance(field, serializers.IntegerField | serializers.FloatField):
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        return None if number else [NOT_NUMBER]
     child = getattr(field, "child", None)
     if isinstance(field, serializers.ListField) and isinstance(value, list) and child:
-        items = {i: e for i, item in enumerate(value) if (e := _not_text(child, item))}
+        items = {i: e for i, item in enumerate(value) if (e := _mistyped(child, item))}
         return items or None
     if isinstance(field, serializers.DictField) and isinstance(value, Mapping) and child:
-        entries = {k: e for k, item in value.items() if (e := _not_text(child, item))}
+        entries = {k: e for k, item in value.items() if (e := _mistyped(child, item))}
         return entries or None
     return None
 
 
 class StrictFields:
     """Mix into a DRF serializer used for input: keys of the body that are not fields of the
-    serializer are refused, each with its pointer, and so are numbers and booleans sent for
-    text (DRF would store `5` as "5"). Read-only fields are fields: a body read
+    serializer are refused, each with its pointer, and so are values of another JSON type than
+    the field's that DRF would convert (`5` for text, "600" for a number, "true" for a
+    boolean: `_mistyped`). Read-only fields are fields: a body read
     from the API and sent back is accepted (they are ignored, as DRF does). Query strings are
     not checked (pagination and format parameters live there)."""
 
@@ -63,7 +73,7 @@ class StrictFields:
             mistyped = {
                 name: errors
                 for name, field in fields.items()
-                if name in data and not field.read_only and (errors := _not_text(field, data[name]))
+                if name in data and not field.read_only and (errors := _mistyped(field, data[name]))
             }
             if mistyped:
                 raise serializers.ValidationError(mistyped)
