@@ -10,6 +10,7 @@ COPY webhooks ./webhooks
 COPY deliveries ./deliveries
 COPY schemas_app ./schemas_app
 COPY audit ./audit
+COPY portal ./portal
 COPY manage.py ./
 # collectstatic loads the settings, which refuse to start without a secret key and encryption
 # keys outside dev: it gets throwaway ones, made here and kept nowhere (the running containers

@@ -44,7 +44,7 @@ soak: $(STAMP)
 
 # The admin screenshots in docs/screenshots/, taken by the browser test.
 screenshots: $(STAMP)
-	SCREENSHOTS_DIR=docs/screenshots $(BIN)/python -m devstack test -- tests/test_browser.py
+	SCREENSHOTS_DIR=docs/screenshots $(BIN)/python -m devstack test -- tests/test_browser.py tests/portal/test_portal_browser.py
 
 # Style, formatting and the import rules of docs/ARCHITECTURE.md (run by `make test` first).
 lint: $(STAMP)

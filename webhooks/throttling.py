@@ -43,21 +43,24 @@ class ApiKeyRateThrottle(BaseThrottle):
             ident = f"user:{request.user.pk}"
         else:
             ident = f"ip:{self.get_ident(request)}"
-        now = time.time()
-        start = math.floor(now / window) * window
-        key = f"throttle:{ident}:{window}:{start}"
-        try:
-            count = _count(key, window + 1)
-        except Exception as exc:  # noqa: BLE001 - fail open when the limiter is away
-            logger.warning("rate limiter unavailable, request let through: %s", exc)
-            return True
-        if count <= limit:
-            return True
-        self._wait = start + window - now
-        return False
+        self._wait = window_allows(ident, limit, window)
+        return not self._wait
 
     def wait(self) -> float | None:
-        return max(self._wait, 0.001)
+        return self._wait
+
+
+def window_allows(ident: str, limit: int, window: int) -> float:
+    """Count one more request of `ident` in the current `window`-second window: 0.0 if it is
+    within `limit`, else the seconds until the window ends. Redis away: allowed (logged)."""
+    now = time.time()
+    start = math.floor(now / window) * window
+    try:
+        count = _count(f"throttle:{ident}:{window}:{start}", window + 1)
+    except Exception as exc:  # noqa: BLE001 - fail open when the limiter is away
+        logger.warning("rate limiter unavailable, request let through: %s", exc)
+        return 0.0
+    return 0.0 if count <= limit else max(start + window - now, 0.001)
 
 
 def _count(key: str, ttl: int) -> int:

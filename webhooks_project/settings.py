@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -81,6 +82,7 @@ INSTALLED_APPS = [
     "webhooks",
     "schemas_app",
     "deliveries",
+    "portal",
 ]
 
 MIDDLEWARE = [
@@ -324,6 +326,32 @@ if WEBHOOKS_EGRESS_PROXY is not None and (
         "WEBHOOKS_EGRESS_PROXY must be an http:// or https:// URL of the proxy "
         "(e.g. http://smokescreen:4750)"
     )
+# The partner portal (README "Partner portal"): links, sessions, branding, embedding.
+WEBHOOKS_PORTAL_LINK_SECONDS = env_int("WEBHOOKS_PORTAL_LINK_SECONDS", 3600, minimum=60)
+WEBHOOKS_PORTAL_SESSION_SECONDS = env_int("WEBHOOKS_PORTAL_SESSION_SECONDS", 8 * 3600, minimum=60)
+WEBHOOKS_PORTAL_NAME = env_str("WEBHOOKS_PORTAL_NAME", "Webhooks") or "Webhooks"
+WEBHOOKS_PORTAL_LOGO_URL = env_str("WEBHOOKS_PORTAL_LOGO_URL", "") or ""
+WEBHOOKS_PORTAL_ACCENT = env_str("WEBHOOKS_PORTAL_ACCENT", "#1f5fbf") or "#1f5fbf"
+if not re.fullmatch(r"#[0-9a-fA-F]{6}", WEBHOOKS_PORTAL_ACCENT):
+    raise ImproperlyConfigured("WEBHOOKS_PORTAL_ACCENT must be a colour like #1f5fbf")
+if WEBHOOKS_PORTAL_LOGO_URL and urlsplit(WEBHOOKS_PORTAL_LOGO_URL).scheme not in ("https", "http"):
+    raise ImproperlyConfigured("WEBHOOKS_PORTAL_LOGO_URL must be an http(s) URL")
+# Origins whose pages may show the portal in a frame (CSP frame-ancestors); none by default.
+WEBHOOKS_PORTAL_FRAME_ANCESTORS = env_list("WEBHOOKS_PORTAL_FRAME_ANCESTORS", [])
+for _origin in WEBHOOKS_PORTAL_FRAME_ANCESTORS:
+    if not re.fullmatch(r"https?://[A-Za-z0-9.\-*]+(:\d+)?", _origin):
+        raise ImproperlyConfigured(
+            f"WEBHOOKS_PORTAL_FRAME_ANCESTORS: {_origin!r} is not an origin like "
+            "https://app.example.com"
+        )
+try:
+    _enter_rate = parse_rate(env_str("WEBHOOKS_PORTAL_ENTER_RATE", "10/min") or "")
+except ValueError as exc:
+    raise ImproperlyConfigured(f"WEBHOOKS_PORTAL_ENTER_RATE: {exc}") from exc
+if _enter_rate is None:
+    raise ImproperlyConfigured("WEBHOOKS_PORTAL_ENTER_RATE cannot be off: links are guessed at")
+# tries of portal link codes per client address: (count, window seconds)
+WEBHOOKS_PORTAL_ENTER_RATE: tuple[int, int] = _enter_rate
 # `/metrics` (Prometheus): answered to `Authorization: Bearer <token>`, or to clients in these
 # networks that did not come through a proxy. Loopback only in dev: behind a reverse proxy on
 # the same host every request would come from loopback, so production needs a token or a list.

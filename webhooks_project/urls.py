@@ -1,4 +1,5 @@
-"""URL routes: the admin, the API under /api/v1/, OpenAPI, /healthz and /metrics."""
+"""URL routes: the admin, the API under /api/v1/, OpenAPI, the partner portal, /healthz and
+/metrics."""
 
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ api_v1 = [
     path("", include("webhooks.api.event_types.urls")),
     path("", include("webhooks.api.urls")),
     path("", include("deliveries.api.urls")),
+    path("", include("portal.api_urls")),
 ]
 
 urlpatterns = [
@@ -36,6 +38,7 @@ urlpatterns = [
     path("api/v1/", include(api_v1)),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
+    path("portal/", include("portal.urls")),
     path("healthz", healthz, name="healthz"),
     path("metrics", metrics_view, name="prometheus-metrics"),
 ]

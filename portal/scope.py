@@ -1,0 +1,140 @@
+"""What a portal session can reach: its application's objects, nothing else.
+
+Every page reads through a `Portal`, whose querysets start from the application: an object of
+another application is not found (404), the same answer as one that does not exist, so ids
+reveal nothing. Writes need a session opened with `manage` rights (403 otherwise).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import wraps
+from typing import Any
+
+from django.conf import settings
+from django.core.exceptions import PermissionDenied
+from django.db.models import QuerySet
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import redirect
+
+from deliveries.models import DeadLetter, Delivery, Event
+from webhooks.models import Application, Endpoint
+
+from .models import PortalSession
+from .services import session_find
+
+COOKIE = "webhooks_portal"
+
+
+@dataclass(frozen=True)
+class Portal:
+    session: PortalSession
+
+    @property
+    def application(self) -> Application:
+        return self.session.access.application
+
+    @property
+    def manage(self) -> bool:
+        return self.session.access.manage
+
+    @property
+    def actor(self) -> str:
+        """Who the audit log says did it: the portal link's id (its creator is recorded)."""
+        return f"portal:{self.session.access_id}"
+
+    def endpoints(self) -> QuerySet[Endpoint]:
+        return Endpoint.objects.filter(application=self.application).order_by("created_at")
+
+    def endpoint(self, endpoint_id: str) -> Endpoint:
+        found = self.endpoints().filter(pk=endpoint_id).first()
+        if found is None:
+            raise Http404("No such endpoint.")
+        return found
+
+    def deliveries(self) -> QuerySet[Delivery]:
+        return Delivery.objects.filter(endpoint__application=self.application).order_by("-id")
+
+    def delivery(self, delivery_id: str | int) -> Delivery:
+        try:
+            number = int(delivery_id)
+        except (TypeError, ValueError):
+            raise Http404("No such delivery.") from None
+        found = self.deliveries().filter(pk=number).select_related("event", "endpoint").first()
+        if found is None:
+            raise Http404("No such delivery.")
+        return found
+
+    def dead_letters(self) -> QuerySet[DeadLetter]:
+        return DeadLetter.objects.filter(endpoint__application=self.application).order_by("-id")
+
+    def dead_letter(self, dead_letter_id: str | int) -> DeadLetter:
+        number = _id(dead_letter_id, "dead letter")
+        found = self.dead_letters().filter(pk=number).select_related("endpoint").first()
+        if found is None:
+            raise Http404("No such dead letter.")
+        return found
+
+    def event(self, event_id: str) -> Event:
+        """An event that was delivered to one of the application's endpoints."""
+        found = Event.objects.filter(pk=event_id).first()
+        delivered = Delivery.objects.of_events([event_id]).filter(
+            endpoint__application=self.application
+        )
+        if found is None or not delivered.exists():
+            raise Http404("No such event.")
+        return found
+
+
+BIGINT = 2**63 - 1
+
+
+def _id(value: str | int, what: str) -> int:
+    """A row id from a URL: anything but a whole number a bigint holds is not found."""
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise Http404(f"No such {what}.") from None
+    if not 0 < number <= BIGINT:
+        raise Http404(f"No such {what}.")
+    return number
+
+
+def portal_of(request: HttpRequest) -> Portal:
+    portal = getattr(request, "portal", None)
+    assert isinstance(portal, Portal), "a portal page is wrapped in portal_page"
+    return portal
+
+
+def portal_page(*, write: bool = False) -> Callable[[Callable[..., HttpResponse]], Any]:
+    """A page of the portal: it needs a live session (else the sign-in page), and with `write`
+    (every POST it answers) a session with `manage` rights."""
+
+    def wrap(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+        @wraps(view)
+        def page(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+            session = session_find(request.COOKIES.get(COOKIE))
+            if session is None:
+                return redirect("portal:signed-out")
+            portal = Portal(session)
+            if (write or request.method == "POST") and not portal.manage:
+                raise PermissionDenied("This portal session can read, not change.")
+            request.portal = portal  # type: ignore[attr-defined]
+            response = view(request, *args, **kwargs)
+            return frame_headers(response)
+
+        return page
+
+    return wrap
+
+
+def frame_headers(response: HttpResponse) -> HttpResponse:
+    """Who may show the portal in a frame: WEBHOOKS_PORTAL_FRAME_ANCESTORS (none by default)."""
+    ancestors = settings.WEBHOOKS_PORTAL_FRAME_ANCESTORS
+    if ancestors:
+        response["Content-Security-Policy"] = "frame-ancestors 'self' " + " ".join(ancestors)
+        response.xframe_options_exempt = True
+    else:
+        response["Content-Security-Policy"] = "frame-ancestors 'none'"
+    return response
