@@ -60,11 +60,13 @@ def line_chart(
     for k in range(5):
         value = top * k / 4
         gy = y(value)
+        # no data and no fixed scale: a scale of nothing would read "1 ms, 1 ms, 0 ms, 0 ms"
+        label = _fmt(value, unit, top) if present or y_max is not None else ""
         parts.append(
             f'<line x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{gy:.1f}" y2="{gy:.1f}" '
             f'stroke="#ddd" stroke-width="1"/>'
             f'<text x="{LEFT - 6}" y="{gy + 4:.1f}" font-size="11" text-anchor="end" '
-            f'fill="#666">{escape(_fmt(value, unit, top))}</text>'
+            f'fill="#666">{escape(label)}</text>'
         )
     if count:
         for i in sorted({0, count // 2, count - 1}):

@@ -18,7 +18,7 @@ from django.db.models import QuerySet
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect
 
-from deliveries.models import DeadLetter, Delivery, Event
+from deliveries.models import DeadLetter, Delivery, DeliveryQuerySet, Event
 from webhooks.models import Application, Endpoint
 
 from .models import PortalSession
@@ -53,7 +53,7 @@ class Portal:
             raise Http404("No such endpoint.")
         return found
 
-    def deliveries(self) -> QuerySet[Delivery]:
+    def deliveries(self) -> DeliveryQuerySet:
         return Delivery.objects.filter(endpoint__application=self.application).order_by("-id")
 
     def delivery(self, delivery_id: str | int) -> Delivery:
@@ -79,10 +79,7 @@ class Portal:
     def event(self, event_id: str) -> Event:
         """An event that was delivered to one of the application's endpoints."""
         found = Event.objects.filter(pk=event_id).first()
-        delivered = Delivery.objects.of_events([event_id]).filter(
-            endpoint__application=self.application
-        )
-        if found is None or not delivered.exists():
+        if found is None or not self.deliveries().of_events([event_id]).exists():
             raise Http404("No such event.")
         return found
 

@@ -25,6 +25,7 @@ urlpatterns = [
         views.delivery_resend_view,
         name="delivery-resend",
     ),
+    path("events/<str:event_id>/", views.event, name="event"),
     path("dead-letters/", views.dead_letters, name="dead-letters"),
     path("dead-letters/replay/", views.dead_letters_replay_view, name="dead-letters-replay"),
     path("catalog/", views.catalog, name="catalog"),

@@ -61,6 +61,7 @@ SECTIONS = {
     "secret.html": "endpoints",
     "deliveries.html": "deliveries",
     "delivery.html": "deliveries",
+    "event.html": "deliveries",
     "dead_letters.html": "dead_letters",
     "catalog.html": "catalog",
 }
@@ -115,7 +116,8 @@ def enter(request: HttpRequest) -> HttpResponse:
         max_age=opened.session.access.session_seconds,
         path=reverse("portal:overview"),
         httponly=True,
-        secure=request.is_secure() or embedded,
+        # as the admin's session cookie (Secure outside dev), and always when framed
+        secure=settings.SESSION_COOKIE_SECURE or request.is_secure() or embedded,
         samesite="None" if embedded else "Lax",  # in a frame of another site: a third party's
     )
     return response
@@ -361,6 +363,21 @@ def delivery(request: HttpRequest, delivery_id: str) -> HttpResponse:
         "delivery.html",
         {"delivery": found, "timeline": delivery_timeline(found)},
     )
+
+
+@portal_page()
+def event(request: HttpRequest, event_id: str) -> HttpResponse:
+    """An event's deliveries to this application's endpoints (its data as accepted is never
+    shown: a partner sees what was sent to it, after transformation and masking)."""
+    portal = portal_of(request)
+    found = portal.event(event_id)
+    rows = (
+        portal.deliveries()
+        .of_events([found.pk])
+        .select_related("event", "endpoint")
+        .order_by("endpoint_id")
+    )
+    return _render(request, "event.html", {"event": found, "deliveries": rows})
 
 
 @require_POST

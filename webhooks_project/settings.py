@@ -254,6 +254,7 @@ CELERY_TASK_ROUTES = {
     "deliveries.tasks.requeue_stuck": {"queue": "maintenance"},
     "deliveries.tasks.disable_failing_endpoints": {"queue": "maintenance"},
     "deliveries.tasks.prune": {"queue": "maintenance"},
+    "portal.tasks.portal_prune": {"queue": "maintenance"},
 }
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
@@ -301,6 +302,11 @@ CELERY_BEAT_SCHEDULE = {
     },
     "prune": {
         "task": "deliveries.tasks.prune",
+        "schedule": float(_PRUNE_INTERVAL),
+        "options": {"expires": float(_PRUNE_INTERVAL)},
+    },
+    "portal_prune": {
+        "task": "portal.tasks.portal_prune",
         "schedule": float(_PRUNE_INTERVAL),
         "options": {"expires": float(_PRUNE_INTERVAL)},
     },
@@ -352,6 +358,11 @@ if _enter_rate is None:
     raise ImproperlyConfigured("WEBHOOKS_PORTAL_ENTER_RATE cannot be off: links are guessed at")
 # tries of portal link codes per client address: (count, window seconds)
 WEBHOOKS_PORTAL_ENTER_RATE: tuple[int, int] = _enter_rate
+if WEBHOOKS_PORTAL_FRAME_ANCESTORS:
+    # in a frame of another site every cookie is a third party's: a Lax cookie is not sent
+    # with the portal's own form posts (CSRF, messages), so they go SameSite=None, over https
+    CSRF_COOKIE_SAMESITE = SESSION_COOKIE_SAMESITE = "None"
+    CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE = True
 # `/metrics` (Prometheus): answered to `Authorization: Bearer <token>`, or to clients in these
 # networks that did not come through a proxy. Loopback only in dev: behind a reverse proxy on
 # the same host every request would come from loopback, so production needs a token or a list.

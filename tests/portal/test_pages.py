@@ -30,6 +30,7 @@ def _urls(tenant: Tenant) -> list[tuple[str, str]]:
             for action in ("secret", "rotate", "test", "disable", "enable", "delete", "headers")
         ),
         ("GET", f"/portal/deliveries/{d}/"),
+        ("GET", f"/portal/events/{tenant.event.pk}/"),
         ("POST", f"/portal/deliveries/{d}/resend/"),
         ("POST", "/portal/dead-letters/replay/?dead_letter=" + str(dl)),
     ]
@@ -120,6 +121,18 @@ def test_partner_text_is_escaped_everywhere(
     assert (
         "&lt;script&gt;" in browser.get(f"/portal/deliveries/{acme.delivery.pk}/").content.decode()
     )
+
+
+def test_an_event_page_lists_its_deliveries_here_and_never_its_data(
+    tenants: tuple[Tenant, Tenant], open_portal: Any
+) -> None:
+    acme, _ = tenants
+    acme.event.data = {"internal_margin": 310}
+    acme.event.save()
+    page = open_portal("acme").get(f"/portal/events/{acme.event.pk}/").content.decode()
+    assert f"/portal/deliveries/{acme.delivery.pk}/" in page
+    assert "internal_margin" not in page
+    assert open_portal("acme").get("/portal/events/evt_nothing/").status_code == 404
 
 
 def test_an_attempt_shows_what_was_sent_and_answered(
@@ -272,3 +285,23 @@ def test_the_catalog_shows_each_type_and_a_guide_that_verifies(
     scope: dict[str, Any] = {"request_body": body, "request_headers": headers}
     exec(code, scope)  # noqa: S102 - our own snippet
     assert scope["payload"] == {"type": "order.paid", "data": {}}
+
+
+def test_an_ed25519_endpoint_shows_its_public_key_never_its_private_one(
+    tenants: tuple[Tenant, Tenant], open_portal: Any
+) -> None:
+    from webhooks.services import endpoint_create
+
+    endpoint, private = endpoint_create(
+        url="http://127.0.0.1:9/ed", application=tenants[0].application, signature_scheme="ed25519"
+    )
+    browser = open_portal("acme")
+    for answer in (
+        browser.post(f"/portal/endpoints/{endpoint.pk}/secret/"),
+        browser.post(f"/portal/endpoints/{endpoint.pk}/rotate/", {"grace_hours": "0"}),
+    ):
+        page = answer.content.decode()
+        assert signing.PUBLIC_KEY_PREFIX in page
+        assert "Public key (verify with it)" in page
+        assert private not in page
+        assert "whsk_" not in page

@@ -50,6 +50,20 @@ def _no_sideways_scroll(page: Any) -> bool:
     return bool(page.evaluate("document.documentElement.scrollWidth <= window.innerWidth"))
 
 
+_UNLABELLED = """
+[...document.querySelectorAll('input:not([type=hidden]), select, textarea, button')]
+  .filter(e => !(e.labels && e.labels.length) && !e.getAttribute('aria-label')
+               && !(e.tagName === 'BUTTON' && e.textContent.trim()))
+  .map(e => e.outerHTML.slice(0, 120))
+"""
+
+
+def _usable(page: Any) -> None:
+    """At 1024 px: nothing scrolls sideways, and every control has a name a screen reader says."""
+    assert _no_sideways_scroll(page), page.url
+    assert page.evaluate(_UNLABELLED) == [], page.url
+
+
 def test_a_partner_manages_its_webhooks_in_the_portal(
     web: WebServer,  # noqa: F811 - the fixture
     browser: Any,  # noqa: F811
@@ -75,8 +89,7 @@ def test_a_partner_manages_its_webhooks_in_the_portal(
         page.get_by_role("button", name="Open the portal").click()
         page.wait_for_url(f"{web.url}/portal/")
         assert page.get_by_role("heading", name="Acme Inc: webhooks overview").is_visible()
-        assert _no_sideways_scroll(page)
-        page.screenshot(path=str(screenshots / "portal-overview.png"), full_page=True)
+        _usable(page)
 
         # a new endpoint on the sink, subscribed from the catalog
         page.get_by_role("link", name="Endpoints").click()
@@ -85,7 +98,7 @@ def test_a_partner_manages_its_webhooks_in_the_portal(
         page.get_by_label("order.paid").check()
         page.get_by_role("button", name="Add endpoint").click()
         assert page.get_by_role("heading", name="Endpoint Acme's order service").is_visible()
-        assert _no_sideways_scroll(page)
+        _usable(page)
         page.screenshot(path=str(screenshots / "portal-endpoint.png"), full_page=True)
 
         # a test event: it arrives, and its attempt shows what was sent and answered
@@ -96,7 +109,7 @@ def test_a_partner_manages_its_webhooks_in_the_portal(
         page.reload()
         assert page.get_by_role("heading", name="Attempt 1: Succeeded").is_visible()
         assert received.body.decode() in page.content().replace("&quot;", '"')
-        assert _no_sideways_scroll(page)
+        _usable(page)
         page.screenshot(path=str(screenshots / "portal-attempt.png"), full_page=True)
 
         # the secret, rotated with a day's grace
@@ -110,7 +123,7 @@ def test_a_partner_manages_its_webhooks_in_the_portal(
         # a dead letter replayed
         page.get_by_role("link", name="Dead letters").click()
         assert page.get_by_text("HTTP 503").is_visible()
-        assert _no_sideways_scroll(page)
+        _usable(page)
         page.screenshot(path=str(screenshots / "portal-dead-letters.png"), full_page=True)
         page.get_by_role("button", name="Replay").first.click()
         assert page.get_by_text("1 replayed.").is_visible()
@@ -119,13 +132,27 @@ def test_a_partner_manages_its_webhooks_in_the_portal(
         # the catalog, and the way to verify
         page.get_by_role("link", name="Event catalog").click()
         assert page.get_by_role("heading", name="order.paid").is_visible()
-        assert _no_sideways_scroll(page)
+        _usable(page)
         page.screenshot(path=str(screenshots / "portal-catalog.png"), full_page=True)
+
+        # the deliveries, searched by status
+        page.get_by_role("link", name="Deliveries").click()
+        page.get_by_label("Status").select_option("succeeded")
+        page.get_by_role("button", name="Search").click()
+        assert page.get_by_role("cell", name="webhook.test").is_visible()
+        _usable(page)
+        page.screenshot(path=str(screenshots / "portal-deliveries.png"), full_page=True)
 
         # another application's delivery: not found
         answer = page.goto(f"{web.url}/portal/deliveries/{theirs.pk}/")
         assert answer is not None
         assert answer.status == 404
+
+        # the overview now has deliveries to show: the test event, the replayed one
+        wait_until(lambda: Delivery.objects.filter(status="succeeded").count() == 2, timeout=30)
+        page.goto(f"{web.url}/portal/?window=1h")
+        assert page.get_by_text("2 of 2 finished").is_visible()
+        page.screenshot(path=str(screenshots / "portal-overview.png"), full_page=True)
 
         # the keyboard: the first Tab reaches "Skip to content"
         page.goto(f"{web.url}/portal/")
