@@ -175,13 +175,13 @@ def _catalog() -> list[EventType]:
 
 
 def _form_errors(form: forms.forms.Form, exc: ValidationError) -> None:
-    """The service's field errors on the form's fields (the rest on the form)."""
-    for field, errors in exc.error_dict.items():
-        target = field if field in form.fields else None
-        for error in errors:
-            form.add_error(
-                target, error.message % (error.params or {}) if error.params else error.message
-            )
+    """The service's errors on the form's fields (the rest, and errors of no field, on the
+    form)."""
+    if not hasattr(exc, "error_dict"):
+        form.add_error(None, exc.messages)
+        return
+    for field, messages_ in exc.message_dict.items():
+        form.add_error(field if field in form.fields else None, messages_)
 
 
 @portal_page()
@@ -305,12 +305,14 @@ def endpoint_action(request: HttpRequest, endpoint_id: str, action: str) -> Http
         headers = dict(found.headers or {})
         for name in request.POST.getlist("remove"):
             headers.pop(name, None)
-        if form.cleaned_data["name"]:
-            headers[form.cleaned_data["name"]] = form.cleaned_data["value"]
+        name = form.cleaned_data["name"]
+        if name:  # replaces the header of that name, whatever its case
+            headers = {k: v for k, v in headers.items() if k.lower() != name.lower()}
+            headers[name] = form.cleaned_data["value"]
         try:
             endpoint_update(endpoint=found, actor=portal.actor, headers=headers)
         except ValidationError as exc:
-            messages.error(request, " ".join(m for ms in exc.message_dict.values() for m in ms))
+            messages.error(request, " ".join(exc.messages))
         else:
             messages.success(request, "Headers saved.")
         return here
@@ -401,11 +403,20 @@ def dead_letters(request: HttpRequest) -> HttpResponse:
     endpoint_id = request.GET.get("endpoint") or ""
     if endpoint_id:
         rows = rows.filter(endpoint_id=endpoint_id)
+    event_type = request.GET.get("event_type") or ""
+    if event_type:
+        rows = rows.filter(event_type=event_type)
     page = Paginator(rows.select_related("endpoint"), PAGE).get_page(request.GET.get("page"))
     return _render(
         request,
         "dead_letters.html",
-        {"page": page, "endpoint_id": endpoint_id, "endpoints": portal.endpoints()},
+        {
+            "page": page,
+            "endpoint_id": endpoint_id,
+            "endpoints": portal.endpoints(),
+            "event_type": event_type,
+            "catalog": _catalog(),
+        },
     )
 
 

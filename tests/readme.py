@@ -70,3 +70,26 @@ def run_curl(command: str, variables: dict[str, str], log: Path) -> tuple[int, A
         return status, json.loads(done.stdout or "null")
     except json.JSONDecodeError:
         return status, done.stdout
+
+
+def documents(text: str) -> list[Any]:
+    """The JSON documents curl printed back to back."""
+    documents, at, decoder, text = [], 0, json.JSONDecoder(), text.strip()
+    while at < len(text):
+        document, at = decoder.raw_decode(text, at)
+        documents.append(document)
+    return documents
+
+
+def run_bash(script: str, cwd: Path, env: dict[str, str]) -> str:
+    """Run a README's shell block in bash (errexit, pipefail); what it printed."""
+    done = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", script],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, script + "\n" + done.stdout[-2000:] + done.stderr[-2000:]
+    return done.stdout

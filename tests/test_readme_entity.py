@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
 import sys
 import urllib.request
 from pathlib import Path
@@ -20,7 +19,7 @@ from jwcrypto import jwe, jwk
 
 from deliveries.models import Delivery
 from tests.conftest import BASE_DIR, WebServer, WorkerProcess, wait_until, worker_env
-from tests.readme import readme_section
+from tests.readme import documents, readme_section, run_bash
 from tests.sink import Sink
 from webhooks.models import ApiKey
 from webhooks.services import api_key_create, endpoint_create
@@ -41,27 +40,6 @@ def _shown_payload(section: str) -> Any:
     found = re.search(r'"payload": (\{.*?\}),\s*"body"', comment)
     assert found is not None, comment
     return json.loads(found.group(1))
-
-
-def _bash(script: str, cwd: Path, env: dict[str, str]) -> str:
-    done = subprocess.run(
-        ["bash", "-euo", "pipefail", "-c", script],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, script + "\n" + done.stdout[-2000:] + done.stderr[-2000:]
-    return done.stdout
-
-
-def _documents(text: str) -> list[Any]:
-    documents, at, decoder, text = [], 0, json.JSONDecoder(), text.strip()
-    while at < len(text):
-        document, at = decoder.raw_decode(text, at)
-        documents.append(document)
-    return documents
 
 
 def test_the_entity_section_runs_as_written(
@@ -86,8 +64,8 @@ def test_the_entity_section_runs_as_written(
     }
     try:
         scripts = [block.replace(".venv/bin/python", sys.executable) for block in blocks]
-        shaped = _bash(scripts[0], tmp_path, env)
-        masked = _bash(scripts[1], tmp_path, env)
+        shaped = run_bash(scripts[0], tmp_path, env)
+        masked = run_bash(scripts[1], tmp_path, env)
         statuses = [
             (c["method"], c["status"]) for c in map(json.loads, log.read_text().splitlines())
         ]
@@ -98,10 +76,10 @@ def test_the_entity_section_runs_as_written(
             ("PATCH", 200),  # sensitive fields, the mapping that keeps total, masking
             ("PATCH", 200),  # the partner's key and its masking
         ], statuses
-        preview = _documents(shaped)[1]
+        preview = documents(shaped)[1]
         assert preview["payload"] == _shown_payload(section)
         assert "margin_cents" not in preview["body"]
-        assert _documents(masked)[-1]["encryption_key"]["kty"] == "RSA"
+        assert documents(masked)[-1]["encryption_key"]["kty"] == "RSA"
 
         # an order, as the internal system posts it, reaches the partner shaped and masked
         Delivery.objects.all().delete()

@@ -9,17 +9,16 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from deliveries.models import Delivery
 from devstack.process import Child, free_port
 from tests.conftest import BASE_DIR, WebServer, WorkerProcess, wait_until, worker_env
+from tests.readme import documents, run_bash
 from webhooks.models import ApiKey
 from webhooks.services import api_key_create
 
@@ -40,28 +39,6 @@ def web() -> Iterator[WebServer]:
     server = WebServer(worker_env()).start()
     yield server
     server.stop()
-
-
-def _documents(text: str) -> list[Any]:
-    """The JSON documents curl printed back to back."""
-    documents, at, decoder, text = [], 0, json.JSONDecoder(), text.strip()
-    while at < len(text):
-        document, at = decoder.raw_decode(text, at)
-        documents.append(document)
-    return documents
-
-
-def _bash(script: str, cwd: Path, env: dict[str, str]) -> str:
-    done = subprocess.run(
-        ["bash", "-euo", "pipefail", "-c", script],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, script + "\n" + done.stdout[-2000:] + done.stderr[-2000:]
-    return done.stdout
 
 
 def test_the_walkthrough_runs_as_written(
@@ -86,7 +63,7 @@ def test_the_walkthrough_runs_as_written(
     }
     # steps up to the endpoint; the variables they set are kept for the next steps
     variables = tmp_path / "vars.sh"
-    _bash(
+    run_bash(
         "\n".join(blocks[:3]) + f"\ndeclare -p KEY API AUTH EP SECRET > {variables}\n",
         tmp_path,
         env,
@@ -101,18 +78,18 @@ def test_the_walkthrough_runs_as_written(
     ).start(ready="listening on", timeout=30)
     try:
         # step 4: events (a refused one, an accepted one), the rate limit
-        _bash(f"source {variables}\n" + "\n".join(blocks[3:5]), tmp_path, env)
+        run_bash(f"source {variables}\n" + "\n".join(blocks[3:5]), tmp_path, env)
         wait_until(lambda: Delivery.objects.filter(status="succeeded").count() == 1, timeout=30)
         wait_until(lambda: "verified evt_" in consumer.text())
         # step 5: the delivery and its attempts, with the headers as sent
-        shown = _bash(f"source {variables}\n" + blocks[5], tmp_path, env)
+        shown = run_bash(f"source {variables}\n" + blocks[5], tmp_path, env)
         # steps 6-8: rotation, dead letters and replay, the metrics
-        rotated = _bash(f"source {variables}\n" + blocks[6], tmp_path, env)
-        replayed = _bash(f"source {variables}\n" + blocks[7], tmp_path, env)
-        measured = _bash(f"source {variables}\n" + blocks[8], tmp_path, env)
+        rotated = run_bash(f"source {variables}\n" + blocks[6], tmp_path, env)
+        replayed = run_bash(f"source {variables}\n" + blocks[7], tmp_path, env)
+        measured = run_bash(f"source {variables}\n" + blocks[8], tmp_path, env)
         # the consumer, still on the old secret, verifies a delivery signed after the rotation
         another = blocks[3].split("\n\n")[-1].replace("ord_1", "ord_2")
-        _bash(f"source {variables}\n" + another, tmp_path, env)
+        run_bash(f"source {variables}\n" + another, tmp_path, env)
         wait_until(lambda: consumer.text().count("verified evt_") == 2, timeout=30)
         assert "REJECTED" not in consumer.text()
     finally:
@@ -134,11 +111,11 @@ def test_the_walkthrough_runs_as_written(
         ("POST", 202),  # an event after the rotation (idempotency key: a new one)
     ], statuses
     assert json.loads(rotated)["secret"].startswith("whsec_")
-    assert _documents(replayed)[-1] == {"replayed": 0, "skipped_disabled": 0}
+    assert documents(replayed)[-1] == {"replayed": 0, "skipped_disabled": 0}
     metrics = json.loads(measured)
     assert metrics["deliveries"]["success_rate"] == 1.0
     assert metrics["latency_ms"]["count"] == 1
-    attempts = _documents(shown)[-1]["results"]  # the last answer printed: the attempts
+    attempts = documents(shown)[-1]["results"]  # the last answer printed: the attempts
     assert attempts[0]["outcome"] == "succeeded"
     assert attempts[0]["status_code"] == 204
     assert attempts[0]["request_headers"]["webhook-signature"].startswith("v1,")

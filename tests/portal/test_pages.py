@@ -204,6 +204,10 @@ def test_the_endpoint_page_edits_rotates_and_reveals(
     page = browser.get(base).content.decode()
     assert "s3cr3t" not in page
     assert "********" in page
+    # the same name in another case replaces it
+    browser.post(base + "headers/", {"name": "AUTHORIZATION", "value": "Bearer n3w"})
+    acme.endpoint.refresh_from_db()
+    assert acme.endpoint.headers == {"authorization": "Bearer n3w"}
     refused = browser.post(base + "headers/", {"name": "webhook-id", "value": "x"}, follow=True)
     assert "is set by the service" in refused.content.decode()
     browser.post(base + "headers/", {"remove": "authorization"})
@@ -242,6 +246,8 @@ def test_dead_letters_replay_one_by_one(tenants: tuple[Tenant, Tenant], open_por
     browser = open_portal("acme")
     listed = browser.get("/portal/dead-letters/").content.decode()
     assert "HTTP 500" in listed
+    assert "HTTP 500" in browser.get("/portal/dead-letters/?event_type=order.paid").content.decode()
+    assert "None waiting" in browser.get("/portal/dead-letters/?event_type=x.y").content.decode()
     browser.post("/portal/dead-letters/replay/", {"dead_letter": acme.dead_letter.pk})
     assert DeadLetter.objects.get(pk=acme.dead_letter.pk).replayed_at is not None
     assert "None waiting" in browser.get("/portal/dead-letters/").content.decode()
