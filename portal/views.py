@@ -11,7 +11,6 @@ import orjson
 from django.conf import settings
 from django.contrib import messages
 from django.core.exceptions import ValidationError
-from django.core.paginator import Paginator
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
@@ -42,6 +41,7 @@ from webhooks.services import (
     endpoint_update,
 )
 from webhooks.throttling import window_allows
+from webhooks_project.paging import EstimatedCountPaginator
 
 from . import forms, guide
 from .scope import COOKIE, frame_headers, portal_of, portal_page
@@ -146,7 +146,7 @@ def overview(request: HttpRequest) -> HttpResponse:
     window = request.GET.get("window", "24h")
     if window not in metrics_reading.WINDOWS:
         window = "24h"
-    ids = list(portal.endpoints().values_list("id", flat=True))
+    ids = portal.endpoint_ids
     scope = dataclasses.replace(
         metrics_reading.window_scope(window, now=timezone.now()), endpoint_ids=ids
     )
@@ -352,7 +352,7 @@ def deliveries(request: HttpRequest) -> HttpResponse:
             rows = rows.filter(created_at__gte=data["since"])
         if data["until"]:
             rows = rows.filter(created_at__lt=data["until"])
-    page = Paginator(rows, PAGE).get_page(request.GET.get("page"))
+    page = EstimatedCountPaginator(rows, PAGE).get_page(request.GET.get("page"))
     return _render(request, "deliveries.html", {"form": form, "page": page})
 
 
@@ -406,7 +406,9 @@ def dead_letters(request: HttpRequest) -> HttpResponse:
     event_type = request.GET.get("event_type") or ""
     if event_type:
         rows = rows.filter(event_type=event_type)
-    page = Paginator(rows.select_related("endpoint"), PAGE).get_page(request.GET.get("page"))
+    page = EstimatedCountPaginator(rows.select_related("endpoint"), PAGE).get_page(
+        request.GET.get("page")
+    )
     return _render(
         request,
         "dead_letters.html",

@@ -7,6 +7,7 @@ attempt, rotates the secret, replays a dead letter, and finds another applicatio
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,13 +17,22 @@ from django.utils import timezone
 from deliveries.models import DeadLetter, Delivery, Event
 from portal.services import access_create
 from schemas_app.services import event_type_create
-from tests.conftest import WebServer, WorkerProcess, wait_until
+from tests.conftest import WebServer, WorkerProcess, wait_until, worker_env
 from tests.sink import Sink
-from tests.test_browser import browser, screenshots, web  # noqa: F401 - fixtures
+from tests.test_browser import browser, screenshots  # noqa: F401 - fixtures
 from webhooks.models import Application
 from webhooks.services import endpoint_create
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
+
+
+@pytest.fixture
+def web(transactional_db: None) -> Iterator[WebServer]:
+    """gunicorn on the test database. The tries at link codes are counted per address in the
+    session's Redis, which the other portal tests' clients (127.0.0.1 too) have counted into."""
+    server = WebServer(worker_env(WEBHOOKS_PORTAL_ENTER_RATE="100000/min")).start()
+    yield server
+    server.stop()
 
 
 def _dead(application: Application, url: str, description: str) -> Delivery:
@@ -65,7 +75,7 @@ def _usable(page: Any) -> None:
 
 
 def test_a_partner_manages_its_webhooks_in_the_portal(
-    web: WebServer,  # noqa: F811 - the fixture
+    web: WebServer,
     browser: Any,  # noqa: F811
     screenshots: Path,  # noqa: F811
     celery_worker: WorkerProcess,
