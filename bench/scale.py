@@ -78,6 +78,36 @@ store.create()
 print(settings.SESSION_COOKIE_NAME + "=" + store.session_key)
 """
 
+# The partner portal of an application owning the first endpoint (a tenant with a tenth of
+# every delivery): a session opened as a link opens one, its cookie printed.
+PORTAL = """
+from portal.services import access_create, access_redeem
+from webhooks.models import Application, Endpoint
+app, _ = Application.objects.get_or_create(uid="bench-tenant", defaults={"name": "Bench tenant"})
+Endpoint.objects.filter(pk=Endpoint.objects.order_by("id").values("id")[:1]).update(application=app)
+made = access_create(application=app, rights="read", actor="bench")
+print("webhooks_portal=" + access_redeem(token=made.token, client="bench").session_key)
+"""
+
+
+def portal_routes(dsn: str) -> dict[str, str]:
+    with psycopg.connect(dsn) as conn:
+        endpoint = conn.execute("SELECT min(id) FROM webhooks_endpoint").fetchone()[0]
+        delivery = conn.execute(
+            "SELECT max(id) FROM deliveries_delivery WHERE endpoint_id = %s", [endpoint]
+        ).fetchone()[0]
+    return {
+        "portal: overview (24 h)": "/portal/",
+        "portal: overview (7 d)": "/portal/?window=7d",
+        "portal: deliveries": "/portal/deliveries/",
+        "portal: deliveries, dead": "/portal/deliveries/?status=dead",
+        "portal: deliveries, page 3": "/portal/deliveries/?page=3",
+        "portal: an endpoint": f"/portal/endpoints/{endpoint}/",
+        "portal: a delivery": f"/portal/deliveries/{delivery}/",
+        "portal: dead letters": "/portal/dead-letters/",
+    }
+
+
 JOBS = """
 import json, time
 from deliveries.services.endpoints import endpoints_disable_failing
@@ -340,6 +370,7 @@ def main(argv: list[str] | None = None) -> int:
         setup_endpoints(base, key, sink, EVENT_TYPE, args.fanout, 0, "ok")
         bearer = {"Authorization": f"Bearer {key}"}
         cookie = {"Cookie": manage_shell(stack, SESSION)}
+        partner = {"Cookie": manage_shell(stack, PORTAL)}
         # the baseline is not quite empty: an hour of rows, a page of every list (dead ones
         # included), so that both phases render full pages and only the month differs
         fill(dsn, SEED_EVENTS, days=0.04, dead_every=10, marker="seed")
@@ -347,6 +378,7 @@ def main(argv: list[str] | None = None) -> int:
         burst(base, key, sink, dsn, 200, args.fanout)
         time_routes(base, bearer, routes(base, key, dsn), 1)
         time_routes(base, cookie, admin_routes(dsn), 1)
+        time_routes(base, partner, portal_routes(dsn), 1)
         for phase in ("empty", "month"):
             if phase == "month":
                 log(f"filling {args.events} events x {args.fanout} endpoints")
@@ -354,6 +386,7 @@ def main(argv: list[str] | None = None) -> int:
             log(f"{phase}: list routes, admin pages, beat jobs")
             timed = time_routes(base, bearer, routes(base, key, dsn), args.repeat)
             timed.update(time_routes(base, cookie, admin_routes(dsn), args.repeat))
+            timed.update(time_routes(base, partner, portal_routes(dsn), args.repeat))
             results[phase] = {"routes": timed, "jobs": json.loads(manage_shell(stack, JOBS))}
             log(f"{phase}: burst")
             results[phase]["burst"] = burst(base, key, sink, dsn, args.burst, args.fanout)
