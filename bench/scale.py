@@ -23,7 +23,7 @@ from typing import Any
 
 import psycopg
 
-from bench.fill import fill_month
+from bench.fill import FILLED, fill_month
 from bench.report import write_section
 from bench.scenarios import post_batches, run_paced, setup_endpoints
 from bench.stack import HTTP, PY, Stack, api, log, sink_stats
@@ -41,22 +41,33 @@ SEED_EVENTS = 1000
 START = "<!-- scale:start -->"
 END = "<!-- scale:end -->"
 EVENT_TYPE = "bench.scale"
+TENANT_TYPE = "bench.tenant"  # the portal's tenant's events (not in the bursts)
 
 
 def fill(dsn: str, events: int, **month: Any) -> float:
-    """The month of rows, by SQL (bench/fill.py); returns the seconds it took."""
+    """The month of rows, by SQL (bench/fill.py); returns the seconds it took. The portal's
+    tenant gets a tenth as many events of its own type on its endpoint."""
     started = time.monotonic()
     with psycopg.connect(dsn, autocommit=True) as conn:
-        endpoints = [
-            r[0]
-            for r in conn.execute(
-                "SELECT id FROM webhooks_endpoint WHERE %s = ANY(event_types) ORDER BY id",
-                [EVENT_TYPE],
+        for event_type, count in ((EVENT_TYPE, events), (TENANT_TYPE, max(1, events // 10))):
+            endpoints = [
+                r[0]
+                for r in conn.execute(
+                    "SELECT id FROM webhooks_endpoint WHERE %s = ANY(event_types) ORDER BY id",
+                    [event_type],
+                )
+            ]
+            options = dict(month)
+            if event_type == TENANT_TYPE:  # its own rows, found again by their own marker
+                options["marker"] = f"{month.get('marker', FILLED)}-tenant"
+            fill_month(
+                conn,
+                endpoints=endpoints,
+                event_type=event_type,
+                events=count,
+                log=log,
+                **options,
             )
-        ]
-        fill_month(
-            conn, endpoints=endpoints, event_type=EVENT_TYPE, events=events, log=log, **month
-        )
         # the fill's gigabytes of dirty pages written out now, not during the measurements
         # (an installation that grew over a month has no bulk load behind it)
         conn.execute("CHECKPOINT")
@@ -78,13 +89,17 @@ store.create()
 print(settings.SESSION_COOKIE_NAME + "=" + store.session_key)
 """
 
-# The partner portal of an application owning the first endpoint (a tenant with a tenth of
-# every delivery): a session opened as a link opens one, its cookie printed.
+# The partner portal of a tenant with one endpoint of its own and a tenth as many events as
+# the others (filled by `fill`, never sent: port 9 and no traffic of its type): a session
+# opened as a link opens one, its cookie printed.
 PORTAL = """
 from portal.services import access_create, access_redeem
-from webhooks.models import Application, Endpoint
-app, _ = Application.objects.get_or_create(uid="bench-tenant", defaults={"name": "Bench tenant"})
-Endpoint.objects.filter(pk=Endpoint.objects.order_by("id").values("id")[:1]).update(application=app)
+from schemas_app.services import event_type_create
+from webhooks.models import Application
+from webhooks.services import endpoint_create
+event_type_create(name="bench.tenant", schema={"type": "object"})
+app = Application.objects.create(uid="bench-tenant", name="Bench tenant")
+endpoint_create(url="http://127.0.0.1:9/tenant", application=app, event_types=["bench.tenant"])
 made = access_create(application=app, rights="read", actor="bench")
 print("webhooks_portal=" + access_redeem(token=made.token, client="bench").session_key)
 """
@@ -92,7 +107,10 @@ print("webhooks_portal=" + access_redeem(token=made.token, client="bench").sessi
 
 def portal_routes(dsn: str) -> dict[str, str]:
     with psycopg.connect(dsn) as conn:
-        endpoint = conn.execute("SELECT min(id) FROM webhooks_endpoint").fetchone()[0]
+        endpoint = conn.execute(
+            "SELECT e.id FROM webhooks_endpoint e JOIN webhooks_application a"
+            " ON a.id = e.application_id WHERE a.uid = 'bench-tenant'"
+        ).fetchone()[0]
         delivery = conn.execute(
             "SELECT max(id) FROM deliveries_delivery WHERE endpoint_id = %s", [endpoint]
         ).fetchone()[0]

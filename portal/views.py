@@ -17,6 +17,7 @@ from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_POST
 
+from audit import chain as audit
 from deliveries import metrics_reading
 from deliveries.admin import delivery_timeline
 from deliveries.dashboard import _charts, endpoint_rows
@@ -252,6 +253,13 @@ def endpoint_action(request: HttpRequest, endpoint_id: str, action: str) -> Http
     here = redirect("portal:endpoint", endpoint_id=found.pk)
     if action == "secret":
         active = endpoint_active_secrets(endpoint_id=found.pk)
+        audit.record(  # who has seen a secret is worth knowing when one leaks
+            actor=portal.actor,
+            action="endpoint.secret_revealed",
+            object_type="endpoint",
+            object_id=found.pk,
+            application=portal.application.uid,
+        )
         return _render(
             request,
             "secret.html",

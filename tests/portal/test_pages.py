@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from django.test import Client
 
+from audit.models import AuditRecord
 from deliveries.models import DeadLetter, Delivery
 from portal import guide
 from tests.portal.conftest import Tenant
@@ -216,6 +217,9 @@ def test_the_endpoint_page_edits_rotates_and_reveals(
     # the secret, revealed on request; rotated with a grace
     shown = browser.post(base + "secret/").content.decode()
     assert signing.SECRET_PREFIX in shown
+    revealed = AuditRecord.objects.get(action="endpoint.secret_revealed")
+    assert revealed.actor.startswith("portal:pa_")
+    assert revealed.object_id == acme.endpoint.pk
     rotated = browser.post(base + "rotate/", {"grace_hours": "24"}).content.decode()
     assert "keeps signing until" in rotated
     assert browser.post(base + "rotate/", {"grace_hours": "9999"}).status_code == 302
