@@ -4,6 +4,7 @@ saves an endpoint runs the API's own rules on top (SSRF included)."""
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from django import forms
@@ -14,7 +15,7 @@ from schemas_app.models import EventType
 from webhooks.headers import HeaderRefused, check_headers
 from webhooks.models import Endpoint
 
-__all__ = ["DeliveryFilter", "EndpointForm", "HeaderForm", "forms", "grace_seconds"]
+__all__ = ["DeliveryFilter", "EndpointForm", "HeaderForm", "forms", "grace_seconds", "moment"]
 
 
 class EndpointForm(forms.Form):
@@ -82,6 +83,15 @@ class HeaderForm(forms.Form):
             except HeaderRefused as exc:
                 raise forms.ValidationError(str(exc)) from exc
         return data
+
+
+def moment(value: Any) -> datetime | None:
+    """A time from a datetime-local field (the server's time zone), or None if it is not one."""
+    field = forms.DateTimeField(required=False)
+    try:
+        return field.clean(value)
+    except forms.ValidationError:
+        return None
 
 
 def grace_seconds(value: Any) -> int | None:

@@ -414,6 +414,9 @@ def dead_letters(request: HttpRequest) -> HttpResponse:
     event_type = request.GET.get("event_type") or ""
     if event_type:
         rows = rows.filter(event_type=event_type)
+    since = forms.moment(request.GET.get("since"))
+    if since is not None:
+        rows = rows.filter(created_at__gte=since)
     page = EstimatedCountPaginator(rows.select_related("endpoint"), PAGE).get_page(
         request.GET.get("page")
     )
@@ -425,6 +428,7 @@ def dead_letters(request: HttpRequest) -> HttpResponse:
             "endpoint_id": endpoint_id,
             "endpoints": portal.endpoints(),
             "event_type": event_type,
+            "since": request.GET.get("since", "") if since is not None else "",
             "catalog": _catalog(),
         },
     )

@@ -252,6 +252,9 @@ def test_dead_letters_replay_one_by_one(tenants: tuple[Tenant, Tenant], open_por
     assert "HTTP 500" in listed
     assert "HTTP 500" in browser.get("/portal/dead-letters/?event_type=order.paid").content.decode()
     assert "None waiting" in browser.get("/portal/dead-letters/?event_type=x.y").content.decode()
+    later = browser.get("/portal/dead-letters/?since=2999-01-01T00:00").content.decode()
+    assert "None waiting" in later
+    assert "HTTP 500" in browser.get("/portal/dead-letters/?since=nonsense").content.decode()
     browser.post("/portal/dead-letters/replay/", {"dead_letter": acme.dead_letter.pk})
     assert DeadLetter.objects.get(pk=acme.dead_letter.pk).replayed_at is not None
     assert "None waiting" in browser.get("/portal/dead-letters/").content.decode()
