@@ -68,21 +68,25 @@ SECTIONS = {
 }
 
 
-def brand() -> dict[str, str]:
+def brand(application: Any = None) -> dict[str, str]:
+    """The portal's name, logo and accent: the application's own where it has them (only once
+    a session says which application it is), else the settings'."""
     return {
-        "name": settings.WEBHOOKS_PORTAL_NAME,
-        "logo_url": settings.WEBHOOKS_PORTAL_LOGO_URL,
-        "accent": settings.WEBHOOKS_PORTAL_ACCENT,
+        "name": getattr(application, "portal_name", "") or settings.WEBHOOKS_PORTAL_NAME,
+        "logo_url": getattr(application, "portal_logo_url", "")
+        or settings.WEBHOOKS_PORTAL_LOGO_URL,
+        "accent": getattr(application, "portal_accent", "") or settings.WEBHOOKS_PORTAL_ACCENT,
     }
 
 
 def _render(
     request: HttpRequest, template: str, context: dict[str, Any], status: int = 200
 ) -> HttpResponse:
+    portal = getattr(request, "portal", None)
     context = {
         **context,
-        "brand": brand(),
-        "portal": getattr(request, "portal", None),
+        "brand": brand(portal.application if portal is not None else None),
+        "portal": portal,
         "section": SECTIONS.get(template, ""),
     }
     return render(request, f"portal/{template}", context, status=status)

@@ -52,7 +52,13 @@ def api_key_snapshot(api_key: ApiKey) -> dict[str, Any]:
 
 
 def application_snapshot(application: Any) -> dict[str, Any]:
-    return {"uid": application.uid, "name": application.name}
+    return {
+        "uid": application.uid,
+        "name": application.name,
+        "portal_name": application.portal_name,
+        "portal_logo_url": application.portal_logo_url,
+        "portal_accent": application.portal_accent,
+    }
 
 
 def record(

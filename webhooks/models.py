@@ -6,7 +6,7 @@ from typing import Any, ClassVar, cast
 
 from django.contrib.postgres.fields import ArrayField
 from django.contrib.postgres.indexes import GinIndex
-from django.core.validators import MinValueValidator, RegexValidator
+from django.core.validators import MinValueValidator, RegexValidator, URLValidator
 from django.db import models
 from django.utils import timezone
 from rest_framework_api_key.models import AbstractAPIKey, APIKeyManager
@@ -24,11 +24,22 @@ def _endpoint_id() -> str:
     return new_id("ep")
 
 
+accent_validator = RegexValidator(r"^#[0-9a-fA-F]{6}$", "Give a colour like #1f5fbf.")
+
+
 class Application(models.Model):
     """A consumer organisation; its endpoints receive only events posted for it."""
 
     uid = models.CharField(max_length=64, unique=True, validators=[uid_validator])
     name = models.CharField(max_length=200)
+    # The partner portal's branding for this application's partners (empty: the settings')
+    portal_name = models.CharField(max_length=100, blank=True, default="")
+    portal_logo_url = models.URLField(
+        max_length=500, blank=True, default="", validators=[URLValidator(schemes=["https", "http"])]
+    )
+    portal_accent = models.CharField(
+        max_length=7, blank=True, default="", validators=[accent_validator]
+    )
     created_at = models.DateTimeField(default=timezone.now, editable=False)
     updated_at = models.DateTimeField(auto_now=True)
 

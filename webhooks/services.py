@@ -208,10 +208,18 @@ def endpoint_fields_check(
     return out
 
 
+APPLICATION_FIELDS = ("uid", "name", "portal_name", "portal_logo_url", "portal_accent")
+
+
 @transaction.atomic
-def application_create(*, uid: str, name: str, actor: str = "system") -> Application:
-    """Create a consumer application."""
-    application = Application(uid=uid, name=name)
+def application_create(
+    *, uid: str, name: str, actor: str = "system", **branding: str
+) -> Application:
+    """Create a consumer application (`branding`: its portal's name, logo URL, accent)."""
+    unknown = set(branding) - set(APPLICATION_FIELDS)
+    if unknown:
+        raise TypeError(f"unknown application fields: {sorted(unknown)}")
+    application = Application(uid=uid, name=name, **branding)
     application.full_clean()
     application.save()
     audit.record(
@@ -228,8 +236,8 @@ def application_create(*, uid: str, name: str, actor: str = "system") -> Applica
 def application_update(
     *, application: Application, actor: str = "system", **fields: Any
 ) -> Application:
-    """Change an application's uid or name."""
-    unknown = set(fields) - {"uid", "name"}
+    """Change an application's uid, name or portal branding."""
+    unknown = set(fields) - set(APPLICATION_FIELDS)
     if unknown:
         raise TypeError(f"unknown application fields: {sorted(unknown)}")
     before = audit.application_snapshot(Application.objects.get(pk=application.pk))

@@ -13,6 +13,7 @@ from django.contrib.auth import get_user_model
 from django.test import Client
 from django.utils import timezone
 
+from audit.models import AuditRecord
 from portal.models import PortalAccess, PortalSession
 from portal.tasks import portal_prune
 from tests.conftest import BASE_DIR, settings_probe, worker_env
@@ -102,3 +103,51 @@ def test_portal_settings_that_would_break_it_are_refused_at_start_up(name: str, 
     )
     assert done.returncode != 0
     assert name in done.stderr
+
+
+def test_an_application_can_have_its_own_portal_branding(
+    tenants: tuple[Tenant, Tenant], make_api_client: Any, open_portal: Any
+) -> None:
+    api = make_api_client(["endpoints:manage"])
+    branded = api.patch(
+        "/api/v1/applications/acme/",
+        {
+            "portal_name": "Acme Hooks",
+            "portal_logo_url": "https://acme.example/logo.png",
+            "portal_accent": "#aa2200",
+        },
+        format="json",
+    )
+    assert branded.status_code == 200, branded.content
+    page = open_portal("acme").get("/portal/").content.decode()
+    assert "Acme Hooks" in page
+    assert "--accent: #aa2200" in page
+    assert 'src="https://acme.example/logo.png"' in page
+    # another application's partners see the settings' branding, and so does the link's page
+    other = open_portal("globex").get("/portal/").content.decode()
+    assert "Acme Hooks" not in other
+    assert "--accent: #1f5fbf" in other
+    assert "Acme Hooks" not in Client().get("/portal/enter/").content.decode()
+    assert AuditRecord.objects.filter(
+        action="application.updated", after__portal_accent="#aa2200"
+    ).exists()
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("portal_accent", "red;}body{display:none"),
+        ("portal_accent", "#abc"),
+        ("portal_logo_url", "javascript:alert(1)"),
+        ("portal_logo_url", "data:image/png;base64,AAAA"),
+        ("portal_name", "x" * 101),
+    ],
+)
+def test_branding_that_would_break_the_page_is_refused(
+    tenants: tuple[Tenant, Tenant], make_api_client: Any, field: str, value: str
+) -> None:
+    answer = make_api_client(["endpoints:manage"]).patch(
+        "/api/v1/applications/acme/", {field: value}, format="json"
+    )
+    assert answer.status_code == 400
+    assert answer.json()["errors"][0]["pointer"] == f"/{field}"

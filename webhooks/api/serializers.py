@@ -21,7 +21,15 @@ MAX_RATE_LIMIT = 100_000  # requests per second; above this a limit means nothin
 class ApplicationSerializer(StrictFields, serializers.ModelSerializer):
     class Meta:
         model = Application
-        fields = ["uid", "name", "created_at", "updated_at"]
+        fields = [
+            "uid",
+            "name",
+            "portal_name",
+            "portal_logo_url",
+            "portal_accent",
+            "created_at",
+            "updated_at",
+        ]
         read_only_fields = ["created_at", "updated_at"]
 
     def validate_uid(self, value: str) -> str:
