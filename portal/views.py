@@ -28,7 +28,7 @@ from deliveries.services.endpoints import (
     endpoint_enable,
     endpoint_send_test,
 )
-from deliveries.services.resend import delivery_resend
+from deliveries.services.resend import NotNow, delivery_resend
 from schemas_app.models import EventType
 from schemas_app.services import outbound_schema
 from webhooks import signing
@@ -401,8 +401,8 @@ def delivery_resend_view(request: HttpRequest, delivery_id: str) -> HttpResponse
     found = portal.delivery(delivery_id)
     try:
         delivery_resend(delivery_id=found.pk, actor=portal.actor)
-    except Exception as exc:  # noqa: BLE001 - the service's refusal, said on the page
-        messages.error(request, f"Not resent: {exc}")
+    except NotNow as exc:  # in flight, or its endpoint disabled: said on the page
+        messages.error(request, f"Not resent: {exc}.")
     else:
         messages.success(request, "Sent again: a new attempt is on its way.")
     return redirect("portal:delivery", delivery_id=found.pk)

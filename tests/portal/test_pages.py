@@ -239,8 +239,13 @@ def test_disable_enable_replay_resend_and_delete(
     assert acme.endpoint.enabled
     assert DeadLetter.objects.get(pk=acme.dead_letter.pk).replayed_at is not None
     assert Delivery.objects.get(pk=acme.delivery.pk).status == "pending"
+    # pending again (replayed): not resent now, and the page says why
     resent = browser.post(f"/portal/deliveries/{acme.delivery.pk}/resend/", follow=True)
     assert resent.status_code == 200
+    assert "Not resent" in resent.content.decode()
+    Delivery.objects.filter(pk=acme.delivery.pk).update(status="failed", next_attempt_at=None)
+    resent = browser.post(f"/portal/deliveries/{acme.delivery.pk}/resend/", follow=True)
+    assert "Sent again" in resent.content.decode()
     browser.post(base + "delete/")
     assert not Endpoint.objects.filter(pk=acme.endpoint.pk).exists()
 
