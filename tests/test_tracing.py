@@ -361,3 +361,15 @@ def test_real_processes_export_one_trace_over_otlp(feed: str, sink: Sink, tmp_pa
         assert run.name == "run/deliveries.tasks.deliver_batch"
         applied = next(s for s in found if s.span_id == run.parent_id)
         assert applied.parent_id == by_name["webhooks.publish"].span_id
+
+
+@pytest.mark.django_db
+def test_probes_and_scrapes_are_not_traced_the_metrics_api_is(
+    spans: InMemorySpanExporter, make_api_client: Any
+) -> None:
+    client = make_api_client()
+    client.get("/healthz")
+    client.get("/metrics")
+    assert spans.get_finished_spans() == ()
+    client.get("/api/v1/metrics/?window=1h")
+    assert [s.kind for s in spans.get_finished_spans()] == [SpanKind.SERVER]

@@ -40,8 +40,9 @@ logger = logging.getLogger(__name__)
 ENABLED = False
 
 SERVICE_NAME = "webhook-delivery"
-# Never traced: probes and scrapes would be most of the spans.
-EXCLUDED_URLS = "healthz,metrics"
+# Never traced: probes and scrapes would be most of the spans. Regexes searched in the URL
+# without its query: only these two routes (not /api/v1/metrics/ or /admin/metrics/).
+EXCLUDED_URLS = r"/healthz$,/metrics$"
 
 _propagator = TraceContextTextMapPropagator()
 _tracer: trace.Tracer = trace.NoOpTracer()
