@@ -284,6 +284,20 @@ def settings_probe(code: str, env: dict[str, str]) -> str:
     return out.strip().splitlines()[-1]
 
 
+def startup_refusal(env: dict[str, str]) -> str:
+    """Settings are checked as they load: `manage.py check` in a fresh process with `env` must
+    refuse to start. What it said on stderr, for the caller to find the setting named."""
+    done = subprocess.run(
+        [sys.executable, "manage.py", "check"],
+        cwd=BASE_DIR,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode != 0, done.stdout
+    return done.stderr
+
+
 def pg_dump() -> str:
     """The whole test database as `pg_dump` prints it (what a leaked backup would hold)."""
     from devstack.services import LocalPostgres

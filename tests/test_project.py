@@ -17,7 +17,7 @@ from django.core.management import call_command
 from rest_framework.test import APIClient
 
 from deliveries.models import Delivery
-from tests.conftest import BASE_DIR, WebServer, wait_until, worker_env
+from tests.conftest import BASE_DIR, WebServer, startup_refusal, wait_until, worker_env
 from webhooks.models import ApiKey
 
 
@@ -221,19 +221,10 @@ def test_keep_starts_a_command_again_when_it_dies_and_stops_with_its_group(
 def test_a_lease_shorter_than_a_request_is_refused_at_start_up() -> None:
     # given a lease that a whole request at the HTTP timeout would outlive
     env = dict(os.environ, WEBHOOKS_LEASE_SECONDS="12", WEBHOOKS_HTTP_TIMEOUT="15")
-    # when any process reads the settings (a worker, the web server, a command)
-    done = subprocess.run(
-        [sys.executable, "manage.py", "check"],
-        cwd=BASE_DIR,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
-    # then it refuses to start, saying what to change
-    assert done.returncode != 0
-    assert "WEBHOOKS_LEASE_SECONDS (12) must be at least WEBHOOKS_HTTP_TIMEOUT + 5 (20)" in (
-        done.stderr
-    )
+    # when any process reads the settings (a worker, the web server, a command), it refuses
+    # to start, saying what to change
+    said = startup_refusal(env)
+    assert "WEBHOOKS_LEASE_SECONDS (12) must be at least WEBHOOKS_HTTP_TIMEOUT + 5 (20)" in said
 
 
 def test_an_endpoint_timeout_longer_than_the_lease_covers_is_refused(

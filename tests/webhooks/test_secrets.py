@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import base64
 import os
-import subprocess
-import sys
 from typing import Any
 
 import pytest
@@ -18,7 +16,7 @@ from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
 from deliveries.models import Delivery
-from tests.conftest import BASE_DIR, WorkerProcess, pg_dump, wait_until
+from tests.conftest import WorkerProcess, pg_dump, startup_refusal, wait_until
 from tests.sink import Sink
 from webhooks import crypto
 from webhooks.models import EndpointSecret
@@ -83,15 +81,7 @@ def test_outside_dev_startup_refuses_without_valid_keys(keys: str | None, messag
     env.update(WEBHOOKS_ENV="production", DJANGO_SECRET_KEY="x" * 50)
     if keys is not None:
         env["WEBHOOKS_ENCRYPTION_KEYS"] = keys
-    result = subprocess.run(
-        [sys.executable, "manage.py", "check"],
-        cwd=BASE_DIR,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
-    assert result.returncode != 0
-    assert message in result.stderr
+    assert message in startup_refusal(env)
 
 
 @pytest.mark.integration

@@ -7,8 +7,6 @@ import asyncio
 import json
 import socket
 import ssl
-import subprocess
-import sys
 import threading
 import urllib.request
 from collections.abc import Iterator
@@ -29,7 +27,13 @@ from deliveries.models import Delivery, DeliveryAttempt, Event
 from deliveries.services.dispatch import deliveries_dispatch
 from devstack.services import LocalRedis
 from schemas_app.services import event_type_create
-from tests.conftest import BASE_DIR, WebServer, WorkerProcess, wait_until, worker_env
+from tests.conftest import (
+    WebServer,
+    WorkerProcess,
+    startup_refusal,
+    wait_until,
+    worker_env,
+)
 from tests.proxy import RecordingProxy
 from tests.sink import Sink
 from webhooks import atransport
@@ -351,16 +355,8 @@ def test_through_the_egress_proxy_https_tunnels_to_the_checked_address_and_check
 
 
 def test_an_egress_proxy_that_is_not_an_http_url_is_refused_at_start_up() -> None:
-    env = worker_env(WEBHOOKS_EGRESS_PROXY="socks5://127.0.0.1:1080")
-    done = subprocess.run(
-        [sys.executable, "manage.py", "check"],
-        cwd=BASE_DIR,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
-    assert done.returncode != 0
-    assert "WEBHOOKS_EGRESS_PROXY must be an http:// or https:// URL" in done.stderr
+    said = startup_refusal(worker_env(WEBHOOKS_EGRESS_PROXY="socks5://127.0.0.1:1080"))
+    assert "WEBHOOKS_EGRESS_PROXY must be an http:// or https:// URL" in said
 
 
 @pytest.mark.integration
