@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -191,6 +192,27 @@ class WebServer(Child):
     def stop(self, *, sig: int = signal.SIGTERM, timeout: float = 20) -> None:
         super().stop(sig=sig, timeout=timeout)
         self.sock.close()
+
+    def post_json(
+        self, path: str, body: Any, key: str, headers: dict[str, str] | None = None
+    ) -> tuple[int, Any]:
+        """POST `body` as JSON with the API key: the status and the JSON answer (an error's
+        too: the caller asserts the status it expects)."""
+        request = urllib.request.Request(
+            self.url + path,
+            data=json.dumps(body).encode(),
+            headers={
+                "Authorization": f"Bearer {key}",
+                "Content-Type": "application/json",
+                **(headers or {}),
+            },
+            method="POST",
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read())
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float = 20, interval: float = 0.05) -> Any:

@@ -3,9 +3,6 @@ schemas, applications and fan-out, dropped when configuration changes, in every 
 
 from __future__ import annotations
 
-import json
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
@@ -127,17 +124,7 @@ def web() -> Iterator[WebServer]:
 
 
 def _post(web: WebServer, key: str, body: Any) -> tuple[int, Any]:
-    request = urllib.request.Request(
-        web.url + "/api/v1/events/",
-        data=json.dumps(body).encode(),
-        headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
-        method="POST",
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 - loopback
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
+    return web.post_json("/api/v1/events/", body, key)
 
 
 @pytest.mark.django_db(transaction=True)

@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -87,14 +86,7 @@ def test_ingest_answers_202_and_keeps_rows_pending_when_the_broker_is_down(
     server = WebServer(worker_env(REDIS_URL=f"redis://127.0.0.1:{dead_port}/0")).start()
     try:
         # when an event is posted over HTTP
-        request = urllib.request.Request(
-            server.url + "/api/v1/events/",
-            data=json.dumps({"type": "a.b", "data": {"n": 1}}).encode(),
-            headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
-            method="POST",
-        )
-        with urllib.request.urlopen(request, timeout=30) as response:
-            status, body = response.status, json.loads(response.read())
+        status, body = server.post_json("/api/v1/events/", {"type": "a.b", "data": {"n": 1}}, key)
     finally:
         server.stop()
     # then it is accepted and its delivery waits in PostgreSQL for the sweeper

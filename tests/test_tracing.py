@@ -8,8 +8,6 @@ real processes (gunicorn and a Celery worker exporting OTLP/HTTP to a local coll
 
 from __future__ import annotations
 
-import json
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -318,17 +316,9 @@ def test_real_processes_export_one_trace_over_otlp(feed: str, sink: Sink, tmp_pa
         status, body = run_curl(command, variables, tmp_path / "curl.log")
         assert status == 200, body
         assert body["trace_propagation"] is True
-        request = urllib.request.Request(
-            web.url + "/api/v1/events/",
-            data=json.dumps({"type": "order.created", "data": {"n": 1}}).encode(),
-            headers={
-                "Authorization": f"Bearer {key}",
-                "Content-Type": "application/json",
-                "traceparent": PRODUCER,
-            },
-        )
-        with urllib.request.urlopen(request, timeout=30) as answer:  # noqa: S310 - loopback
-            assert answer.status == 202
+        event = {"type": "order.created", "data": {"n": 1}}
+        posted = web.post_json("/api/v1/events/", event, key, headers={"traceparent": PRODUCER})
+        assert posted[0] == 202, posted
         (received,) = sink.wait_for(1, "otlp", timeout=30)
 
         def recorded() -> Any:
