@@ -8,19 +8,19 @@ from typing import Any
 from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
-from django.urls import reverse
 from django.utils.html import format_html
 
 from webhooks.admin import ApplicationAdmin
 from webhooks.models import Application
 
 from .models import PortalAccess
+from .scope import link_url
 from .services import access_create, access_revoke
 
 
 def _link(request: HttpRequest, application: Application, rights: str) -> str:
     made = access_create(application=application, rights=rights, actor=f"admin:{request.user}")
-    return request.build_absolute_uri(reverse("portal:enter")) + "#" + made.token
+    return link_url(request, made.token)
 
 
 admin.site.unregister(Application)

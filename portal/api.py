@@ -6,7 +6,6 @@ from __future__ import annotations
 from typing import Any
 
 from django.http import Http404
-from django.urls import reverse
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status
 from rest_framework.request import Request
@@ -18,6 +17,7 @@ from webhooks.scoping import for_key
 from webhooks_project.strict import StrictFields
 
 from .models import PortalAccess
+from .scope import link_url
 from .services import access_create, access_revoke
 
 WEEK = 7 * 24 * 3600
@@ -104,7 +104,7 @@ class PortalAccessView(APIView):
             application=application, actor=str(request.user), **given.validated_data
         )
         answer: dict[str, Any] = dict(PortalAccessSerializer(made.access).data)
-        answer["url"] = request.build_absolute_uri(reverse("portal:enter")) + "#" + made.token
+        answer["url"] = link_url(request, made.token)
         return Response(answer, status=status.HTTP_201_CREATED)
 
 

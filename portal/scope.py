@@ -17,6 +17,7 @@ from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect
+from django.urls import reverse
 
 from deliveries.models import DeadLetter, Delivery, DeliveryQuerySet, Event
 from webhooks.models import Application, Endpoint
@@ -131,6 +132,12 @@ def portal_page(*, write: bool = False) -> Callable[[Callable[..., HttpResponse]
         return page
 
     return wrap
+
+
+def link_url(request: HttpRequest, token: str) -> str:
+    """The portal link a partner is given: the link's page, the code after `#` (browsers never
+    send a fragment, so no server log keeps it)."""
+    return request.build_absolute_uri(reverse("portal:enter")) + "#" + token
 
 
 def frame_headers(response: HttpResponse) -> HttpResponse:
